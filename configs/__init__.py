@@ -1,0 +1,1 @@
+"""Packaged YAML configs: vocabularies (vocab/) and model presets (presets/)."""

@@ -1,0 +1,1 @@
+"""How datagen runs: config, planning, executors, shards, CLI. Defines no network."""

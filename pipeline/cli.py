@@ -1,0 +1,181 @@
+"""The ``datagen`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from rich.table import Table
+
+from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, prepare_output, summarize, write_card
+from pipeline.executors import ExecutionReport
+from pipeline.executors.local import LocalExecutor
+from pipeline.plan import pending, plan_shards
+from pipeline.runtime import Runtime
+from stages.oracle import WeightsMissingError
+from stages.prompts import prompt_specs
+from stages.vocab import VocabularyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Synthetic semantic segmentation datasets from Stable Diffusion (Grounded Diffusion).")
+console = Console(stderr=True)
+
+Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
+N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
+Out = Annotated[Path, typer.Option(help="Output folder (created; a rerun resumes it).")]
+Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), tiny (offline), or a YAML file.")]
+Seed = Annotated[int, typer.Option(help="Run seed: same config and seed give the same samples.")]
+SdPath = Annotated[str | None, typer.Option(help="Stable Diffusion hub id or local diffusers folder.")]
+OracleWeights = Annotated[str | None, typer.Option(help="Mask R-CNN state dict (.pth/.safetensors) or COCO_V1.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+Opt = Annotated[int | None, typer.Option()]
+
+
+def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n, train_steps,
+            shard_size, batch_size) -> RunConfig:
+    preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
+                                  "shard_size": shard_size, "batch_size": batch_size})
+    if train_steps is not None:
+        preset = preset.model_copy(update={"train": preset.train.model_copy(update={"steps": train_steps})})
+    resolve_vocabulary(vocab)  # fail early on a bad vocabulary
+    return RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                    transient=False)
+
+
+def _pending_work(config: RunConfig, phases: set[str]) -> bool:
+    from pipeline.phases import training_is_current
+
+    preset = config.preset
+    work = "oracle" in phases and pending(plan_shards("oracle", preset.bootstrap_n, preset.shard_size,
+                                                      config.out / ORACLE_DIR))
+    work = work or ("train" in phases and not training_is_current(config))
+    return bool(work or ("label" in phases and pending(plan_shards("label", config.n, preset.shard_size,
+                                                                   config.out / DATA_DIR))))
+
+
+def _execute(config: RunConfig, phases: set[str]) -> None:
+    from pipeline.phases import run_label_phase, run_oracle_phase, run_train_phase
+
+    started = time.time()
+    runtime = Runtime(config)
+    if not _pending_work(config, phases):
+        prepare_output(config, "(not loaded)", "(not loaded)") if not (config.out / "manifest.json").exists() else None
+        console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
+        _print_summary(config, phases)
+        return
+    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
+    runtime.check_weights(oracle="oracle" in phases)
+    prepare_output(config, runtime.sd_source(), runtime.oracle_source())
+    executor = LocalExecutor(worker=None)
+    reports: list[ExecutionReport] = []
+    with _progress() as progress:
+        if "oracle" in phases:
+            report, _ = run_oracle_phase(config, executor, progress)
+            reports.append(report)
+        if "train" in phases:
+            record = run_train_phase(config, runtime, progress)
+            if not record.get("skipped"):
+                console.print(f"grounding module: loss {record['first_loss']:.4f} -> {record['last_loss']:.4f} "
+                              f"in {record['steps']} steps")
+        if "label" in phases:
+            executor = LocalExecutor(worker=None)
+            report, _ = run_label_phase(config, executor, progress)
+            reports.append(report)
+    _print_summary(config, phases)
+    console.print(f"done in {time.time() - started:.1f} s")
+    failed = {sid: err for r in reports for sid, err in r.failed_shards.items()}
+    if failed:
+        for sid, err in sorted(failed.items()):
+            console.print(f"[red]shard {sid} failed[/]: {err}")
+        console.print("rerun the same command to retry the failed shards; finished shards are kept")
+        raise typer.Exit(1)
+
+
+def _print_summary(config: RunConfig, phases: set[str]) -> None:
+    folder, label = (config.out / DATA_DIR, "dataset") if "label" in phases else (config.out / ORACLE_DIR, "oracle data")
+    summary = summarize(folder)
+    if "label" in phases:
+        write_card(config, summary)
+    vocab = config.vocabulary()
+    table = Table(title=f"{label}: {summary['written']} samples in {summary['shards']} shards ({folder})")
+    table.add_column("class")
+    table.add_column("split")
+    table.add_column("instances", justify="right")
+    for c in vocab.classes:
+        if c.name in summary["class_instances"]:
+            table.add_row(c.name, "seen" if c.seen else "unseen", str(summary["class_instances"][c.name]))
+    console.print(table)
+    failed = ", ".join(f"{k}: {v}" for k, v in sorted(summary["failed"].items())) or "none"
+    console.print(f"failed samples by reason: {failed}")
+    print(json.dumps({"out": str(config.out), "folder": str(folder), **summary}))
+
+
+def _phase_command(phases: set[str], help_text: str):
+    def command(
+        vocab: Vocab = "coco", n: N = 110000, out: Out = Path("runs/datagen"), models: Models = "sd15",
+        seed: Seed = 0, sd_path: SdPath = None, oracle_weights: OracleWeights = None, device: Device = "auto",
+        bootstrap_n: Annotated[int | None, typer.Option(help="Oracle samples for training (phase A).")] = None,
+        train_steps: Annotated[int | None, typer.Option(help="Grounding training steps (phase B).")] = None,
+        shard_size: Annotated[int | None, typer.Option(help="Samples per shard.")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
+    ):
+        _execute(_config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
+                         train_steps, shard_size, batch_size), phases)
+
+    command.__doc__ = help_text
+    return command
+
+
+app.command("run")(_phase_command({"oracle", "train", "label"},
+                                  "Every phase: oracle bootstrap, grounding training, labelling."))
+app.command("generate")(_phase_command({"oracle"}, "Phase A: seen-class images labelled by the Mask R-CNN oracle."))
+app.command("train")(_phase_command({"train"}, "Phase B: train the grounding module on the oracle shards."))
+app.command("label")(_phase_command({"label"}, "Phase C: generate and label the dataset with the grounding module."))
+
+
+@app.command()
+def prompts(vocab: Vocab = "coco", n: Annotated[int, typer.Option(help="How many prompts.")] = 10,
+            seed: Seed = 0, phase: Annotated[str, typer.Option(help="label (all classes) or oracle (seen).")] = "label",
+            start: Annotated[int, typer.Option(help="First sample index.")] = 0):
+    """Print the deterministic prompt specs (JSON lines) that a run would use."""
+    vocabulary = resolve_vocabulary(vocab)
+    if phase not in ("label", "oracle"):
+        raise ConfigError(f"--phase must be label or oracle, not '{phase}'")
+    classes = vocabulary.seen if phase == "oracle" else vocabulary.classes
+    for spec in prompt_specs(vocabulary, classes, phase, seed, range(start, start + n)):
+        print(json.dumps(spec.to_dict()))
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except (ConfigError, VocabularyError, WeightsMissingError) as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished shards are kept; rerun the same command to resume")
+        sys.exit(130)

@@ -1,0 +1,106 @@
+"""Run configuration: a model preset (configs/presets/*.yaml) plus the user's flags, validated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stages.vocab import Vocabulary, load_vocabulary
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config or flag that cannot be used; its message is one line for the user."""
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+
+
+class GroundingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reduce_channels: tuple[int, ...]
+    width: int = 512
+    heads: int = 8
+    layers: int = 3
+    patch_size: int = 4
+
+
+class Preset(BaseModel):
+    """Models and their sizes; everything a preset file sets."""
+
+    model_config = ConfigDict(extra="forbid")
+    sd: str
+    image_size: int = Field(gt=0)
+    steps: int = Field(gt=0)
+    guidance: float
+    capture_step: int = Field(gt=0)
+    dtype: Literal["float32", "float16", "bfloat16"]
+    oracle_weights: str
+    oracle_score_threshold: float = Field(ge=0, le=1)
+    grounding: GroundingSettings
+    train: TrainSettings
+    bootstrap_n: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    shard_size: int = Field(gt=0)
+
+
+class RunConfig(BaseModel):
+    """A whole run. ``fingerprint`` covers every field that changes the samples."""
+
+    model_config = ConfigDict(extra="forbid")
+    vocab: str
+    out: Path
+    preset_name: str
+    preset: Preset
+    seed: int = 0
+    n: int = Field(gt=0)
+    pair_fraction: float = Field(0.5, ge=0, le=1)
+    image_format: Literal["jpg", "png"] = "jpg"
+    device: str = "auto"
+    cache_dir: Path = Field(default_factory=lambda: Path(
+        os.environ.get("DATAGEN_CACHE", "~/.cache/datagen")).expanduser())
+
+    def vocabulary(self) -> Vocabulary:
+        return resolve_vocabulary(self.vocab)
+
+    def fingerprint(self) -> str:
+        """Identity of the dataset: all but n, out, device and cache (n may grow on a rerun)."""
+        fields = self.model_dump(mode="json", exclude={"n", "out", "device", "cache_dir"})
+        fields["vocabulary"] = self.vocabulary().to_dict()
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_vocabulary(name_or_path: str) -> Vocabulary:
+    """A packaged vocabulary by name (voc, voc-split1, coco) or a user's YAML file."""
+    packaged = CONFIG_DIR / "vocab" / f"{name_or_path}.yaml"
+    path = packaged if packaged.exists() else Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "vocab").glob("*.yaml")))
+        raise ConfigError(f"unknown vocabulary '{name_or_path}': not one of {names} and no such file")
+    return load_vocabulary(path)
+
+
+def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
+    packaged = CONFIG_DIR / "presets" / f"{name_or_path}.yaml"
+    path = packaged if packaged.exists() else Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml")))
+        raise ConfigError(f"unknown model preset '{name_or_path}': not one of {names} and no such file")
+    raw = yaml.safe_load(path.read_text()) | {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return Preset(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"model preset '{name_or_path}': {where}: {first['msg']}") from err

@@ -1,0 +1,102 @@
+"""The output folder: manifest, classes file, summary and dataset card."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.config import ConfigError, RunConfig
+from pipeline.shards import finished_shards, remove_stale_temporaries, write_json_atomic
+
+FORMAT_VERSION = 1
+ORACLE_DIR, DATA_DIR = "oracle", "data"
+PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> None:
+    """Create or reopen the output folder; refuse one that holds another dataset."""
+    out = config.out
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{manifest_path} is not valid JSON: {err}") from err
+        if old.get("fingerprint") != config.fingerprint():
+            raise ConfigError(
+                f"{out} holds a dataset made with another config (fingerprint {old.get('fingerprint')}, "
+                f"this run {config.fingerprint()}); choose another --out or delete that folder")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
+    for sub in (ORACLE_DIR, DATA_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out / sub)
+    vocab = config.vocabulary()
+    write_json_atomic(manifest_path, {
+        "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
+        "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
+        "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
+        "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    write_json_atomic(out / "classes.json", {
+        "background": 0, "ignore": 255,
+        "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
+
+
+def summarize(folder: Path) -> dict:
+    """Totals over every finished shard's stats in a folder."""
+    written, planned, failed, instances = 0, 0, Counter(), Counter()
+    shards = finished_shards(folder)
+    for shard in shards:
+        stats = json.loads(shard.with_name(shard.name.replace(".tar", ".stats.json")).read_text())
+        written += stats["written"]
+        planned += stats["planned"]
+        failed.update(stats["failed"])
+        instances.update(stats["class_instances"])
+    return {"shards": len(shards), "planned": planned, "written": written, "failed": dict(failed),
+            "class_instances": dict(sorted(instances.items()))}
+
+
+def write_card(config: RunConfig, summary: dict) -> None:
+    """A short README.md in the output folder: what made the data and how to read it."""
+    vocab = config.vocabulary()
+    rows = "\n".join(f"| {c.id} | {c.name} | {'seen' if c.seen else 'unseen'} | "
+                     f"{summary['class_instances'].get(c.name, 0)} |" for c in vocab.classes)
+    failed = ", ".join(f"{k}: {v}" for k, v in sorted(summary["failed"].items())) or "none"
+    (config.out / "README.md").write_text(f"""# datagen dataset
+
+Synthetic semantic segmentation data (Grounded Diffusion): Stable Diffusion images labelled by a
+grounding module trained on Mask R-CNN oracle masks of the seen classes. Made by datagen
+{package_versions()['datagen']} with model preset `{config.preset_name}`, vocabulary `{vocab.name}`,
+seed {config.seed}; the full config, model sources and package versions are in `manifest.json`.
+
+- samples: {summary['written']} written of {summary['planned']} planned, in {summary['shards']} shards
+  under `{DATA_DIR}/`; failed: {failed}
+- per sample: `jpg`/`png` image, `seg.png` (uint8 class ids, 0 background, 255 ignore), `json`
+  (prompt, classes, seed, instances as COCO RLE)
+
+```python
+import webdataset as wds
+import numpy as np
+ds = wds.WebDataset("{DATA_DIR}/shard-{{000000..{max(summary['shards'] - 1, 0):06d}}}.tar").decode("pil")
+for sample in ds:
+    image, classes = sample["jpg"], np.array(sample["seg.png"])  # classes: (H, W) uint8 ids
+```
+
+| id | class | split | instances |
+|---:|---|---|---:|
+{rows}
+""")

@@ -1,0 +1,30 @@
+"""In-process executor: one worker in this process, shards one after another."""
+
+from __future__ import annotations
+
+from pipeline.config import RunConfig
+from pipeline.executors import ExecutionReport, Executor
+from pipeline.plan import ShardTask
+from pipeline.workers import ProgressFn, ShardWorker
+from stages.oracle import WeightsMissingError
+
+
+class LocalExecutor(Executor):
+    def __init__(self, retries: int = 2, worker: ShardWorker | None = None):
+        super().__init__(retries)
+        self._worker = worker
+
+    def run(self, tasks: list[ShardTask], config: RunConfig, on_samples: ProgressFn) -> ExecutionReport:
+        report = ExecutionReport()
+        for task in tasks:
+            for attempt in range(self.retries + 1):
+                try:
+                    self._worker = self._worker or ShardWorker(config)
+                    report.stats.append(self._worker.process(task, on_samples))
+                    report.failed_shards.pop(task.shard_id, None)
+                    break
+                except (WeightsMissingError, KeyboardInterrupt):
+                    raise
+                except Exception as err:  # noqa: BLE001 - retried, then reported
+                    report.failed_shards[task.shard_id] = f"{type(err).__name__}: {err}"
+        return report

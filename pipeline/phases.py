@@ -1,0 +1,92 @@
+"""The pipeline's phases: oracle bootstrap (A), grounding training (B), labelling (C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from pipeline.config import RunConfig
+from pipeline.dataset import DATA_DIR, ORACLE_DIR
+from pipeline.executors import ExecutionReport, Executor
+from pipeline.plan import pending, plan_shards
+from pipeline.runtime import GROUNDING_DIR, Runtime
+from pipeline.shards import finished_shards, write_json_atomic
+from pipeline.training_data import oracle_batches
+from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
+from stages.grounding.train import train_grounding
+
+TRAINING_RECORD = "training.json"
+
+
+def _run_shards(phase: str, n: int, folder: Path, config: RunConfig, executor: Executor,
+                progress: Progress | None, description: str) -> tuple[ExecutionReport, int]:
+    todo = pending(plan_shards(phase, n, config.preset.shard_size, folder))
+    total = sum(t.end - t.start for t in todo)
+    bar = progress.add_task(description, total=total) if progress and todo else None
+    report = executor.run(todo, config, lambda k: progress.advance(bar, k) if bar is not None else None)
+    return report, len(todo)
+
+
+def run_oracle_phase(config: RunConfig, executor: Executor, progress: Progress | None = None):
+    """Phase A: seen-class prompts -> images + latents at the capture step -> Mask R-CNN labels."""
+    return _run_shards("oracle", config.preset.bootstrap_n, config.out / ORACLE_DIR, config, executor,
+                       progress, "A oracle bootstrap")
+
+
+def run_label_phase(config: RunConfig, executor: Executor, progress: Progress | None = None):
+    """Phase C: prompts over all classes -> images + features in flight -> grounding labels."""
+    return _run_shards("label", config.n, config.out / DATA_DIR, config, executor, progress,
+                       "C label")
+
+
+def training_is_current(config: RunConfig) -> bool:
+    record = config.out / GROUNDING_DIR / TRAINING_RECORD
+    return record.exists() and json.loads(record.read_text()).get("fingerprint") == config.fingerprint()
+
+
+def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | None = None) -> dict:
+    """Phase B: train the grounding module on the oracle shards; skipped when already current."""
+    folder = config.out / GROUNDING_DIR
+    if training_is_current(config):
+        return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}
+    shards = finished_shards(config.out / ORACLE_DIR)
+    if not shards:
+        raise RuntimeError("phase A wrote no oracle shards: nothing to train the grounding module on")
+    preset, vocab = config.preset, config.vocabulary()
+    torch.manual_seed(config.seed)
+    module = GroundingModule(GroundingConfig(
+        feature_channels=feature_channels(runtime), text_dim=runtime.pipe.text_encoder.config.hidden_size,
+        image_size=preset.image_size, **preset.grounding.model_dump()))
+    bar = progress.add_task("B train grounding", total=preset.train.steps) if progress else None
+    started = time.time()
+    losses = train_grounding(
+        module, runtime.class_text, runtime.diffusion,
+        oracle_batches(shards, vocab, preset.train.batch_size, config.seed),
+        steps=preset.train.steps, lr=preset.train.lr, template=vocab.text_template,
+        on_step=lambda step, loss: progress.update(bar, advance=1, description=f"B train grounding "
+                                                   f"loss {loss:.3f}") if bar is not None else None)
+    record = {"fingerprint": config.fingerprint(), "steps": len(losses), "first_loss": losses[0],
+              "last_loss": losses[-1], "losses": losses, "seconds": round(time.time() - started, 2),
+              "oracle_shards": [p.name for p in shards]}
+    tmp = folder.with_name(f"{GROUNDING_DIR}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_grounding(module, tmp)
+    write_json_atomic(tmp / TRAINING_RECORD, record)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    runtime.__dict__.pop("grounding", None)  # reload the new checkpoint on next use
+    return record
+
+
+def feature_channels(runtime: Runtime) -> dict[int, int]:
+    """Channels per resolution of the captured UNet features (one probe pass on a zero latent)."""
+    cfg = runtime.pipe.unet.config
+    latent = torch.zeros(1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    features = runtime.diffusion.features_from_latent(latent, 1, [""])
+    return {res: f.shape[1] for res, f in features.items()}

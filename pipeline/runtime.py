@@ -1,0 +1,72 @@
+"""Models for a run, loaded lazily and once per process (a worker reuses them for every shard)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from pipeline.config import RunConfig
+from stages.generate import Diffusion
+from stages.grounding.model import ClassTextEncoder, GroundingModule, load_grounding
+from stages.models import MASKRCNN_FILE, load_stable_diffusion, tiny_preset_dir
+from stages.oracle import Oracle, load_maskrcnn
+
+GROUNDING_DIR = "grounding"
+TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Runtime:
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.preset = config.preset
+        self.device = resolve_device(config.device)
+        self.dtype = getattr(torch, self.preset.dtype) if self.device != "cpu" else torch.float32
+
+    @cached_property
+    def tiny_dir(self) -> Path:
+        return tiny_preset_dir(self.config.cache_dir, TINY_MODEL_SEED, self.preset.image_size)
+
+    def sd_source(self) -> str:
+        return str(self.tiny_dir) if self.preset.sd == "tiny" else self.preset.sd
+
+    def oracle_source(self) -> str:
+        return str(self.tiny_dir / MASKRCNN_FILE) if self.preset.oracle_weights == "tiny" \
+            else self.preset.oracle_weights
+
+    @cached_property
+    def pipe(self):
+        return load_stable_diffusion(self.sd_source(), self.device, self.dtype)
+
+    @cached_property
+    def diffusion(self) -> Diffusion:
+        p = self.preset
+        return Diffusion(self.pipe, steps=p.steps, guidance=p.guidance, capture_step=p.capture_step)
+
+    @cached_property
+    def oracle(self) -> Oracle:
+        model = load_maskrcnn(self.preset.image_size, self.oracle_source(),
+                              box_score_thresh=self.preset.oracle_score_threshold).to(self.device)
+        return Oracle(model, self.config.vocabulary(), score_threshold=self.preset.oracle_score_threshold,
+                      device=self.device)
+
+    @cached_property
+    def class_text(self) -> ClassTextEncoder:
+        return ClassTextEncoder(self.pipe.text_encoder, self.pipe.tokenizer)
+
+    @cached_property
+    def grounding(self) -> GroundingModule:
+        return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
+
+    def check_weights(self, oracle: bool) -> None:
+        """Fail fast, before any work, when weights are missing (WeightsMissingError)."""
+        self.pipe
+        if oracle:
+            self.oracle

@@ -1,0 +1,99 @@
+"""Shard files: atomic WebDataset writing, per-shard stats, and finding finished shards.
+
+A shard is written to a temporary name and renamed into place; its ``.stats.json`` is written
+last. A shard without stats does not exist: a rerun redoes it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+SHARD_MTIME = 0.0  # fixed tar member times: same config and seed give byte-identical shards
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}"
+
+
+def shard_path(folder: Path, shard_id: int) -> Path:
+    return Path(folder) / f"{shard_name(shard_id)}.tar"
+
+
+def stats_path(folder: Path, shard_id: int) -> Path:
+    return Path(folder) / f"{shard_name(shard_id)}.stats.json"
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        Image.fromarray(image).save(buf, format="JPEG", quality=95)
+    else:
+        Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """uint8 class-index mask as a single-channel PNG (mode L): decodes to indices, never RGB."""
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:
+    """Write samples (``__key__`` plus encoded members) as one shard, then its stats, atomically."""
+    final = shard_path(folder, shard_id)
+    tmp = Path(f"{final}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            with wds.TarWriter(stream, encoder=False, mtime=SHARD_MTIME) as writer:
+                for sample in samples:
+                    writer.write(sample)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(stats_path(folder, shard_id), stats)
+
+
+def read_stats(folder: Path, shard_id: int) -> dict | None:
+    """Stats of a finished shard, or None if the shard is not finished."""
+    path = stats_path(folder, shard_id)
+    if not path.exists() or not shard_path(folder, shard_id).exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def finished_shards(folder: Path) -> list[Path]:
+    """Paths of every finished shard in a folder, in order."""
+    return sorted(p.with_name(p.name.replace(".stats.json", ".tar"))
+                  for p in Path(folder).glob("shard-*.stats.json")
+                  if p.with_name(p.name.replace(".stats.json", ".tar")).exists())
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporaries left by a killed run (never a finished shard)."""
+    for tmp in Path(folder).glob("*.tmp*"):
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,71 @@
+"""Streams oracle shards (phase A output) as grounding-training batches."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from pycocotools import mask as mask_utils
+
+from stages.vocab import Vocabulary
+
+
+def _decode(sample: dict, vocab: Vocabulary) -> dict:
+    meta = json.loads(sample["json"])
+    found = {inst["name"]: inst for inst in meta["instances"]}
+    h, w = meta["height"], meta["width"]
+    targets = np.zeros((len(meta["classes"]), h, w), dtype=np.float32)
+    has_target = np.zeros(len(meta["classes"]), dtype=bool)
+    for k, name in enumerate(meta["classes"]):
+        if name in found:
+            rle = dict(found[name]["segmentation"], counts=found[name]["segmentation"]["counts"].encode())
+            targets[k] = mask_utils.decode(rle)
+            has_target[k] = True
+    latent = np.load(io.BytesIO(sample["latent.npy"]), allow_pickle=False)
+    return {"latent": latent, "timestep": meta["provenance"]["capture_timestep"], "prompt": meta["prompt"],
+            "names": [vocab[n].prompt_name for n in meta["classes"]], "targets": targets,
+            "has_target": has_target}
+
+
+def _collate(items: list[dict]) -> dict:
+    k = max(len(i["names"]) for i in items)
+    h, w = items[0]["targets"].shape[1:]
+    targets = np.zeros((len(items), k, h, w), dtype=np.float32)
+    has_target = np.zeros((len(items), k), dtype=bool)
+    for b, item in enumerate(items):
+        targets[b, : len(item["names"])] = item["targets"]
+        has_target[b, : len(item["names"])] = item["has_target"]
+    timesteps = {i["timestep"] for i in items}
+    if len(timesteps) != 1:
+        raise ValueError(f"oracle shards mix capture timesteps {sorted(timesteps)}")
+    return {"latents": torch.from_numpy(np.stack([i["latent"] for i in items])),
+            "timestep": timesteps.pop(), "prompts": [i["prompt"] for i in items],
+            "names": [i["names"] for i in items], "targets": torch.from_numpy(targets),
+            "has_target": torch.from_numpy(has_target)}
+
+
+def oracle_batches(shards: list[Path], vocab: Vocabulary, batch_size: int, seed: int,
+                   shuffle_buffer: int = 256) -> Iterator[dict]:
+    """Endless, deterministic stream of batches: each epoch reshuffles shards and samples."""
+    if not shards:
+        raise ValueError("no oracle shards to train on")
+    urls = [str(p) for p in shards]
+    for epoch in range(10**9):
+        rng = np.random.default_rng([seed, epoch])
+        order = [urls[i] for i in rng.permutation(len(urls))]
+        stream = wds.WebDataset(order, shardshuffle=False, empty_check=False) \
+            .shuffle(shuffle_buffer, rng=random.Random(int(rng.integers(2**31))))
+        batch = []
+        for sample in stream:
+            batch.append(_decode(sample, vocab))
+            if len(batch) == batch_size:
+                yield _collate(batch)
+                batch = []
+        if batch:
+            yield _collate(batch)

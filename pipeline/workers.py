@@ -1,0 +1,140 @@
+"""Shard workers: turn a ShardTask into a written shard and its stats.
+
+One worker holds the models (``Runtime``) and processes shards one after another; executors decide
+where workers live (in-process now, Ray actors later). A sample that fails is recorded with its
+reason and never kills its shard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.plan import ShardTask
+from pipeline.runtime import Runtime
+from pipeline.samples import encode_sample, instance, sample_key
+from pipeline.shards import write_shard
+from stages.grounding.train import class_embeddings
+from stages.label import masks_from_probabilities, semantic_mask
+from stages.prompts import PromptSpec, prompt_specs
+
+ProgressFn = Callable[[int], None]
+
+
+class SampleFailure(Exception):
+    """A sample that cannot be written; ``reason`` is counted in the shard stats."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ShardWorker:
+    def __init__(self, config: RunConfig, runtime: Runtime | None = None):
+        self.config = config
+        self.runtime = runtime or Runtime(config)
+        self.vocab = config.vocabulary()
+
+    def specs(self, task: ShardTask) -> list[PromptSpec]:
+        classes = self.vocab.seen if task.phase == "oracle" else self.vocab.classes
+        return prompt_specs(self.vocab, classes, task.phase, self.config.seed, task.indices,
+                            self.config.pair_fraction)
+
+    def process(self, task: ShardTask, on_samples: ProgressFn | None = None) -> dict:
+        started = time.time()
+        specs = self.specs(task)
+        samples, failures = [], []
+        batch_size = self.config.preset.batch_size
+        for i in range(0, len(specs), batch_size):
+            batch = specs[i : i + batch_size]
+            for spec, result in zip(batch, self._batch_isolating_failures(task.phase, batch)):
+                if isinstance(result, SampleFailure):
+                    failures.append({"key": sample_key(spec.index), "reason": result.reason})
+                else:
+                    samples.append(result)
+            if on_samples:
+                on_samples(len(batch))
+        stats = self._stats(task, samples, failures, time.time() - started)
+        write_shard(task.folder, task.shard_id, samples, stats)
+        return stats
+
+    def _batch_isolating_failures(self, phase: str, batch: list[PromptSpec]) -> list:
+        """Samples of a batch; if the batch raises, each sample alone, so one bad sample fails alone."""
+        label = self._oracle_batch if phase == "oracle" else self._grounding_batch
+        try:
+            return label(batch)
+        except Exception:  # noqa: BLE001 - isolate the failing sample below
+            if len(batch) == 1:
+                raise
+        results = []
+        for spec in batch:
+            try:
+                results += label([spec])
+            except Exception as err:  # noqa: BLE001 - recorded in stats with its reason
+                results.append(SampleFailure(f"error: {type(err).__name__}: {err}"[:200]))
+        return results
+
+    def _provenance(self, phase: str, timestep: int) -> dict:
+        return {"phase": phase, "preset": self.config.preset_name, "run_seed": self.config.seed,
+                "capture_timestep": timestep, "fingerprint": self.config.fingerprint()}
+
+    def _oracle_batch(self, batch: list[PromptSpec]) -> list:
+        rt = self.runtime
+        gen = rt.diffusion.generate(batch, capture_features=False)
+        detections = rt.oracle.label(gen.images, [list(s.classes) for s in batch])
+        results = []
+        for b, spec in enumerate(batch):
+            found = {name: d for name, d in detections[b].items() if d is not None}
+            if not gen.finite[b]:
+                results.append(SampleFailure("nan_latents"))
+            elif not found:
+                results.append(SampleFailure("oracle_no_detection"))
+            else:
+                instances = [instance(self.vocab[n].id, n, d.mask, d.score, d.box) for n, d in found.items()]
+                results.append(encode_sample(
+                    spec, [self.vocab[n].id for n in spec.classes], gen.images[b],
+                    self.config.image_format, "oracle:maskrcnn", instances,
+                    self._provenance("oracle", gen.timestep), latent=gen.latents[b].numpy()))
+        return results
+
+    def _grounding_batch(self, batch: list[PromptSpec]) -> list:
+        rt = self.runtime
+        gen = rt.diffusion.generate(batch, capture_features=True)
+        text_names = [[self.vocab[n].prompt_name for n in s.classes] for s in batch]
+        embeddings, _ = class_embeddings(rt.class_text, text_names, self.vocab.text_template, rt.device)
+        with torch.inference_mode():
+            probs = torch.sigmoid(rt.grounding({r: f.float() for r, f in gen.features.items()}, embeddings))
+        results = []
+        for b, spec in enumerate(batch):
+            ids = [self.vocab[n].id for n in spec.classes]
+            masks = masks_from_probabilities(probs[b, : len(ids)], ids, list(spec.classes))
+            if not gen.finite[b]:
+                results.append(SampleFailure("nan_latents"))
+            elif not masks:
+                results.append(SampleFailure("empty_mask"))
+            else:
+                image = gen.images[b]
+                instances = [instance(m.class_id, m.name, m.mask, m.score) for m in masks]
+                results.append(encode_sample(
+                    spec, ids, image, self.config.image_format, "grounding", instances,
+                    self._provenance("label", gen.timestep), seg=semantic_mask(masks, image.shape[:2])))
+        return results
+
+    def _stats(self, task: ShardTask, samples: list[dict], failures: list[dict], seconds: float) -> dict:
+        classes, pixels = Counter(), Counter()
+        for s in samples:
+            for inst in json.loads(s["json"])["instances"]:
+                classes[inst["name"]] += 1
+                pixels[inst["name"]] += inst["area"]
+        return {
+            "phase": task.phase, "shard": task.shard_id, "start": task.start, "end": task.end,
+            "planned": task.end - task.start, "written": len(samples),
+            "failed": dict(Counter(f["reason"] for f in failures)), "failures": failures,
+            "class_instances": dict(sorted(classes.items())), "class_pixels": dict(sorted(pixels.items())),
+            "seconds": round(seconds, 3), "fingerprint": self.config.fingerprint(),
+        }

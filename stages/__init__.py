@@ -1,0 +1,1 @@
+"""What datagen computes: prompts, generation, oracle, grounding, labels. No Ray, no CLI."""

@@ -1,0 +1,133 @@
+"""Stable Diffusion sampling (DDIM, classifier-free guidance) with the capture step kept.
+
+At the capture step the sampler keeps the latent x_t that goes into the UNet and, when asked, the
+outputs of every UNet down/mid/up block for that call (``FeatureCapture``). Features are a pure
+function of (x_t, t, prompt embeddings), so ``features_from_latent`` recomputes exactly the same
+features later with one guided UNet pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stages.prompts import PromptSpec
+
+
+class FeatureCapture:
+    """Forward hooks on every UNet down, mid and up block; records their outputs while armed."""
+
+    def __init__(self, unet):
+        self.armed = False
+        self._outputs: list[torch.Tensor] = []
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        self._handles = [b.register_forward_hook(self._record) for b in blocks]
+
+    def _record(self, _module, _inputs, output):
+        if self.armed:
+            self._outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    def take(self) -> dict[int, torch.Tensor]:
+        """Features of the recorded guided call, grouped by resolution.
+
+        The UNet batch is [unconditional; conditional]; the two halves are concatenated on
+        channels, so each sample's features are (2C, r, r) whatever the batch size.
+        """
+        groups: dict[int, list[torch.Tensor]] = {}
+        for out in self._outputs:
+            uncond, cond = out.chunk(2)
+            groups.setdefault(out.shape[-1], []).append(torch.cat([uncond, cond], dim=1))
+        self._outputs = []
+        return {res: torch.cat(parts, dim=1) for res, parts in sorted(groups.items())}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@dataclass
+class Generation:
+    images: np.ndarray  # uint8 (B, H, W, 3)
+    latents: torch.Tensor  # x_t at the capture step, (B, 4, h, w), float32
+    timestep: int  # the UNet timestep of the capture step
+    features: dict[int, torch.Tensor] | None  # resolution -> (B, C, r, r), when captured
+    finite: np.ndarray  # bool (B,): False where sampling produced NaN/inf
+
+
+class Diffusion:
+    """DDIM sampling with a Stable Diffusion pipeline's components."""
+
+    def __init__(self, pipe, steps: int, guidance: float, capture_step: int):
+        if not 1 <= capture_step <= steps:
+            raise ValueError(f"capture_step must be within 1..{steps} (steps from the end)")
+        self.pipe, self.steps, self.guidance = pipe, steps, guidance
+        self.capture_index = steps - capture_step
+        self.capture = FeatureCapture(pipe.unet)
+        self.device = pipe.unet.device
+        self.dtype = pipe.unet.dtype
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings of [""] * B + prompts, the guided batch's order."""
+        tok = self.pipe.tokenizer
+        ids = tok([""] * len(prompts) + list(prompts), padding="max_length",
+                  max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return self.pipe.text_encoder(ids.to(self.device))[0]
+
+    def _guided_eps(self, latents, t, embeddings):
+        eps = self.pipe.unet(torch.cat([latents, latents]).to(self.dtype), t,
+                             encoder_hidden_states=embeddings).sample
+        uncond, cond = eps.float().chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+    def initial_noise(self, seeds: list[int]) -> torch.Tensor:
+        """Per-sample noise from each sample's own seed: independent of batch composition."""
+        cfg = self.pipe.unet.config
+        shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(noise).to(self.device)
+
+    @torch.inference_mode()
+    def generate(self, specs: list[PromptSpec], capture_features: bool) -> Generation:
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(self.steps)
+        embeddings = self.encode_prompts([s.prompt for s in specs])
+        latents = self.initial_noise([s.seed for s in specs]) * scheduler.init_noise_sigma
+        kept, features = None, None
+        for i, t in enumerate(scheduler.timesteps):
+            capturing = i == self.capture_index
+            if capturing:
+                kept = latents.clone()
+                self.capture.armed = capture_features
+            try:
+                eps = self._guided_eps(latents, t, embeddings)
+            finally:
+                self.capture.armed = False
+            if capturing and capture_features:
+                features = self.capture.take()
+            latents = scheduler.step(eps, t, latents, eta=0.0).prev_sample
+        finite = torch.isfinite(latents).flatten(1).all(1).cpu().numpy()
+        return Generation(images=self.decode(latents), latents=kept.float().cpu(),
+                          timestep=int(scheduler.timesteps[self.capture_index]),
+                          features=features, finite=finite)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return np.nan_to_num(images.permute(0, 2, 3, 1).cpu().numpy())
+
+    @torch.inference_mode()
+    def features_from_latent(self, latents: torch.Tensor, timestep: int,
+                             prompts: list[str]) -> dict[int, torch.Tensor]:
+        """The capture-step features of stored latents: one guided UNet pass, no sampling."""
+        embeddings = self.encode_prompts(prompts)
+        self.capture.armed = True
+        try:
+            self._guided_eps(latents.to(self.device), timestep, embeddings)
+        finally:
+            self.capture.armed = False
+        return self.capture.take()

@@ -1,0 +1,44 @@
+"""Grounding predictions -> semantic mask and per-class instances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BACKGROUND, IGNORE = 0, 255
+
+
+@dataclass
+class ClassMask:
+    class_id: int
+    name: str
+    mask: np.ndarray  # bool (H, W)
+    score: float  # mean probability inside the mask
+
+
+def masks_from_probabilities(probs: torch.Tensor, class_ids: list[int], names: list[str],
+                             threshold: float = 0.5, min_pixels: int = 1) -> list[ClassMask]:
+    """Per class: pixels where its probability passes ``threshold`` and beats the other classes.
+
+    ``probs`` is (K, H, W) for the K classes named in one prompt. Overlaps go to the most probable
+    class, so the masks are disjoint and form one semantic map. Classes with fewer than
+    ``min_pixels`` pixels are dropped.
+    """
+    probs = probs.float()
+    winner = probs.argmax(0)
+    result = []
+    for k, (class_id, name) in enumerate(zip(class_ids, names)):
+        mask = ((winner == k) & (probs[k] > threshold)).cpu().numpy()
+        if mask.sum() >= min_pixels:
+            result.append(ClassMask(class_id, name, mask, float(probs[k].cpu().numpy()[mask].mean())))
+    return result
+
+
+def semantic_mask(masks: list[ClassMask], shape: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W): the class id of each pixel, 0 for background."""
+    seg = np.full(shape, BACKGROUND, dtype=np.uint8)
+    for m in masks:
+        seg[m.mask] = m.class_id
+    return seg

@@ -1,0 +1,144 @@
+"""Model loading: Stable Diffusion from a hub id or folder, and the offline ``tiny`` preset.
+
+The tiny preset has the real architecture families, the real CLIP BPE vocabulary and random seeded
+weights. It is saved with ``save_pretrained`` and loaded back through the same ``from_pretrained``
+path a real run uses, so tests exercise the production loading code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from stages.oracle import WeightsMissingError
+
+
+# Architecture of the tiny preset: small enough for CPU tests, same component classes as SD 1.5.
+TINY_SD = {
+    "unet": dict(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=16, cross_attention_dim=32,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "vae": dict(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+        norm_num_groups=16, sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+    ),
+    "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 vocab_size=49408, max_position_embeddings=77, projection_dim=32),
+}
+MASKRCNN_FILE = "maskrcnn.safetensors"
+
+
+def clip_tokenizer():
+    """The real CLIP BPE tokenizer (49408 tokens), built from the vocabulary in open_clip's wheel."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(vocab)},
+                         merges=[tuple(m.split()) for m in merges], model_max_length=77)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable unicode table, in CLIP's vocabulary order."""
+    order = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    table = {b: chr(b) for b in order}
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + len(table) - len(order))
+    return table
+
+
+def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
+    """Folder of the tiny preset for this architecture and seed; built on first use."""
+    spec = json.dumps({"arch": TINY_SD, "seed": seed, "image_size": image_size}, sort_keys=True)
+    folder = Path(cache_dir) / f"tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    if not (folder / "model_index.json").exists():
+        _build_tiny(folder, seed, image_size)
+    return folder
+
+
+def _build_tiny(folder: Path, seed: int, image_size: int) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from stages.oracle import build_maskrcnn
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_SD["vae"])
+    latent = image_size // 2 ** (len(TINY_SD["vae"]["block_out_channels"]) - 1)
+    unet = UNet2DConditionModel(**{**TINY_SD["unet"], "sample_size": latent})
+    text = CLIPTextModel(CLIPTextConfig(**TINY_SD["text"]))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    pipe.save_pretrained(tmp)
+    detector = build_maskrcnn(image_size)
+    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, tmp / MASKRCNN_FILE)
+    tmp.rename(folder)  # atomic: a half-built preset is never visible
+
+
+def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a ``StableDiffusionPipeline`` from a local folder or a hub id already in the HF cache.
+
+    Raises WeightsMissingError (one line: what is missing and how to point at a local copy) instead
+    of hanging on a download that cannot happen.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").exists():
+            raise WeightsMissingError(f"{local} is not a diffusers Stable Diffusion folder "
+                                      "(no model_index.json)")
+        path, offline = str(local), True
+    else:
+        path, offline = source, os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        if not _hub_snapshot_available(source, offline):
+            raise WeightsMissingError(
+                f"Stable Diffusion weights '{source}' are not in the local Hugging Face cache and "
+                "cannot be downloaded here; download them elsewhere (e.g. `hf download "
+                f"{source}`) and pass --sd-path DIR or set HF_HOME to that cache")
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        local_files_only=offline)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _hub_snapshot_available(repo_id: str, offline: bool) -> bool:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, allow_patterns=["model_index.json"], local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        pass
+    if offline:
+        return False
+    try:
+        snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"],
+                          ignore_patterns=["*.bin", "*ema*", "*non_ema*", "*.ckpt"], etag_timeout=10)
+        return True
+    except Exception:  # noqa: BLE001 - no network, no repo, no permission: all mean unavailable
+        return False

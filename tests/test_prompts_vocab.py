@@ -1,0 +1,58 @@
+import pytest
+
+from pipeline.config import ConfigError, resolve_vocabulary
+from stages.prompts import prompt_spec, prompt_specs
+from stages.vocab import VocabularyError, load_vocabulary
+
+
+def test_packaged_vocabularies_have_the_papers_splits():
+    voc, split1, coco = (resolve_vocabulary(n) for n in ("voc", "voc-split1", "coco"))
+    assert (len(voc.classes), len(voc.seen)) == (20, 15)
+    assert {c.name for c in voc.unseen} == {"pottedplant", "sheep", "sofa", "train", "tvmonitor"}
+    assert {c.name for c in split1.unseen} == {"tvmonitor", "car", "dog", "sofa", "train"}
+    assert (len(coco.classes), len(coco.seen)) == (80, 65)
+    assert "hair drier" in {c.name for c in coco.unseen}
+    assert voc["sofa"].detector_name == "couch" and voc["tvmonitor"].prompt_name == "tv monitor"
+    assert [c.id for c in voc.classes] == list(range(1, 21))
+
+
+def test_user_vocabulary_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("classes: [dog, {name: sofa, detector: couch}]\nunseen: [sofa]\n")
+    vocab = resolve_vocabulary(str(path))
+    assert [c.name for c in vocab.seen] == ["dog"] and vocab["sofa"].detector_name == "couch"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("classes: []", "no 'classes'"),
+    ("classes: [dog, dog]", "repeats"),
+    ("classes: [dog]\nunseen: [cat]", "not in the class list"),
+])
+def test_bad_vocabulary_files_say_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(VocabularyError, match=message):
+        load_vocabulary(path)
+
+
+def test_unknown_vocabulary_name():
+    with pytest.raises(ConfigError, match="unknown vocabulary 'vok'"):
+        resolve_vocabulary("vok")
+
+
+def test_prompts_are_deterministic_and_independent_of_the_range(voc):
+    a = prompt_specs(voc, voc.classes, "label", 7, range(0, 50))
+    b = prompt_specs(voc, voc.classes, "label", 7, range(20, 30))
+    assert a[20:30] == b
+    assert prompt_specs(voc, voc.classes, "label", 8, range(0, 50)) != a
+    assert len({s.seed for s in a}) == 50
+
+
+def test_prompts_use_templates_and_only_the_given_classes(voc):
+    specs = prompt_specs(voc, voc.seen, "oracle", 0, range(200))
+    seen = {c.name for c in voc.seen}
+    assert all(set(s.classes) <= seen for s in specs)
+    pairs = [s for s in specs if len(s.classes) == 2]
+    assert 60 < len(pairs) < 140 and all(s.classes[0] != s.classes[1] for s in pairs)
+    one = prompt_spec(voc, (voc["pottedplant"],), "label", 0, 0)
+    assert one.prompt == "a photograph of a potted plant"
