@@ -18,6 +18,8 @@ from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabul
 from pipeline.dataset import DATA_DIR, ORACLE_DIR, prepare_output, summarize, write_card
 from pipeline.executors import ExecutionReport
 from pipeline.executors.local import LocalExecutor
+from pipeline.phases import PhaseError, run_label_phase, run_oracle_phase, run_train_phase, \
+    training_is_current
 from pipeline.plan import pending, plan_shards
 from pipeline.runtime import Runtime
 from stages.oracle import WeightsMissingError
@@ -26,7 +28,7 @@ from stages.vocab import VocabularyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthetic semantic segmentation datasets from Stable Diffusion (Grounded Diffusion).")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
@@ -56,8 +58,6 @@ def _progress() -> Progress:
 
 
 def _pending_work(config: RunConfig, phases: set[str]) -> bool:
-    from pipeline.phases import training_is_current
-
     preset = config.preset
     work = "oracle" in phases and pending(plan_shards("oracle", preset.bootstrap_n, preset.shard_size,
                                                       config.out / ORACLE_DIR))
@@ -67,8 +67,6 @@ def _pending_work(config: RunConfig, phases: set[str]) -> bool:
 
 
 def _execute(config: RunConfig, phases: set[str]) -> None:
-    from pipeline.phases import run_label_phase, run_oracle_phase, run_train_phase
-
     started = time.time()
     runtime = Runtime(config)
     if not _pending_work(config, phases):
@@ -76,8 +74,8 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
         _print_summary(config, phases)
         return
-    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
     runtime.check_weights(oracle="oracle" in phases)
+    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
     prepare_output(config, runtime.sd_source(), runtime.oracle_source())
     executor = LocalExecutor(worker=None)
     reports: list[ExecutionReport] = []
@@ -173,9 +171,13 @@ def main() -> None:
     _quiet_libraries()
     try:
         app()
-    except (ConfigError, VocabularyError, WeightsMissingError) as err:
+    except (ConfigError, VocabularyError, WeightsMissingError, PhaseError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted: finished shards are kept; rerun the same command to resume")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -89,11 +89,9 @@ seed {config.seed}; the full config, model sources and package versions are in `
   (prompt, classes, seed, instances as COCO RLE)
 
 ```python
-import webdataset as wds
-import numpy as np
-ds = wds.WebDataset("{DATA_DIR}/shard-{{000000..{max(summary['shards'] - 1, 0):06d}}}.tar").decode("pil")
-for sample in ds:
-    image, classes = sample["jpg"], np.array(sample["seg.png"])  # classes: (H, W) uint8 ids
+from pipeline.reader import open_dataset  # or plain webdataset, see the datagen README
+for sample in open_dataset("{DATA_DIR}/shard-{{000000..{max(summary['shards'] - 1, 0):06d}}}.tar"):
+    image, classes = sample["jpg"], sample["seg.png"]  # (H, W, 3) uint8, (H, W) uint8 class ids
 ```
 
 | id | class | split | instances |

@@ -12,7 +12,7 @@ import torch
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
-from pipeline.dataset import DATA_DIR, ORACLE_DIR
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, summarize
 from pipeline.executors import ExecutionReport, Executor
 from pipeline.plan import pending, plan_shards
 from pipeline.runtime import GROUNDING_DIR, Runtime
@@ -22,6 +22,10 @@ from stages.grounding.model import GroundingConfig, GroundingModule, save_ground
 from stages.grounding.train import train_grounding
 
 TRAINING_RECORD = "training.json"
+
+
+class PhaseError(RuntimeError):
+    """A phase that cannot run with what the earlier phases produced; one line for the user."""
 
 
 def _run_shards(phase: str, n: int, folder: Path, config: RunConfig, executor: Executor,
@@ -56,8 +60,10 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     if training_is_current(config):
         return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}
     shards = finished_shards(config.out / ORACLE_DIR)
-    if not shards:
-        raise RuntimeError("phase A wrote no oracle shards: nothing to train the grounding module on")
+    oracle = summarize(config.out / ORACLE_DIR)
+    if not oracle["written"]:
+        raise PhaseError(f"phase A wrote no oracle samples ({oracle['failed'] or 'no shards'}): nothing to "
+                         "train the grounding module on; run `datagen generate` with a larger --bootstrap-n")
     preset, vocab = config.preset, config.vocabulary()
     torch.manual_seed(config.seed)
     module = GroundingModule(GroundingConfig(

@@ -61,11 +61,14 @@ def oracle_batches(shards: list[Path], vocab: Vocabulary, batch_size: int, seed:
         order = [urls[i] for i in rng.permutation(len(urls))]
         stream = wds.WebDataset(order, shardshuffle=False, empty_check=False) \
             .shuffle(shuffle_buffer, rng=random.Random(int(rng.integers(2**31))))
-        batch = []
+        batch, seen = [], 0
         for sample in stream:
+            seen += 1
             batch.append(_decode(sample, vocab))
             if len(batch) == batch_size:
                 yield _collate(batch)
                 batch = []
         if batch:
             yield _collate(batch)
+        if not seen:
+            raise ValueError("the oracle shards hold no samples")

@@ -46,7 +46,7 @@ def train_grounding(module: GroundingModule, text: ClassTextEncoder, diffusion: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if on_step:
             on_step(step, losses[-1])
     module.eval()

@@ -1,0 +1,1 @@
+"""Grounded Diffusion's grounding module (model) and its training loop (train)."""

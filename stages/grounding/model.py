@@ -1,0 +1,286 @@
+"""The grounding module of Grounded Diffusion (Li et al., ICCV 2023): class text + UNet features -> masks.
+
+Visual encoder: per resolution a bias-free 1x1 conv reduces the captured UNet features (unconditional
+and conditional halves concatenated on channels), then coarse-to-fine fusion: bilinear upsampling of
+the running map, concatenation with the next resolution's reduced map, a residual mixing block. Text:
+SD's frozen CLIP text encoder on "a photograph of a {class}", mean of the class-token hidden states,
+then a trainable linear projection. Fusion: a transformer decoder (class queries, patchified visual
+map + learned positions as memory), an MLP to a mask embedding, mask logits = mask embedding . per-pixel
+visual map, bilinearly upsampled to the image size. Loss: per-class BCE with logits.
+
+Departures from the paper and its public code:
+- Each class query is decoded on its own (the batch of K queries is folded into the batch axis), so
+  the decoder's self-attention sees one query. The paper's code segments one class per pass, so this
+  is the same function; batching K classes this way keeps classes independent of each other and of
+  padding, which is what lets callers pad K with dummy classes without a query mask.
+- Sizes come from ``GroundingConfig`` (any number of resolutions, any channel widths), so a tiny
+  module runs in tests; the defaults are the paper's (reduce 128/64/32/16 coarse->fine, width 512,
+  8 heads, 3 layers, patch 4). The decoder's feed-forward width is 4 x width (2048 at the paper
+  size, as in the official code) and dropout is 0 (the official default).
+- Checkpoints are safetensors + config.json instead of pickled state dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from itertools import accumulate
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """Sizes of a grounding module; ``reduce_channels`` pair with resolutions from coarse to fine."""
+
+    feature_channels: dict[int, int]  # resolution -> input channels (uncond + cond concatenated)
+    text_dim: int  # CLIP hidden size (768 for SD 1.5)
+    image_size: int  # output mask size (512 for SD 1.5)
+    reduce_channels: tuple[int, ...] = (128, 64, 32, 16)
+    width: int = 512
+    heads: int = 8
+    layers: int = 3
+    patch_size: int = 4
+
+    def __post_init__(self):
+        channels = {int(r): int(c) for r, c in sorted(self.feature_channels.items(), key=lambda kv: int(kv[0]))}
+        object.__setattr__(self, "feature_channels", channels)
+        object.__setattr__(self, "reduce_channels", tuple(int(c) for c in self.reduce_channels))
+        if not channels:
+            raise ValueError("GroundingConfig.feature_channels is empty: need at least one resolution")
+        if len(self.reduce_channels) != len(channels):
+            raise ValueError(
+                f"GroundingConfig.reduce_channels has {len(self.reduce_channels)} entries "
+                f"{self.reduce_channels} but feature_channels has {len(channels)} resolutions "
+                f"{list(channels)}: give one reduce width per resolution, coarse to fine")
+        if any(c <= 0 for c in (*channels.values(), *self.reduce_channels)) or min(channels) <= 0:
+            raise ValueError("GroundingConfig channel counts and resolutions must be positive")
+        if self.width % self.heads:
+            raise ValueError(f"GroundingConfig.width {self.width} is not divisible by heads {self.heads}")
+        if self.finest % self.patch_size:
+            raise ValueError(f"GroundingConfig.patch_size {self.patch_size} does not divide the finest "
+                             f"resolution {self.finest}")
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Resolutions from coarse to fine."""
+        return list(self.feature_channels)
+
+    @property
+    def finest(self) -> int:
+        return max(self.feature_channels)
+
+    @property
+    def visual_channels(self) -> int:
+        """Channels of the fused visual map (240 at the paper size)."""
+        return sum(self.reduce_channels)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["feature_channels"] = {str(r): c for r, c in self.feature_channels.items()}
+        d["reduce_channels"] = list(self.reduce_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GroundingConfig":
+        d = dict(d)
+        d["feature_channels"] = {int(r): int(c) for r, c in d["feature_channels"].items()}
+        if "reduce_channels" in d:
+            d["reduce_channels"] = tuple(d["reduce_channels"])
+        return cls(**d)
+
+
+class ClassTextEncoder:
+    """Class-name embeddings from SD's frozen CLIP text encoder; cached per (template, name).
+
+    Not a trainable part: the wrapped encoder is put in eval mode with ``requires_grad_(False)``.
+    """
+
+    def __init__(self, text_encoder, tokenizer):
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self._cache: dict[tuple[str, str], Tensor] = {}
+
+    def token_span(self, name: str, template: str = "a photograph of a {}") -> tuple[list[int], int, int]:
+        """Token ids of the filled template (BOS ... EOS, unpadded) and the [start, end) of the name."""
+        if template.count("{}") != 1:
+            raise ValueError(f"text template {template!r} must contain exactly one '{{}}'")
+        prefix = template.split("{}")[0]
+        tok = self.tokenizer
+        prefix_ids = tok(prefix, add_special_tokens=False).input_ids if prefix.strip() else []
+        name_ids = tok(name, add_special_tokens=False).input_ids
+        ids = tok(template.format(name)).input_ids
+        start = 1 + len(prefix_ids)  # after BOS and the prefix
+        end = start + len(name_ids)
+        if not name_ids or ids[start:end] != name_ids:
+            raise ValueError(f"class name {name!r} does not tokenize to the same tokens inside template "
+                             f"{template!r}; cannot locate its token positions")
+        if len(ids) > self.max_length:
+            raise ValueError(f"class name {name!r} in template {template!r} is longer than the text "
+                             f"encoder's {self.max_length} tokens")
+        return ids, start, end
+
+    @property
+    def max_length(self) -> int:
+        """Prompt length of the text encoder (77 for CLIP)."""
+        return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.text_encoder.parameters()).device
+
+    def encode(self, names: list[str], template: str = "a photograph of a {}") -> Tensor:
+        """(K, hidden) float32: mean last hidden state over each name's tokens in the template."""
+        missing = list(dict.fromkeys(n for n in names if (template, n) not in self._cache))
+        if missing:
+            spans = [self.token_span(n, template) for n in missing]
+            batch = self.tokenizer([template.format(n) for n in missing], padding="max_length",
+                                   max_length=self.max_length, truncation=True,
+                                   return_tensors="pt")  # padded like SD's prompts
+            with torch.no_grad():
+                hidden = self.text_encoder(batch.input_ids.to(self.device)).last_hidden_state
+            for i, (name, (_, start, end)) in enumerate(zip(missing, spans)):
+                self._cache[(template, name)] = hidden[i, start:end].float().mean(0).clone()
+        if not names:
+            return torch.zeros(0, self.text_encoder.config.hidden_size, device=self.device)
+        return torch.stack([self._cache[(template, n)] for n in names])
+
+
+class MixBlock(nn.Module):
+    """Residual block: two 3x3 conv + batch norm (+ ReLU), 1x1 projection on the skip if widths differ."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class GroundingModule(nn.Module):
+    """Mask logits (B, K, image_size, image_size) for K class embeddings given captured UNet features."""
+
+    def __init__(self, config: GroundingConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.reduce = nn.ModuleDict({str(r): nn.Conv2d(c.feature_channels[r], out, 1, bias=False)
+                                     for r, out in zip(c.resolutions, c.reduce_channels)})
+        running = list(accumulate(c.reduce_channels))  # channels of the running map
+        self.mix = nn.ModuleList(MixBlock(running[i], running[i]) for i in range(1, len(running)))
+        cv = c.visual_channels
+        self.patchify = nn.Conv2d(cv, c.width, c.patch_size, stride=c.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, (c.finest // c.patch_size) ** 2, c.width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.text_proj = nn.Linear(c.text_dim, c.width)
+        layer = nn.TransformerDecoderLayer(c.width, c.heads, dim_feedforward=4 * c.width, dropout=0.0,
+                                           batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, c.layers)
+        self.mask_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.ReLU(inplace=True),
+                                      nn.Linear(c.width, c.width), nn.ReLU(inplace=True),
+                                      nn.Linear(c.width, cv))
+
+    def visual_map(self, features: dict[int, Tensor]) -> Tensor:
+        """(B, sum(reduce_channels), finest, finest): the fused per-pixel visual map."""
+        c = self.config
+        got = sorted(int(r) for r in features)
+        if got != c.resolutions:
+            raise ValueError(f"features have resolutions {got}, the grounding module expects {c.resolutions}")
+        dtype = self.patchify.weight.dtype
+        x = None
+        for i, r in enumerate(c.resolutions):
+            f = features[r]
+            if f.shape[1] != c.feature_channels[r] or tuple(f.shape[-2:]) != (r, r):
+                raise ValueError(f"features at resolution {r} have shape {tuple(f.shape)}, expected "
+                                 f"(B, {c.feature_channels[r]}, {r}, {r})")
+            reduced = self.reduce[str(r)](f.to(dtype))
+            if x is None:
+                x = reduced
+            else:
+                x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+                x = self.mix[i - 1](torch.cat([x, reduced], dim=1))
+        return x
+
+    def forward(self, features: dict[int, Tensor], class_embeddings: Tensor) -> Tensor:
+        visual = self.visual_map(features)
+        b = visual.shape[0]
+        if class_embeddings.dim() == 2:
+            class_embeddings = class_embeddings.unsqueeze(0).expand(b, -1, -1)
+        if class_embeddings.dim() != 3 or class_embeddings.shape[0] != b \
+                or class_embeddings.shape[2] != self.config.text_dim:
+            raise ValueError(f"class_embeddings have shape {tuple(class_embeddings.shape)}, expected "
+                             f"(K, {self.config.text_dim}) or ({b}, K, {self.config.text_dim})")
+        k = class_embeddings.shape[1]
+        memory = self.patchify(visual).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, width)
+        queries = self.text_proj(class_embeddings.to(visual.dtype))  # (B, K, width)
+        # One query per decoder sequence: classes are decoded independently (see module docstring).
+        memory = memory.unsqueeze(1).expand(-1, k, -1, -1).reshape(b * k, *memory.shape[1:])
+        decoded = self.decoder(queries.reshape(b * k, 1, -1), memory).reshape(b, k, -1)
+        mask_embed = self.mask_mlp(decoded)  # (B, K, C)
+        logits = torch.einsum("bkc,bchw->bkhw", mask_embed, visual)
+        size = self.config.image_size
+        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Per-class BCE with logits, averaged over the valid (B, K) entries; 0 (with grad) if none is."""
+    valid = valid.to(device=logits.device, dtype=torch.bool)
+    if not valid.any():
+        return logits.sum() * 0.0
+    per_pixel = F.binary_cross_entropy_with_logits(logits[valid], targets.to(logits)[valid], reduction="none")
+    return per_pixel.mean()
+
+
+def predict_masks(logits: Tensor) -> Tensor:
+    """Binary masks: sigmoid(logits) > 0.5."""
+    return torch.sigmoid(logits) > 0.5
+
+
+def save_grounding(module: GroundingModule, path_dir) -> None:
+    """Write ``model.safetensors`` and ``config.json`` into ``path_dir`` (created if needed)."""
+    from safetensors.torch import save_file
+
+    folder = Path(path_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2, sort_keys=True))
+
+
+def load_grounding(path_dir, map_location="cpu") -> GroundingModule:
+    """Rebuild a module saved by ``save_grounding``; ValueError naming the file when it is missing or
+    does not match."""
+    from safetensors.torch import load_file
+
+    folder = Path(path_dir)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"grounding checkpoint file {path} is missing")
+    try:
+        config = GroundingConfig.from_dict(json.loads(config_path.read_text()))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"grounding config {config_path} is invalid: {e}") from e
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+        raise ValueError(f"grounding weights {weights_path} cannot be read: {e}") from e
+    module = GroundingModule(config)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"grounding weights {weights_path} do not match {config_path}: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
+    module.load_state_dict(state)
+    return module.to(map_location)

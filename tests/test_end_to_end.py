@@ -1,0 +1,94 @@
+"""`datagen run` through the CLI on the tiny preset, read back as a training job would."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import webdataset as wds
+from pycocotools import mask as mask_utils
+
+from pipeline.reader import open_dataset
+
+ARGS = ["--vocab", "voc", "--n", "6", "--models", "tiny", "--bootstrap-n", "4", "--train-steps", "3",
+        "--shard-size", "4", "--batch-size", "2", "--seed", "3"]
+
+
+def datagen(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("e2e") / "voc"
+    result = datagen("run", *ARGS, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_run_writes_the_whole_layout(run):
+    out, result = run
+    for name in ("manifest.json", "classes.json", "README.md", "grounding/model.safetensors",
+                 "grounding/config.json", "oracle/shard-000000.tar", "data/shard-000000.tar",
+                 "data/shard-000000.stats.json", "data/shard-000001.stats.json"):
+        assert (out / name).exists(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["config"]["n"] == 6
+    assert len(manifest["vocabulary"]["classes"]) == 20
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["planned"] == 6 and summary["written"] + sum(summary["failed"].values()) == 6
+
+
+def test_oracle_shards_carry_latents_and_seen_classes_only(run, voc):
+    out, _ = run
+    samples = list(wds.WebDataset(str(out / "oracle" / "shard-000000.tar"), shardshuffle=False))
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert all(voc[c].seen for c in meta["classes"])
+        latent = np.load(__import__("io").BytesIO(s["latent.npy"]))
+        assert latent.shape == (4, 16, 16) and latent.dtype == np.float32
+
+
+def test_dataset_reads_back_as_class_index_masks_and_rle(run, voc):
+    out, _ = run
+    samples = list(open_dataset(sorted(str(p) for p in (out / "data").glob("*.tar"))))
+    stats = [json.loads(p.read_text()) for p in sorted((out / "data").glob("*.stats.json"))]
+    assert len(samples) == sum(s["written"] for s in stats)
+    for s in samples:
+        meta, seg = s["json"], s["seg.png"]
+        assert s["jpg"].shape == (64, 64, 3) and seg.shape == (64, 64) and seg.dtype == np.uint8
+        assert set(np.unique(seg)) <= {0, *meta["class_ids"]}
+        assert all(1 <= i <= 20 for i in meta["class_ids"])
+        for inst in meta["instances"]:
+            rle = dict(inst["segmentation"], counts=inst["segmentation"]["counts"].encode())
+            decoded = mask_utils.decode(rle).astype(bool)
+            assert decoded.shape == (64, 64)
+            np.testing.assert_array_equal(decoded, seg == inst["class_id"])
+
+
+def test_rerun_does_no_work_and_writes_nothing(run):
+    out, _ = run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "README.md"}
+    result = datagen("run", *ARGS, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "dataset is complete" in result.stderr
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "README.md"}
+    assert after == before
+
+
+def test_another_config_into_the_same_folder_is_refused(run):
+    out, _ = run
+    result = datagen("run", *ARGS[:-1], "4", "--out", str(out))
+    assert result.returncode == 2 and "another config" in result.stderr
+
+
+def test_missing_real_weights_fail_fast(tmp_path):
+    result = datagen("run", "--vocab", "coco", "--n", "10", "--out", str(tmp_path / "x"),
+                     env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "stable-diffusion-v1-5" in lines[0] and "--sd-path" in lines[0]
+    assert not (tmp_path / "x").exists()
