@@ -15,13 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, prepare_output, summarize, write_card
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, prepare_output, summarize, write_card
 from pipeline.executors import ExecutionReport
 from pipeline.executors.local import LocalExecutor
 from pipeline.phases import PhaseError, run_label_phase, run_oracle_phase, run_train_phase, \
     training_is_current
 from pipeline.plan import pending, plan_shards
 from pipeline.runtime import Runtime
+from pipeline.workers import ShardWorker
 from stages.oracle import WeightsMissingError
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
@@ -68,30 +69,29 @@ def _pending_work(config: RunConfig, phases: set[str]) -> bool:
 
 def _execute(config: RunConfig, phases: set[str]) -> None:
     started = time.time()
-    runtime = Runtime(config)
+    check_output(config)
     if not _pending_work(config, phases):
-        prepare_output(config, "(not loaded)", "(not loaded)") if not (config.out / "manifest.json").exists() else None
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
         _print_summary(config, phases)
         return
-    runtime.check_weights(oracle="oracle" in phases)
+    runtime = Runtime(config)
+    runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
     console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
     prepare_output(config, runtime.sd_source(), runtime.oracle_source())
-    executor = LocalExecutor(worker=None)
+    executor = LocalExecutor(worker=ShardWorker(config, runtime))
     reports: list[ExecutionReport] = []
     with _progress() as progress:
         if "oracle" in phases:
-            report, _ = run_oracle_phase(config, executor, progress)
-            reports.append(report)
+            reports.append(run_oracle_phase(config, executor, progress))
         if "train" in phases:
             record = run_train_phase(config, runtime, progress)
             if not record.get("skipped"):
                 console.print(f"grounding module: loss {record['first_loss']:.4f} -> {record['last_loss']:.4f} "
                               f"in {record['steps']} steps")
         if "label" in phases:
-            executor = LocalExecutor(worker=None)
-            report, _ = run_label_phase(config, executor, progress)
-            reports.append(report)
+            reports.append(run_label_phase(config, executor, progress))
+    if "label" in phases:
+        write_card(config, summarize(config.out / DATA_DIR))
     _print_summary(config, phases)
     console.print(f"done in {time.time() - started:.1f} s")
     failed = {sid: err for r in reports for sid, err in r.failed_shards.items()}
@@ -105,8 +105,6 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
 def _print_summary(config: RunConfig, phases: set[str]) -> None:
     folder, label = (config.out / DATA_DIR, "dataset") if "label" in phases else (config.out / ORACLE_DIR, "oracle data")
     summary = summarize(folder)
-    if "label" in phases:
-        write_card(config, summary)
     vocab = config.vocabulary()
     table = Table(title=f"{label}: {summary['written']} samples in {summary['shards']} shards ({folder})")
     table.add_column("class")

@@ -26,8 +26,8 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> None:
-    """Create or reopen the output folder; refuse one that holds another dataset."""
+def check_output(config: RunConfig) -> None:
+    """Refuse an output folder that holds another dataset or something else; writes nothing."""
     out = config.out
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
@@ -41,11 +41,17 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> Non
                 f"this run {config.fingerprint()}); choose another --out or delete that folder")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
+
+
+def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> None:
+    """Create or reopen the output folder and (re)write its manifest and classes file."""
+    out = config.out
+    check_output(config)
     for sub in (ORACLE_DIR, DATA_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out / sub)
     vocab = config.vocabulary()
-    write_json_atomic(manifest_path, {
+    write_json_atomic(out / "manifest.json", {
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},

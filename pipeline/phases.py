@@ -29,12 +29,11 @@ class PhaseError(RuntimeError):
 
 
 def _run_shards(phase: str, n: int, folder: Path, config: RunConfig, executor: Executor,
-                progress: Progress | None, description: str) -> tuple[ExecutionReport, int]:
+                progress: Progress | None, description: str) -> ExecutionReport:
     todo = pending(plan_shards(phase, n, config.preset.shard_size, folder))
     total = sum(t.end - t.start for t in todo)
     bar = progress.add_task(description, total=total) if progress and todo else None
-    report = executor.run(todo, config, lambda k: progress.advance(bar, k) if bar is not None else None)
-    return report, len(todo)
+    return executor.run(todo, config, lambda k: progress.advance(bar, k) if bar is not None else None)
 
 
 def run_oracle_phase(config: RunConfig, executor: Executor, progress: Progress | None = None):

@@ -11,7 +11,7 @@ from pipeline.config import RunConfig
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, load_stable_diffusion, tiny_preset_dir
-from stages.oracle import Oracle, load_maskrcnn
+from stages.oracle import Oracle, WeightsMissingError, load_maskrcnn
 
 GROUNDING_DIR = "grounding"
 TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
@@ -65,8 +65,13 @@ class Runtime:
     def grounding(self) -> GroundingModule:
         return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
 
-    def check_weights(self, oracle: bool) -> None:
+    def check_weights(self, oracle: bool, grounding: bool) -> None:
         """Fail fast, before any work, when weights are missing (WeightsMissingError)."""
         self.pipe
         if oracle:
             self.oracle
+        if grounding and not (self.config.out / GROUNDING_DIR / "model.safetensors").exists():
+            raise WeightsMissingError(f"no grounding checkpoint in {self.config.out / GROUNDING_DIR}; "
+                                      "run `datagen train` (or `datagen run`) first")
+        if grounding:
+            self.grounding
