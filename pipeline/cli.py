@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
@@ -45,11 +46,14 @@ Opt = Annotated[int | None, typer.Option()]
 def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n, train_steps,
             shard_size, batch_size) -> RunConfig:
     preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
-                                  "shard_size": shard_size, "batch_size": batch_size})
-    if train_steps is not None:
-        preset = preset.model_copy(update={"train": preset.train.model_copy(update={"steps": train_steps})})
+                                  "shard_size": shard_size, "batch_size": batch_size,
+                                  "train": {"steps": train_steps}})
     resolve_vocabulary(vocab)  # fail early on a bad vocabulary
-    return RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device)
+    try:
+        return RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from err
 
 
 def _progress() -> Progress:

@@ -97,7 +97,12 @@ def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
     if not path.exists():
         names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml")))
         raise ConfigError(f"unknown model preset '{name_or_path}': not one of {names} and no such file")
-    raw = yaml.safe_load(path.read_text()) | {k: v for k, v in (overrides or {}).items() if v is not None}
+    raw = yaml.safe_load(path.read_text())
+    for key, value in (overrides or {}).items():  # nested dicts (e.g. train) are merged, None skipped
+        if isinstance(value, dict):
+            value = {**raw.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
+        if value is not None:
+            raw[key] = value
     try:
         return Preset(**raw)
     except ValidationError as err:

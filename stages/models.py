@@ -103,47 +103,43 @@ def _build_tiny(folder: Path, seed: int, image_size: int) -> None:
 
 
 def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load a ``StableDiffusionPipeline`` from a local folder or a hub id already in the HF cache.
+    """Load a ``StableDiffusionPipeline`` from a local folder or a hub id (cache first).
 
     Raises WeightsMissingError (one line: what is missing and how to point at a local copy) instead
-    of hanging on a download that cannot happen.
+    of a long traceback or a download that cannot happen.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
     local = Path(source).expanduser()
-    if local.exists():
-        if not (local / "model_index.json").exists():
-            raise WeightsMissingError(f"{local} is not a diffusers Stable Diffusion folder "
-                                      "(no model_index.json)")
-        path, offline = str(local), True
-    else:
-        path, offline = source, os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-        if not _hub_snapshot_available(source, offline):
+    if local.exists() and not (local / "model_index.json").exists():
+        raise WeightsMissingError(f"{local} is not a diffusers Stable Diffusion folder (no model_index.json)")
+    try:
+        pipe = _from_pretrained(str(local) if local.exists() else source, dtype)
+    except (OSError, ValueError) as err:
+        if local.exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _download(source):
             raise WeightsMissingError(
-                f"Stable Diffusion weights '{source}' are not in the local Hugging Face cache and "
-                "cannot be downloaded here; download them elsewhere (e.g. `hf download "
-                f"{source}`) and pass --sd-path DIR or set HF_HOME to that cache")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
-        local_files_only=offline)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+                f"Stable Diffusion weights '{source}' are not available here ({type(err).__name__}); "
+                f"download them elsewhere (e.g. `hf download {source}`) and pass --sd-path DIR, "
+                "or set HF_HOME to a cache that holds them") from err
+        pipe = _from_pretrained(source, dtype)
     return pipe.to(device)
 
 
-def _hub_snapshot_available(repo_id: str, offline: bool) -> bool:
+def _from_pretrained(path: str, dtype: torch.dtype):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, safety_checker=None,
+                                                   requires_safety_checker=False, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _download(repo_id: str) -> bool:
+    """Fetch the diffusers files of a hub repo into the HF cache; False when that is impossible."""
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(repo_id, allow_patterns=["model_index.json"], local_files_only=True)
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
-        pass
-    if offline:
-        return False
-    try:
         snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"],
-                          ignore_patterns=["*.bin", "*ema*", "*non_ema*", "*.ckpt"], etag_timeout=10)
+                          ignore_patterns=["*ema*", "safety_checker/*"], etag_timeout=10)
         return True
     except Exception:  # noqa: BLE001 - no network, no repo, no permission: all mean unavailable
         return False

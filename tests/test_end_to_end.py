@@ -106,3 +106,26 @@ def test_prompts_command_prints_the_plan():
     specs = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0 and [s["index"] for s in specs] == [0, 1, 2]
     assert all(set(s) == {"index", "prompt", "classes", "seed"} for s in specs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0"], "--n: Input should be greater than 0"),
+    (["--models", "huge"], "unknown model preset 'huge'"),
+    (["--vocab", "nope"], "unknown vocabulary 'nope'"),
+    (["--train-steps", "0"], "train.steps"),
+])
+def test_bad_flags_get_one_line_and_exit_2(tmp_path, args, message):
+    result = datagen("run", "--models", "tiny", "--out", str(tmp_path / "z"), *args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "z").exists()
+
+
+def test_same_seed_gives_byte_identical_shards(run, tmp_path):
+    out, _ = run
+    again = tmp_path / "again"
+    assert datagen("run", *ARGS, "--out", str(again)).returncode == 0
+    for phase in ("oracle", "data"):
+        shards = sorted((out / phase).glob("*.tar"))
+        assert shards and [p.read_bytes() for p in shards] == \
+            [(again / phase / p.name).read_bytes() for p in shards]

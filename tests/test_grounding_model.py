@@ -3,18 +3,16 @@ checkpoints."""
 
 from __future__ import annotations
 
-import gzip
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from stages.models import clip_tokenizer
 from stages.grounding.model import (ClassTextEncoder, GroundingConfig, GroundingModule, grounding_loss,
                                     load_grounding, predict_masks, save_grounding)
 
 TEMPLATE = "a photograph of a {}"
-BPE = Path("/tmp/venvtest/lib/python3.11/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz")
 
 
 def tiny_config(**kw) -> GroundingConfig:
@@ -26,32 +24,6 @@ def tiny_config(**kw) -> GroundingConfig:
 def features(batch: int, seed: int = 0) -> dict[int, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {r: torch.randn(batch, c, r, r, generator=g) for r, c in tiny_config().feature_channels.items()}
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    order = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    table = {b: chr(b) for b in order}
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + len(table) - len(order))
-    return table  # CLIP's order: printable bytes first, then the remapped ones
-
-
-def clip_tokenizer():
-    """The real CLIP BPE tokenizer (49408 ids) from the merges shipped in open_clip's wheel."""
-    from transformers import CLIPTokenizer
-
-    if not BPE.exists():
-        pytest.skip("open_clip_torch's CLIP BPE vocabulary is not installed")
-    n_merges = 49152 - 256 - 2
-    merges = gzip.open(BPE, "rt", encoding="utf-8").read().split("\n")[1: n_merges + 1]
-    chars = list(_bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] \
-        + ["<|startoftext|>", "<|endoftext|>"]
-    assert len(vocab) == 49408
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=[tuple(m.split()) for m in merges],
-                         model_max_length=77)
 
 
 @pytest.fixture(scope="module")
