@@ -109,6 +109,9 @@ def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype =
     of a long traceback or a download that cannot happen.
     """
     local = Path(source).expanduser()
+    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+        raise WeightsMissingError(f"Stable Diffusion folder {local} does not exist "
+                                  "(and it is not a hub id of the form owner/name)")
     if local.exists() and not (local / "model_index.json").exists():
         raise WeightsMissingError(f"{local} is not a diffusers Stable Diffusion folder (no model_index.json)")
     try:

@@ -81,3 +81,5 @@ def test_missing_sd_weights_fail_fast_with_one_line(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsMissingError, match="model_index.json"):
         load_stable_diffusion(str(tmp_path / "empty"))
+    with pytest.raises(WeightsMissingError, match="does not exist"):
+        load_stable_diffusion(str(tmp_path / "no-such-folder"))
