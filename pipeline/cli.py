@@ -19,12 +19,12 @@ from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabul
 from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, prepare_output, summarize, write_card
 from pipeline.executors import ExecutionReport
 from pipeline.executors.local import LocalExecutor
-from pipeline.phases import PhaseError, run_label_phase, run_oracle_phase, run_train_phase, \
-    training_is_current
+from pipeline.phases import PhaseError, pending_oracle_shards, recover_interrupted_training, run_label_phase, \
+    run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import pending, plan_shards
 from pipeline.runtime import Runtime
 from pipeline.workers import ShardWorker
-from stages.oracle import WeightsMissingError
+from stages.weights import WeightsMissingError
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
 
@@ -63,11 +63,9 @@ def _progress() -> Progress:
 
 
 def _pending_work(config: RunConfig, phases: set[str]) -> bool:
-    preset = config.preset
-    work = "oracle" in phases and pending(plan_shards("oracle", preset.bootstrap_n, preset.shard_size,
-                                                      config.out / ORACLE_DIR))
+    work = "oracle" in phases and pending_oracle_shards(config)
     work = work or ("train" in phases and not training_is_current(config))
-    return bool(work or ("label" in phases and pending(plan_shards("label", config.n, preset.shard_size,
+    return bool(work or ("label" in phases and pending(plan_shards("label", config.n, config.preset.shard_size,
                                                                    config.out / DATA_DIR))))
 
 
@@ -78,30 +76,42 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
         _print_summary(config, phases)
         return
+    if "train" in phases and "oracle" not in phases and (missing := pending_oracle_shards(config)):
+        raise PhaseError(f"phase A is unfinished ({len(missing)} oracle shards missing in {config.out}): "
+                         "run `datagen generate` with the same flags first")
     runtime = Runtime(config)
     runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
     console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
     prepare_output(config, runtime.sd_source(), runtime.oracle_source())
+    recover_interrupted_training(config.out)
     executor = LocalExecutor(worker=ShardWorker(config, runtime))
-    reports: list[ExecutionReport] = []
-    with _progress() as progress:
-        if "oracle" in phases:
-            reports.append(run_oracle_phase(config, executor, progress))
-        if "train" in phases:
-            record = run_train_phase(config, runtime, progress)
-            if not record.get("skipped"):
-                console.print(f"grounding module: loss {record['first_loss']:.4f} -> {record['last_loss']:.4f} "
-                              f"in {record['steps']} steps")
-        if "label" in phases:
-            reports.append(run_label_phase(config, executor, progress))
+    try:
+        with _progress() as progress:
+            if "oracle" in phases:
+                _stop_on_failed_shards(run_oracle_phase(config, executor, progress), "A")
+            if "train" in phases:
+                record = run_train_phase(config, runtime, progress)
+                if not record.get("skipped"):
+                    console.print(f"grounding module: loss {record['first_loss']:.4f} -> "
+                                  f"{record['last_loss']:.4f} in {record['steps']} steps")
+            if "label" in phases:
+                report = run_label_phase(config, executor, progress)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished shards are kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
     if "label" in phases:
         write_card(config, summarize(config.out / DATA_DIR))
     _print_summary(config, phases)
     console.print(f"done in {time.time() - started:.1f} s")
-    failed = {sid: err for r in reports for sid, err in r.failed_shards.items()}
-    if failed:
-        for sid, err in sorted(failed.items()):
-            console.print(f"[red]shard {sid} failed[/]: {err}")
+    if "label" in phases:
+        _stop_on_failed_shards(report, "C")
+
+
+def _stop_on_failed_shards(report: ExecutionReport, phase: str) -> None:
+    """Exit 1 after naming every shard that failed all its retries; later phases do not run."""
+    if report.failed_shards:
+        for sid, err in sorted(report.failed_shards.items()):
+            console.print(f"[red]phase {phase}: shard {sid} failed[/]: {err}", highlight=False)
         console.print("rerun the same command to retry the failed shards; finished shards are kept")
         raise typer.Exit(1)
 
@@ -176,9 +186,6 @@ def main() -> None:
     except (ConfigError, VocabularyError, WeightsMissingError, PhaseError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted: finished shards are kept; rerun the same command to resume")
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages.vocab import Vocabulary, load_vocabulary
 
@@ -70,6 +71,13 @@ class RunConfig(BaseModel):
     device: str = "auto"
     cache_dir: Path = Field(default_factory=lambda: Path(
         os.environ.get("DATAGEN_CACHE", "~/.cache/datagen")).expanduser())
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError(f"'{device}' is not auto, cpu, cuda, cuda:N or mps")
+        return device
 
     def vocabulary(self) -> Vocabulary:
         return resolve_vocabulary(self.vocab)

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.shards import finished_shards, remove_stale_temporaries, write_json_atomic
+from pipeline.shards import finished_shards, read_stats, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 ORACLE_DIR, DATA_DIR = "oracle", "data"
@@ -29,6 +29,8 @@ def package_versions() -> dict[str, str]:
 def check_output(config: RunConfig) -> None:
     """Refuse an output folder that holds another dataset or something else; writes nothing."""
     out = config.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         try:
@@ -41,6 +43,10 @@ def check_output(config: RunConfig) -> None:
                 f"this run {config.fingerprint()}); choose another --out or delete that folder")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
+    written_to = max((stats["end"] for stats in all_stats(out / DATA_DIR)), default=0)
+    if written_to > config.n:
+        raise ConfigError(f"{out} already holds samples up to index {written_to}, more than --n {config.n}; "
+                          f"pass --n {written_to} or more, or choose another --out")
 
 
 def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> None:
@@ -62,12 +68,16 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> Non
         "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
 
 
+def all_stats(folder: Path) -> list[dict]:
+    """The stats of every finished shard in a folder, in shard order."""
+    return [s for p in finished_shards(folder) if (s := read_stats(p.parent, int(p.stem.split("-")[1])))]
+
+
 def summarize(folder: Path) -> dict:
     """Totals over every finished shard's stats in a folder."""
     written, planned, failed, instances = 0, 0, Counter(), Counter()
-    shards = finished_shards(folder)
-    for shard in shards:
-        stats = json.loads(shard.with_name(shard.name.replace(".tar", ".stats.json")).read_text())
+    shards = all_stats(folder)
+    for stats in shards:
         written += stats["written"]
         planned += stats["planned"]
         failed.update(stats["failed"])
@@ -82,7 +92,7 @@ def write_card(config: RunConfig, summary: dict) -> None:
     rows = "\n".join(f"| {c.id} | {c.name} | {'seen' if c.seen else 'unseen'} | "
                      f"{summary['class_instances'].get(c.name, 0)} |" for c in vocab.classes)
     failed = ", ".join(f"{k}: {v}" for k, v in sorted(summary["failed"].items())) or "none"
-    (config.out / "README.md").write_text(f"""# datagen dataset
+    write_text_atomic(config.out / "README.md", f"""# datagen dataset
 
 Synthetic semantic segmentation data (Grounded Diffusion): Stable Diffusion images labelled by a
 grounding module trained on Mask R-CNN oracle masks of the seen classes. Made by datagen

@@ -48,9 +48,19 @@ def run_label_phase(config: RunConfig, executor: Executor, progress: Progress | 
                        "C label")
 
 
+def pending_oracle_shards(config: RunConfig) -> list:
+    return pending(plan_shards("oracle", config.preset.bootstrap_n, config.preset.shard_size,
+                               config.out / ORACLE_DIR))
+
+
 def training_is_current(config: RunConfig) -> bool:
+    """A checkpoint exists for this config, trained on exactly the oracle shards now finished."""
     record = config.out / GROUNDING_DIR / TRAINING_RECORD
-    return record.exists() and json.loads(record.read_text()).get("fingerprint") == config.fingerprint()
+    if not record.exists():
+        return False
+    trained = json.loads(record.read_text())
+    return trained.get("fingerprint") == config.fingerprint() and \
+        trained.get("oracle_shards") == [p.name for p in finished_shards(config.out / ORACLE_DIR)]
 
 
 def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | None = None) -> dict:
@@ -58,6 +68,9 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     folder = config.out / GROUNDING_DIR
     if training_is_current(config):
         return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}
+    if missing := pending_oracle_shards(config):
+        raise PhaseError(f"phase A is unfinished ({len(missing)} oracle shards missing): run `datagen generate` "
+                         "with the same flags first, so the grounding module trains on all its data")
     shards = finished_shards(config.out / ORACLE_DIR)
     oracle = summarize(config.out / ORACLE_DIR)
     if not oracle["written"]:
@@ -79,14 +92,26 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     record = {"fingerprint": config.fingerprint(), "steps": len(losses), "first_loss": losses[0],
               "last_loss": losses[-1], "losses": losses, "seconds": round(time.time() - started, 2),
               "oracle_shards": [p.name for p in shards]}
-    tmp = folder.with_name(f"{GROUNDING_DIR}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp, old = (folder.with_name(f"{GROUNDING_DIR}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
     save_grounding(module, tmp)
     write_json_atomic(tmp / TRAINING_RECORD, record)
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)  # a checkpoint is in place at every moment but this rename pair
     os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
     runtime.__dict__.pop("grounding", None)  # reload the new checkpoint on next use
     return record
+
+
+def recover_interrupted_training(out: Path) -> None:
+    """After a kill during the checkpoint swap: put the previous checkpoint back, drop temporaries."""
+    folder = out / GROUNDING_DIR
+    for old in sorted(out.glob(f"{GROUNDING_DIR}.old*")):
+        if not folder.exists():
+            os.replace(old, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in out.glob(f"{GROUNDING_DIR}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def feature_channels(runtime: Runtime) -> dict[int, int]:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, load_stable_diffusion, tiny_preset_dir
-from stages.oracle import Oracle, WeightsMissingError, load_maskrcnn
+from stages.oracle import Oracle, load_maskrcnn
+from stages.weights import WeightsMissingError
 
 GROUNDING_DIR = "grounding"
 TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
@@ -20,6 +21,8 @@ TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run see
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch here")
     return device
 
 
@@ -74,4 +77,8 @@ class Runtime:
             raise WeightsMissingError(f"no grounding checkpoint in {self.config.out / GROUNDING_DIR}; "
                                       "run `datagen train` (or `datagen run`) first")
         if grounding:
-            self.grounding
+            try:
+                self.grounding
+            except (OSError, ValueError) as err:
+                raise WeightsMissingError(f"grounding checkpoint in {self.config.out / GROUNDING_DIR} "
+                                          f"cannot be loaded ({err}); rerun `datagen train`") from err

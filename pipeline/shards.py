@@ -52,10 +52,14 @@ def encode_array(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:

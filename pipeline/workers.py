@@ -2,7 +2,8 @@
 
 One worker holds the models (``Runtime``) and processes shards one after another; executors decide
 where workers live (in-process now, Ray actors later). A sample that fails is recorded with its
-reason and never kills its shard.
+reason and never kills its shard; a shard whose every sample raised is not written (the cause is
+almost surely not the samples), so the executor retries and reports it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class ShardWorker:
                     samples.append(result)
             if on_samples:
                 on_samples(len(batch))
+        if failures and not samples and all(f["reason"].startswith("error:") for f in failures):
+            raise RuntimeError(f"every sample of shard {task.shard_id} raised, e.g. {failures[0]['reason']}")
         stats = self._stats(task, samples, failures, time.time() - started)
         write_shard(task.folder, task.shard_id, samples, stats)
         return stats
@@ -66,11 +69,11 @@ class ShardWorker:
     def _batch_isolating_failures(self, phase: str, batch: list[PromptSpec]) -> list:
         """Samples of a batch; if the batch raises, each sample alone, so one bad sample fails alone."""
         label = self._oracle_batch if phase == "oracle" else self._grounding_batch
-        try:
-            return label(batch)
-        except Exception:  # noqa: BLE001 - isolate the failing sample below
-            if len(batch) == 1:
-                raise
+        if len(batch) > 1:
+            try:
+                return label(batch)
+            except Exception:  # noqa: BLE001 - isolate the failing sample below
+                pass
         results = []
         for spec in batch:
             try:

@@ -118,7 +118,7 @@ class Diffusion:
         vae = self.pipe.vae
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return np.nan_to_num(images.permute(0, 2, 3, 1).cpu().numpy())
+        return images.permute(0, 2, 3, 1).cpu().numpy()
 
     @torch.inference_mode()
     def features_from_latent(self, latents: torch.Tensor, timestep: int,

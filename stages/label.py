@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BACKGROUND, IGNORE = 0, 255
+BACKGROUND = 0
 
 
 @dataclass

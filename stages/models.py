@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from stages.oracle import WeightsMissingError
+from stages.weights import WeightsMissingError, downloads_allowed
 
 
 # Architecture of the tiny preset: small enough for CPU tests, same component classes as SD 1.5.
@@ -117,7 +117,7 @@ def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype =
     try:
         pipe = _from_pretrained(str(local) if local.exists() else source, dtype)
     except (OSError, ValueError) as err:
-        if local.exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _download(source):
+        if local.exists() or not downloads_allowed() or not _download(source):
             raise WeightsMissingError(
                 f"Stable Diffusion weights '{source}' are not available here ({type(err).__name__}); "
                 f"download them elsewhere (e.g. `hf download {source}`) and pass --sd-path DIR, "
@@ -141,8 +141,10 @@ def _download(repo_id: str) -> bool:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"],
-                          ignore_patterns=["*ema*", "safety_checker/*"], etag_timeout=10)
+        snapshot_download(repo_id, etag_timeout=10, allow_patterns=[  # the fp32 diffusers folders only
+            "model_index.json", "*/config.json", "*/*_config.json", "tokenizer/*.txt", "tokenizer/*.json",
+            "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/model.safetensors"])
         return True
     except Exception:  # noqa: BLE001 - no network, no repo, no permission: all mean unavailable
         return False

@@ -7,6 +7,7 @@ Mask R-CNN instance of c; when the detector finds no instance of c, the image ge
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +16,12 @@ import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
 
-from stages.vocab import Vocabulary
+from stages.vocab import Vocabulary, VocabularyError
+from stages.weights import WeightsMissingError, downloads_allowed
 
 COCO_WEIGHTS = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
 COCO_DETECTOR_CATEGORIES: tuple[str, ...] = tuple(COCO_WEIGHTS.meta["categories"])
 _NOT_A_CLASS = ("__background__", "N/A")
-
-
-class WeightsMissingError(RuntimeError):
-    """The detector's pretrained weights are not on this machine (they are never downloaded)."""
 
 
 @dataclass(frozen=True)
@@ -47,41 +45,70 @@ def coco_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(COCO_WEIGHTS.url)
 
 
+def _download_coco_weights(path: Path) -> bool:
+    """Fetch torchvision's COCO_V1 checkpoint (hash-checked, atomic); False when that is impossible."""
+    if not downloads_allowed():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a network that drops packets fails instead of hanging
+    try:
+        torch.hub.download_url_to_file(COCO_WEIGHTS.url, str(path), hash_prefix=match and match.group(1))
+        return True
+    except Exception:  # noqa: BLE001 - no network, proxy refusal, bad hash: all mean unavailable
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    if path.suffix == ".pth":
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise ValueError(f"oracle weights {path}: expected a .pth or .safetensors state dict")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_maskrcnn(image_size: int, weights: str | Path | None, box_score_thresh: float | None = None) -> MaskRCNN:
     """Build the oracle detector in eval mode.
 
-    ``weights``: None (random init, for tests), "COCO_V1" (torchvision's COCO weights, read from the
-    torch.hub checkpoint cache only) or the path of a .pth / .safetensors state dict.
+    ``weights``: None (random init, for tests), "COCO_V1" (torchvision's COCO weights from the
+    torch.hub checkpoint cache, downloaded there once where downloads are allowed) or the path of a
+    .pth / .safetensors state dict.
     """
     model = build_maskrcnn(image_size, box_score_thresh)
     if weights is not None:
         if weights == "COCO_V1":
             path = coco_weights_path()
-            if not path.is_file():
+            if not path.is_file() and not _download_coco_weights(path):
                 raise WeightsMissingError(
-                    f"Mask R-CNN weights {path.name} not found in {path.parent}: download {COCO_WEIGHTS.url} "
-                    f"to that folder, or pass a local state-dict path via --oracle-weights")
+                    f"Mask R-CNN weights {path.name} not found in {path.parent} and not downloadable here: "
+                    f"download {COCO_WEIGHTS.url} to that folder, or pass a local state-dict path via "
+                    "--oracle-weights")
         else:
-            path = Path(weights)
-        model.load_state_dict(_read_state_dict(path))
+            path = Path(weights).expanduser()
+            if path.suffix not in (".pth", ".safetensors"):
+                raise WeightsMissingError(f"oracle weights {path}: expected a .pth or .safetensors state dict")
+            if not path.is_file():
+                raise WeightsMissingError(f"oracle weights {path} do not exist (--oracle-weights)")
+        try:
+            model.load_state_dict(_read_state_dict(path))
+        except RuntimeError as err:  # wrong architecture: torch lists every key, keep the first line
+            raise WeightsMissingError(f"oracle weights {path} do not fit torchvision's Mask R-CNN ResNet-50 "
+                                      f"FPN v2: {str(err).splitlines()[0]}") from err
     return model.eval()
 
 
 def _detector_label_ids(vocab: Vocabulary) -> dict[str, int]:
-    """Vocabulary class name -> the detector's label id for that class's COCO category."""
+    """Vocabulary class name -> the detector's label id for that class's COCO category.
+
+    Unseen classes are mapped too (evaluation compares against the oracle on them); the pipeline
+    keeps them out of the oracle's training data by never prompting for them in phase A.
+    """
     coco_ids = {name: i for i, name in enumerate(COCO_DETECTOR_CATEGORIES) if name not in _NOT_A_CLASS}
     unknown = sorted({c.detector_name for c in vocab.classes} - coco_ids.keys())
     if unknown:
-        raise ValueError(f"vocabulary {vocab.name}: detector names that are not COCO categories: {unknown}")
+        raise VocabularyError(f"vocabulary {vocab.name}: detector names that are not COCO categories: {unknown}")
     return {c.name: coco_ids[c.detector_name] for c in vocab.classes}
 
 

@@ -47,9 +47,6 @@ class Vocabulary:
     def __getitem__(self, name: str) -> ClassInfo:
         return self._by_name[name]
 
-    def by_id(self, class_id: int) -> ClassInfo:
-        return self.classes[class_id - 1]
-
     def to_dict(self) -> dict:
         return {
             "name": self.name,

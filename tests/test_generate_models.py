@@ -4,7 +4,7 @@ import torch
 
 from stages.generate import Diffusion
 from stages.models import clip_tokenizer, load_stable_diffusion
-from stages.oracle import WeightsMissingError
+from stages.weights import WeightsMissingError
 from stages.prompts import PromptSpec
 
 SPECS = [PromptSpec(0, "a photograph of a dog", ("dog",), 11),

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stages.oracle import (
-    COCO_DETECTOR_CATEGORIES, COCO_WEIGHTS, Detection, Oracle, WeightsMissingError, build_maskrcnn,
-    coco_weights_path, load_maskrcnn,
+    COCO_DETECTOR_CATEGORIES, COCO_WEIGHTS, Detection, Oracle, build_maskrcnn, coco_weights_path, load_maskrcnn,
 )
+from stages.weights import WeightsMissingError
 from stages.vocab import ClassInfo, Vocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +202,28 @@ def assert_same_outputs(a: nn.Module, b: nn.Module):
         torch.testing.assert_close(out_a[0][key], out_b[0][key])
 
 
+def test_coco_weights_are_downloaded_once_where_downloads_are_allowed(empty_hub, random_maskrcnn, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    fetched = []
+
+    def fake_download(url, dst, hash_prefix=None):
+        fetched.append((url, hash_prefix))
+        torch.save(random_maskrcnn.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    assert_same_outputs(random_maskrcnn, load_maskrcnn(SIZE, "COCO_V1", box_score_thresh=0.0))
+    load_maskrcnn(SIZE, "COCO_V1")  # now read from the cache
+    assert fetched == [(COCO_WEIGHTS.url, Path(COCO_WEIGHTS.url).name.split("-")[-1].split(".")[0])]
+
+    def no_network(*args, **kwargs):
+        raise OSError("no route to host")
+
+    coco_weights_path().unlink()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsMissingError, match="not downloadable here"):
+        load_maskrcnn(SIZE, "COCO_V1")
+
+
 def test_load_maskrcnn_round_trips_state_dicts(random_maskrcnn, tmp_path):
     state = random_maskrcnn.state_dict()
     torch.save(state, tmp_path / "oracle.pth")
@@ -210,8 +232,14 @@ def test_load_maskrcnn_round_trips_state_dicts(random_maskrcnn, tmp_path):
         loaded = load_maskrcnn(SIZE, weights, box_score_thresh=0.0)
         assert not loaded.training
         assert_same_outputs(random_maskrcnn, loaded)
-    with pytest.raises(ValueError, match="safetensors"):
+    with pytest.raises(WeightsMissingError, match="safetensors"):
         load_maskrcnn(SIZE, tmp_path / "oracle.bin")
+    with pytest.raises(WeightsMissingError, match="do not exist"):
+        load_maskrcnn(SIZE, tmp_path / "missing.pth")
+    save_file({"backbone.body.conv1.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsMissingError, match="do not fit") as err:
+        load_maskrcnn(SIZE, tmp_path / "other.safetensors")
+    assert "\n" not in str(err.value)
 
 
 def test_load_coco_weights_from_the_hub_cache(random_maskrcnn, empty_hub):

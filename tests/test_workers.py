@@ -19,20 +19,36 @@ def config(tmp_path, cache_dir):
 
 
 class FailingSample(ShardWorker):
-    """Raises inside labelling for sample index 1 only (a labeler error on one sample)."""
+    """Raises inside labelling for one sample index (a labeler error on one sample)."""
+
+    bad_index = 1
 
     def _oracle_batch(self, batch):
-        if any(spec.index == 1 for spec in batch):
+        if any(spec.index == self.bad_index for spec in batch):
             raise RuntimeError("boom")
         return super()._oracle_batch(batch)
 
 
-def test_a_failing_sample_is_recorded_and_the_shard_is_written(config):
-    task = plan_shards("oracle", 4, 4, config.out)[0]
-    stats = FailingSample(config).process(task)
-    assert {"key": "000000000001", "reason": "error: RuntimeError: boom"} in stats["failures"]
-    assert stats["written"] + sum(stats["failed"].values()) == 4
+@pytest.mark.parametrize("n, bad", [(4, 1), (3, 2)])  # batches of 2; with n=3 the bad sample is alone
+def test_a_failing_sample_is_recorded_and_the_shard_is_written(config, n, bad):
+    task = plan_shards("oracle", n, n, config.out)[0]
+    worker = FailingSample(config)
+    worker.bad_index = bad
+    stats = worker.process(task)
+    assert {"key": f"{bad:012d}", "reason": "error: RuntimeError: boom"} in stats["failures"]
+    assert stats["written"] + sum(stats["failed"].values()) == n
     assert read_stats(config.out, 0) == json.loads(json.dumps(stats))
+
+
+def test_a_shard_whose_every_sample_raises_is_not_written(config):
+    class AllFail(ShardWorker):
+        def _oracle_batch(self, batch):
+            raise RuntimeError("device lost")
+
+    task = plan_shards("oracle", 3, 3, config.out)[0]
+    with pytest.raises(RuntimeError, match="every sample of shard 0 raised.*device lost"):
+        AllFail(config).process(task)
+    assert read_stats(config.out, 0) is None and not list(config.out.glob("*.tar*"))
 
 
 class FlakyShard(ShardWorker):
@@ -56,3 +72,20 @@ def test_executor_retries_a_failing_shard_then_reports_one_that_keeps_failing(co
 
     report = LocalExecutor(retries=2, worker=Broken(config)).run(tasks, config, lambda k: None)
     assert report.failed_shards == {0: "OSError: always"}
+
+
+def test_progress_is_not_counted_twice_when_a_shard_is_retried(config):
+    class FailsAfterSamples(ShardWorker):
+        calls = 0
+
+        def process(self, task, on_samples=None):
+            on_samples(2)
+            FailsAfterSamples.calls += 1
+            if FailsAfterSamples.calls == 1:
+                raise OSError("late failure")
+            return super().process(task, lambda k: None)
+
+    counted = []
+    tasks = plan_shards("oracle", 2, 2, config.out)
+    LocalExecutor(retries=1, worker=FailsAfterSamples(config)).run(tasks, config, counted.append)
+    assert sum(counted) == 2

@@ -6,7 +6,7 @@ from pipeline.config import RunConfig
 from pipeline.executors import ExecutionReport, Executor
 from pipeline.plan import ShardTask
 from pipeline.workers import ProgressFn, ShardWorker
-from stages.oracle import WeightsMissingError
+from stages.weights import WeightsMissingError
 
 
 class LocalExecutor(Executor):
@@ -17,14 +17,21 @@ class LocalExecutor(Executor):
     def run(self, tasks: list[ShardTask], config: RunConfig, on_samples: ProgressFn) -> ExecutionReport:
         report = ExecutionReport()
         for task in tasks:
-            for attempt in range(self.retries + 1):
+            for _ in range(self.retries + 1):
+                done = []
+
+                def counted(k: int) -> None:
+                    done.append(k)
+                    on_samples(k)
+
                 try:
                     self._worker = self._worker or ShardWorker(config)
-                    report.stats.append(self._worker.process(task, on_samples))
+                    report.stats.append(self._worker.process(task, counted))
                     report.failed_shards.pop(task.shard_id, None)
                     break
                 except (WeightsMissingError, KeyboardInterrupt):
                     raise
                 except Exception as err:  # noqa: BLE001 - retried, then reported
+                    on_samples(-sum(done))  # the retry counts these samples again
                     report.failed_shards[task.shard_id] = f"{type(err).__name__}: {err}"
         return report

@@ -240,11 +240,6 @@ def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     return per_pixel.mean()
 
 
-def predict_masks(logits: Tensor) -> Tensor:
-    """Binary masks: sigmoid(logits) > 0.5."""
-    return torch.sigmoid(logits) > 0.5
-
-
 def save_grounding(module: GroundingModule, path_dir) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``path_dir`` (created if needed)."""
     from safetensors.torch import save_file

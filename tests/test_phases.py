@@ -1,0 +1,69 @@
+"""Phase bookkeeping and the output folder: stale checkpoints, unfinished phase A, safe output reuse."""
+
+import json
+
+import pytest
+
+from pipeline.config import ConfigError, RunConfig, load_preset
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output
+from pipeline.phases import PhaseError, recover_interrupted_training, run_train_phase, training_is_current
+from pipeline.runtime import GROUNDING_DIR
+from pipeline.shards import write_shard
+
+
+def make_config(out, n=8) -> RunConfig:
+    preset = load_preset("tiny", {"bootstrap_n": 8, "shard_size": 4})
+    return RunConfig(vocab="voc", out=out, preset_name="tiny", preset=preset, n=n)
+
+
+def finish_shard(folder, shard_id, size=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    start = shard_id * size
+    write_shard(folder, shard_id, [], {"start": start, "end": start + size, "planned": size, "written": 0,
+                                       "failed": {}, "class_instances": {}})
+
+
+def test_checkpoint_is_stale_when_the_oracle_shards_changed(tmp_path):
+    config = make_config(tmp_path)
+    finish_shard(tmp_path / ORACLE_DIR, 0)
+    (tmp_path / GROUNDING_DIR).mkdir()
+    (tmp_path / GROUNDING_DIR / "training.json").write_text(json.dumps(
+        {"fingerprint": config.fingerprint(), "oracle_shards": ["shard-000000.tar"]}))
+    assert training_is_current(config)
+    finish_shard(tmp_path / ORACLE_DIR, 1)  # phase A completed after training on part of it
+    assert not training_is_current(config)
+    assert not training_is_current(make_config(tmp_path).model_copy(update={"seed": 5}))
+
+
+def test_training_refuses_an_unfinished_phase_a(tmp_path):
+    config = make_config(tmp_path)
+    finish_shard(tmp_path / ORACLE_DIR, 0)
+    with pytest.raises(PhaseError, match=r"1 oracle shards missing.*datagen generate"):
+        run_train_phase(config, runtime=None)
+
+
+def test_interrupted_checkpoint_swap_keeps_a_checkpoint(tmp_path):
+    old = tmp_path / f"{GROUNDING_DIR}.old123"
+    old.mkdir()
+    (old / "model.safetensors").write_text("previous")
+    (tmp_path / f"{GROUNDING_DIR}.tmp123").mkdir()  # killed before the new one was moved in
+    recover_interrupted_training(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [GROUNDING_DIR]
+    assert (tmp_path / GROUNDING_DIR / "model.safetensors").read_text() == "previous"
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_output(make_config(tmp_path / "out"))
+
+
+def test_a_smaller_n_than_the_samples_on_disk_is_refused(tmp_path):
+    config = make_config(tmp_path, n=8)
+    (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": config.fingerprint()}))
+    finish_shard(tmp_path / DATA_DIR, 0)
+    finish_shard(tmp_path / DATA_DIR, 1)
+    check_output(config)
+    check_output(make_config(tmp_path, n=20))  # growing a dataset is fine
+    with pytest.raises(ConfigError, match="up to index 8, more than --n 6"):
+        check_output(make_config(tmp_path, n=6))
