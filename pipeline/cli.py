@@ -102,7 +102,8 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
     if "label" in phases:
         write_card(config, summarize(config.out / DATA_DIR))
     _print_summary(config, phases)
-    console.print(f"done in {time.time() - started:.1f} s")
+    where = f": dataset in {config.out / DATA_DIR}, card {config.out / 'README.md'}" if "label" in phases else ""
+    console.print(f"done in {time.time() - started:.1f} s{where}", highlight=False)
     if "label" in phases:
         _stop_on_failed_shards(report, "C")
 
