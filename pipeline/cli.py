@@ -16,17 +16,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, prepare_output, summarize, write_card
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, all_stats, check_output, output_lock, prepare_output, summarize, \
+    write_card
 from pipeline.executors import ExecutionReport
 from pipeline.executors.local import LocalExecutor
-from pipeline.phases import PhaseError, pending_oracle_shards, recover_interrupted_training, run_label_phase, \
-    run_oracle_phase, run_train_phase, training_is_current
-from pipeline.plan import pending, plan_shards
+from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
+    run_label_phase, run_oracle_phase, run_train_phase, training_is_current
+from pipeline.plan import errored_samples, pending, plan_shards
 from pipeline.runtime import Runtime
 from pipeline.workers import ShardWorker
-from stages.weights import WeightsMissingError
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
+from stages.weights import WeightsMissingError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthetic semantic segmentation datasets from Stable Diffusion (Grounded Diffusion).")
@@ -63,7 +64,7 @@ def _progress() -> Progress:
 
 
 def _pending_work(config: RunConfig, phases: set[str]) -> bool:
-    work = "oracle" in phases and pending_oracle_shards(config)
+    work = "oracle" in phases and pending(oracle_tasks(config))
     work = work or ("train" in phases and not training_is_current(config))
     return bool(work or ("label" in phases and pending(plan_shards("label", config.n, config.preset.shard_size,
                                                                    config.out / DATA_DIR))))
@@ -71,40 +72,44 @@ def _pending_work(config: RunConfig, phases: set[str]) -> bool:
 
 def _execute(config: RunConfig, phases: set[str]) -> None:
     started = time.time()
-    check_output(config)
+    check_output(config, labelling="label" in phases)
     if not _pending_work(config, phases):
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
         _print_summary(config, phases)
         return
-    if "train" in phases and "oracle" not in phases and (missing := pending_oracle_shards(config)):
-        raise PhaseError(f"phase A is unfinished ({len(missing)} oracle shards missing in {config.out}): "
-                         "run `datagen generate` with the same flags first")
-    runtime = Runtime(config)
-    runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
-    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
-    prepare_output(config, runtime.sd_source(), runtime.oracle_source())
-    recover_interrupted_training(config.out)
-    executor = LocalExecutor(worker=ShardWorker(config, runtime))
-    try:
-        with _progress() as progress:
-            if "oracle" in phases:
-                _stop_on_failed_shards(run_oracle_phase(config, executor, progress), "A")
-            if "train" in phases:
-                record = run_train_phase(config, runtime, progress)
-                if not record.get("skipped"):
-                    console.print(f"grounding module: loss {record['first_loss']:.4f} -> "
-                                  f"{record['last_loss']:.4f} in {record['steps']} steps")
-            if "label" in phases:
-                report = run_label_phase(config, executor, progress)
-    except KeyboardInterrupt:
-        console.print("interrupted: finished shards are kept; rerun the same command to resume")
-        raise typer.Exit(130) from None
-    if "label" in phases:
-        write_card(config, summarize(config.out / DATA_DIR))
+    with output_lock(config):
+        if config.out.exists():
+            recover_interrupted_training(config.out)
+        check_earlier_phases(config, phases)
+        try:
+            _run_phases(config, phases)
+        except KeyboardInterrupt:
+            console.print("interrupted: finished shards are kept; rerun the same command to resume")
+            raise typer.Exit(130) from None
     _print_summary(config, phases)
     where = f": dataset in {config.out / DATA_DIR}, card {config.out / 'README.md'}" if "label" in phases else ""
     console.print(f"done in {time.time() - started:.1f} s{where}", highlight=False)
+    _exit_on_errors(config, phases)
+
+
+def _run_phases(config: RunConfig, phases: set[str]) -> None:
+    runtime = Runtime(config)
+    runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
+    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
+    prepare_output(config, runtime.sd_source(), runtime.oracle_source(), labelling="label" in phases)
+    executor = LocalExecutor(worker=ShardWorker(config, runtime))
+    with _progress() as progress:
+        if "oracle" in phases:
+            _stop_on_failed_shards(run_oracle_phase(config, executor, progress), "A")
+        if "train" in phases:
+            record = run_train_phase(config, runtime, progress)
+            if not record.get("skipped"):
+                console.print(f"grounding module: loss {record['first_loss']:.4f} -> "
+                              f"{record['last_loss']:.4f} in {record['steps']} steps")
+        if "label" in phases:
+            report = run_label_phase(config, executor, progress)
     if "label" in phases:
+        write_card(config, summarize(config.out / DATA_DIR))
         _stop_on_failed_shards(report, "C")
 
 
@@ -114,6 +119,16 @@ def _stop_on_failed_shards(report: ExecutionReport, phase: str) -> None:
         for sid, err in sorted(report.failed_shards.items()):
             console.print(f"[red]phase {phase}: shard {sid} failed[/]: {err}", highlight=False)
         console.print("rerun the same command to retry the failed shards; finished shards are kept")
+        raise typer.Exit(1)
+
+
+def _exit_on_errors(config: RunConfig, phases: set[str]) -> None:
+    """Exit 1 when samples raised (not filtered: raised) in the phases run; a rerun retries them."""
+    folders = [config.out / d for phase, d in (("oracle", ORACLE_DIR), ("label", DATA_DIR)) if phase in phases]
+    errored = sum(errored_samples(stats) for folder in folders for stats in all_stats(folder))
+    if errored:
+        console.print(f"[red]{errored} samples raised errors[/] (reasons in the shard stats); rerun the same "
+                      "command to retry them")
         raise typer.Exit(1)
 
 

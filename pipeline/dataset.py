@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -26,8 +30,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def check_output(config: RunConfig) -> None:
-    """Refuse an output folder that holds another dataset or something else; writes nothing."""
+def check_output(config: RunConfig, labelling: bool = True) -> None:
+    """Refuse an output folder that holds another dataset or something else; writes nothing.
+
+    ``labelling``: phase C will run, so samples beyond ``config.n`` already on disk are refused too.
+    """
     out = config.out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
@@ -44,15 +51,30 @@ def check_output(config: RunConfig) -> None:
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
     written_to = max((stats["end"] for stats in all_stats(out / DATA_DIR)), default=0)
-    if written_to > config.n:
-        raise ConfigError(f"{out} already holds samples up to index {written_to}, more than --n {config.n}; "
+    if labelling and written_to > config.n:
+        raise ConfigError(f"{out} already holds samples 0..{written_to - 1}, more than --n {config.n}; "
                           f"pass --n {written_to} or more, or choose another --out")
 
 
-def prepare_output(config: RunConfig, sd_source: str, oracle_source: str) -> None:
+@contextmanager
+def output_lock(config: RunConfig) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder (kept in the cache, so no stray file in OUT)."""
+    locks = config.cache_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(config.out.resolve()).encode()).hexdigest()[:16]
+    with open(locks / f"{key}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another datagen process is writing to {config.out}; wait for it or choose "
+                              "another --out") from None
+        yield
+
+
+def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labelling: bool) -> None:
     """Create or reopen the output folder and (re)write its manifest and classes file."""
     out = config.out
-    check_output(config)
+    check_output(config, labelling)
     for sub in (ORACLE_DIR, DATA_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out / sub)

@@ -12,11 +12,11 @@ import torch
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, summarize
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, all_stats, summarize
 from pipeline.executors import ExecutionReport, Executor
-from pipeline.plan import pending, plan_shards
+from pipeline.plan import ShardTask, missing, pending, plan_shards
 from pipeline.runtime import GROUNDING_DIR, Runtime
-from pipeline.shards import finished_shards, write_json_atomic
+from pipeline.shards import finished_shards, shard_name, write_json_atomic
 from pipeline.training_data import oracle_batches
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 from stages.grounding.train import train_grounding
@@ -48,19 +48,39 @@ def run_label_phase(config: RunConfig, executor: Executor, progress: Progress | 
                        "C label")
 
 
-def pending_oracle_shards(config: RunConfig) -> list:
-    return pending(plan_shards("oracle", config.preset.bootstrap_n, config.preset.shard_size,
-                               config.out / ORACLE_DIR))
+def oracle_tasks(config: RunConfig) -> list[ShardTask]:
+    return plan_shards("oracle", config.preset.bootstrap_n, config.preset.shard_size, config.out / ORACLE_DIR)
+
+
+def oracle_data(config: RunConfig) -> dict[str, int]:
+    """The finished oracle shards and how many samples each holds: what a checkpoint was trained on."""
+    return {shard_name(s["shard"]): s["written"] for s in all_stats(config.out / ORACLE_DIR)}
 
 
 def training_is_current(config: RunConfig) -> bool:
-    """A checkpoint exists for this config, trained on exactly the oracle shards now finished."""
+    """A checkpoint exists for this config, trained on exactly the oracle samples now on disk."""
     record = config.out / GROUNDING_DIR / TRAINING_RECORD
     if not record.exists():
         return False
     trained = json.loads(record.read_text())
-    return trained.get("fingerprint") == config.fingerprint() and \
-        trained.get("oracle_shards") == [p.name for p in finished_shards(config.out / ORACLE_DIR)]
+    return trained.get("fingerprint") == config.fingerprint() and trained.get("oracle_shards") == oracle_data(config)
+
+
+def check_phase_a_finished(config: RunConfig) -> None:
+    if todo := missing(oracle_tasks(config)):
+        raise PhaseError(f"phase A is unfinished ({len(todo)} oracle shards missing in {config.out}): run "
+                         "`datagen generate` with the same flags first, so the grounding module trains on all "
+                         "its data")
+
+
+def check_earlier_phases(config: RunConfig, phases: set[str]) -> None:
+    """A phase command run on its own needs what the earlier phases made; say which to run."""
+    if "train" in phases and "oracle" not in phases:
+        check_phase_a_finished(config)
+    if "label" in phases and "train" not in phases and (config.out / GROUNDING_DIR).exists() \
+            and not training_is_current(config):
+        raise PhaseError(f"the grounding checkpoint in {config.out} was trained on other oracle samples than "
+                         "those now on disk: run `datagen train` with the same flags first")
 
 
 def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | None = None) -> dict:
@@ -68,9 +88,7 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     folder = config.out / GROUNDING_DIR
     if training_is_current(config):
         return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}
-    if missing := pending_oracle_shards(config):
-        raise PhaseError(f"phase A is unfinished ({len(missing)} oracle shards missing): run `datagen generate` "
-                         "with the same flags first, so the grounding module trains on all its data")
+    check_phase_a_finished(config)
     shards = finished_shards(config.out / ORACLE_DIR)
     oracle = summarize(config.out / ORACLE_DIR)
     if not oracle["written"]:
@@ -91,7 +109,7 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
                                                    f"loss {loss:.3f}") if bar is not None else None)
     record = {"fingerprint": config.fingerprint(), "steps": len(losses), "first_loss": losses[0],
               "last_loss": losses[-1], "losses": losses, "seconds": round(time.time() - started, 2),
-              "oracle_shards": [p.name for p in shards]}
+              "oracle_shards": oracle_data(config)}
     tmp, old = (folder.with_name(f"{GROUNDING_DIR}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
     save_grounding(module, tmp)
     write_json_atomic(tmp / TRAINING_RECORD, record)

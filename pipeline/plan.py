@@ -27,11 +27,23 @@ def plan_shards(phase: str, n: int, shard_size: int, folder: Path) -> list[Shard
             for j, start in enumerate(range(0, n, shard_size))]
 
 
-def pending(tasks: list[ShardTask]) -> list[ShardTask]:
+ERRORED = "error: "  # failure reasons of samples that raised (filtered samples have other reasons)
+
+
+def _written(task: ShardTask) -> dict | None:
+    stats = read_stats(task.folder, task.shard_id)
+    return stats if stats and (stats.get("start"), stats.get("end")) == (task.start, task.end) else None
+
+
+def missing(tasks: list[ShardTask]) -> list[ShardTask]:
     """Tasks whose shard is missing, unfinished, or was written for another sample range."""
-    todo = []
-    for task in tasks:
-        stats = read_stats(task.folder, task.shard_id)
-        if stats is None or (stats.get("start"), stats.get("end")) != (task.start, task.end):
-            todo.append(task)
-    return todo
+    return [task for task in tasks if _written(task) is None]
+
+
+def pending(tasks: list[ShardTask]) -> list[ShardTask]:
+    """Missing shards, and shards with samples that raised: a rerun retries those samples."""
+    return [task for task in tasks if (stats := _written(task)) is None or errored_samples(stats)]
+
+
+def errored_samples(stats: dict) -> int:
+    return sum(count for reason, count in stats.get("failed", {}).items() if reason.startswith(ERRORED))

@@ -21,8 +21,12 @@ TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run see
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch here")
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPUs here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: Apple's Metal backend is not available here")
     return device
 
 
@@ -79,6 +83,8 @@ class Runtime:
         if grounding:
             try:
                 self.grounding
-            except (OSError, ValueError) as err:
-                raise WeightsMissingError(f"grounding checkpoint in {self.config.out / GROUNDING_DIR} "
-                                          f"cannot be loaded ({err}); rerun `datagen train`") from err
+            except Exception as err:  # noqa: BLE001 - corrupt safetensors/config raise their own types
+                raise WeightsMissingError(
+                    f"grounding checkpoint in {self.config.out / GROUNDING_DIR} cannot be loaded "
+                    f"({type(err).__name__}: {str(err).splitlines()[0]}); delete that folder and run "
+                    "`datagen train`") from err

@@ -2,8 +2,7 @@
 
 One worker holds the models (``Runtime``) and processes shards one after another; executors decide
 where workers live (in-process now, Ray actors later). A sample that fails is recorded with its
-reason and never kills its shard; a shard whose every sample raised is not written (the cause is
-almost surely not the samples), so the executor retries and reports it.
+reason and never kills its shard; samples that raised are retried by the next run.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from pipeline.config import RunConfig
-from pipeline.plan import ShardTask
+from pipeline.plan import ERRORED, ShardTask
 from pipeline.runtime import Runtime
 from pipeline.samples import encode_sample, instance, sample_key
 from pipeline.shards import write_shard
@@ -60,8 +59,6 @@ class ShardWorker:
                     samples.append(result)
             if on_samples:
                 on_samples(len(batch))
-        if failures and not samples and all(f["reason"].startswith("error:") for f in failures):
-            raise RuntimeError(f"every sample of shard {task.shard_id} raised, e.g. {failures[0]['reason']}")
         stats = self._stats(task, samples, failures, time.time() - started)
         write_shard(task.folder, task.shard_id, samples, stats)
         return stats
@@ -79,7 +76,7 @@ class ShardWorker:
             try:
                 results += label([spec])
             except Exception as err:  # noqa: BLE001 - recorded in stats with its reason
-                results.append(SampleFailure(f"error: {type(err).__name__}: {err}"[:200]))
+                results.append(SampleFailure(f"{ERRORED}{type(err).__name__}: {err}"[:200]))
         return results
 
     def _provenance(self, phase: str, timestep: int) -> dict:

@@ -122,7 +122,11 @@ def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype =
                 f"Stable Diffusion weights '{source}' are not available here ({type(err).__name__}); "
                 f"download them elsewhere (e.g. `hf download {source}`) and pass --sd-path DIR, "
                 "or set HF_HOME to a cache that holds them") from err
-        pipe = _from_pretrained(source, dtype)
+        try:
+            pipe = _from_pretrained(source, dtype)
+        except (OSError, ValueError) as err:
+            raise WeightsMissingError(f"Stable Diffusion weights '{source}' were downloaded but cannot be loaded "
+                                      f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
     return pipe.to(device)
 
 

@@ -49,14 +49,14 @@ def _download_coco_weights(path: Path) -> bool:
     """Fetch torchvision's COCO_V1 checkpoint (hash-checked, atomic); False when that is impossible."""
     if not downloads_allowed():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     match = torch.hub.HASH_REGEX.search(path.name)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # a network that drops packets fails instead of hanging
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(COCO_WEIGHTS.url, str(path), hash_prefix=match and match.group(1))
         return True
-    except Exception:  # noqa: BLE001 - no network, proxy refusal, bad hash: all mean unavailable
+    except (OSError, RuntimeError):  # no network (URLError, timeout), read-only cache, bad hash
         return False
     finally:
         socket.setdefaulttimeout(previous)
@@ -92,7 +92,12 @@ def load_maskrcnn(image_size: int, weights: str | Path | None, box_score_thresh:
             if not path.is_file():
                 raise WeightsMissingError(f"oracle weights {path} do not exist (--oracle-weights)")
         try:
-            model.load_state_dict(_read_state_dict(path))
+            state = _read_state_dict(path)
+        except Exception as err:  # noqa: BLE001 - corrupt file: safetensors and pickle raise their own types
+            raise WeightsMissingError(f"oracle weights {path} cannot be read: "
+                                      f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+        try:
+            model.load_state_dict(state)
         except RuntimeError as err:  # wrong architecture: torch lists every key, keep the first line
             raise WeightsMissingError(f"oracle weights {path} do not fit torchvision's Mask R-CNN ResNet-50 "
                                       f"FPN v2: {str(err).splitlines()[0]}") from err

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 
+from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
 
 class WeightsMissingError(RuntimeError):
     """Weights that are neither on this machine nor downloadable; the message is one line for the user."""
 
 
 def downloads_allowed() -> bool:
-    """False when HF_HUB_OFFLINE or DATAGEN_OFFLINE is set: weights then come from caches and folders only."""
-    return not any(os.environ.get(var, "0") not in ("", "0") for var in ("HF_HUB_OFFLINE", "DATAGEN_OFFLINE"))
+    """False when HF_HUB_OFFLINE or DATAGEN_OFFLINE is true (1, yes, on, ...): caches and folders only."""
+    return not any(os.environ.get(var, "").upper() in ENV_VARS_TRUE_VALUES
+                   for var in ("HF_HUB_OFFLINE", "DATAGEN_OFFLINE"))

@@ -130,3 +130,27 @@ def test_same_seed_gives_byte_identical_shards(run, tmp_path):
         shards = sorted((out / phase).glob("*.tar"))
         assert shards and [p.read_bytes() for p in shards] == \
             [(again / phase / p.name).read_bytes() for p in shards]
+
+
+def test_samples_that_raised_exit_1_and_a_rerun_retries_them(tmp_path, monkeypatch, cache_dir):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.workers import ShardWorker
+
+    original = ShardWorker._oracle_batch
+
+    def fails_on_sample_1(self, batch):
+        if any(spec.index == 1 for spec in batch):
+            raise RuntimeError("injected")
+        return original(self, batch)
+
+    args = ["generate", *ARGS, "--out", str(tmp_path / "d")]
+    monkeypatch.setattr(ShardWorker, "_oracle_batch", fails_on_sample_1)
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 1 and "1 samples raised errors" in first.output, first.output
+    monkeypatch.setattr(ShardWorker, "_oracle_batch", original)
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    stats = json.loads((tmp_path / "d" / "oracle" / "shard-000000.stats.json").read_text())
+    assert not any(reason.startswith("error") for reason in stats["failed"])

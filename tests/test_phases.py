@@ -5,8 +5,9 @@ import json
 import pytest
 
 from pipeline.config import ConfigError, RunConfig, load_preset
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output
-from pipeline.phases import PhaseError, recover_interrupted_training, run_train_phase, training_is_current
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock
+from pipeline.phases import PhaseError, check_earlier_phases, recover_interrupted_training, run_train_phase, \
+    training_is_current
 from pipeline.runtime import GROUNDING_DIR
 from pipeline.shards import write_shard
 
@@ -19,8 +20,8 @@ def make_config(out, n=8) -> RunConfig:
 def finish_shard(folder, shard_id, size=4):
     folder.mkdir(parents=True, exist_ok=True)
     start = shard_id * size
-    write_shard(folder, shard_id, [], {"start": start, "end": start + size, "planned": size, "written": 0,
-                                       "failed": {}, "class_instances": {}})
+    write_shard(folder, shard_id, [], {"shard": shard_id, "start": start, "end": start + size, "planned": size,
+                                       "written": 0, "failed": {}, "class_instances": {}})
 
 
 def test_checkpoint_is_stale_when_the_oracle_shards_changed(tmp_path):
@@ -28,11 +29,11 @@ def test_checkpoint_is_stale_when_the_oracle_shards_changed(tmp_path):
     finish_shard(tmp_path / ORACLE_DIR, 0)
     (tmp_path / GROUNDING_DIR).mkdir()
     (tmp_path / GROUNDING_DIR / "training.json").write_text(json.dumps(
-        {"fingerprint": config.fingerprint(), "oracle_shards": ["shard-000000.tar"]}))
+        {"fingerprint": config.fingerprint(), "oracle_shards": {"shard-000000": 0}}))
     assert training_is_current(config)
+    assert not training_is_current(make_config(tmp_path).model_copy(update={"seed": 5}))
     finish_shard(tmp_path / ORACLE_DIR, 1)  # phase A completed after training on part of it
     assert not training_is_current(config)
-    assert not training_is_current(make_config(tmp_path).model_copy(update={"seed": 5}))
 
 
 def test_training_refuses_an_unfinished_phase_a(tmp_path):
@@ -52,6 +53,27 @@ def test_interrupted_checkpoint_swap_keeps_a_checkpoint(tmp_path):
     assert (tmp_path / GROUNDING_DIR / "model.safetensors").read_text() == "previous"
 
 
+def test_label_alone_refuses_a_stale_checkpoint(tmp_path):
+    config = make_config(tmp_path)
+    finish_shard(tmp_path / ORACLE_DIR, 0)
+    (tmp_path / GROUNDING_DIR).mkdir()
+    (tmp_path / GROUNDING_DIR / "training.json").write_text(json.dumps(
+        {"fingerprint": config.fingerprint(), "oracle_shards": {}}))
+    with pytest.raises(PhaseError, match="other oracle samples.*datagen train"):
+        check_earlier_phases(config, {"label"})
+    check_earlier_phases(config, {"oracle", "train", "label"})  # `run` retrains it
+
+
+def test_a_second_process_on_the_same_output_is_refused(tmp_path):
+    config = make_config(tmp_path / "out").model_copy(update={"cache_dir": tmp_path / "cache"})
+    with output_lock(config):
+        with pytest.raises(ConfigError, match="another datagen process is writing"):
+            with output_lock(config):
+                pass
+    with output_lock(config):  # released
+        pass
+
+
 def test_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("")
     with pytest.raises(ConfigError, match="is a file"):
@@ -65,5 +87,5 @@ def test_a_smaller_n_than_the_samples_on_disk_is_refused(tmp_path):
     finish_shard(tmp_path / DATA_DIR, 1)
     check_output(config)
     check_output(make_config(tmp_path, n=20))  # growing a dataset is fine
-    with pytest.raises(ConfigError, match="up to index 8, more than --n 6"):
+    with pytest.raises(ConfigError, match=r"holds samples 0\.\.7, more than --n 6"):
         check_output(make_config(tmp_path, n=6))

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import RunConfig, load_preset
 from pipeline.executors.local import LocalExecutor
-from pipeline.plan import plan_shards
+from pipeline.plan import errored_samples, missing, pending, plan_shards
 from pipeline.shards import read_stats
 from pipeline.workers import ShardWorker
 
@@ -40,15 +40,19 @@ def test_a_failing_sample_is_recorded_and_the_shard_is_written(config, n, bad):
     assert read_stats(config.out, 0) == json.loads(json.dumps(stats))
 
 
-def test_a_shard_whose_every_sample_raises_is_not_written(config):
-    class AllFail(ShardWorker):
+def test_samples_that_raised_are_retried_by_the_next_run_filtered_ones_are_not(config):
+    class DeviceLost(ShardWorker):
         def _oracle_batch(self, batch):
             raise RuntimeError("device lost")
 
-    task = plan_shards("oracle", 3, 3, config.out)[0]
-    with pytest.raises(RuntimeError, match="every sample of shard 0 raised.*device lost"):
-        AllFail(config).process(task)
-    assert read_stats(config.out, 0) is None and not list(config.out.glob("*.tar*"))
+    tasks = plan_shards("oracle", 3, 3, config.out)
+    stats = DeviceLost(config).process(tasks[0])
+    assert stats["written"] == 0 and errored_samples(stats) == 3
+    assert pending(tasks) == tasks and missing(tasks) == []  # written, yet retried on a rerun
+
+    stats = ShardWorker(config).process(tasks[0])
+    assert errored_samples(stats) == 0 and stats["written"] + sum(stats["failed"].values()) == 3
+    assert pending(tasks) == []
 
 
 class FlakyShard(ShardWorker):
