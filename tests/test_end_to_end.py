@@ -70,6 +70,24 @@ def test_dataset_reads_back_as_class_index_masks_and_rle(run, voc):
             np.testing.assert_array_equal(decoded, seg == inst["class_id"])
 
 
+def test_plain_webdataset_reads_masks_as_class_ids_as_the_readme_shows(run):
+    import io
+
+    from PIL import Image
+
+    out, _ = run
+    shards = sorted(str(p) for p in (out / "data").glob("*.tar"))
+    plain = wds.WebDataset(shards, shardshuffle=False).decode(
+        wds.handle_extension("seg.png", lambda b: np.array(Image.open(io.BytesIO(b)))), "rgb8")
+    ours = open_dataset(shards)
+    pairs = list(zip(plain, ours, strict=True))
+    assert pairs
+    for a, b in pairs:
+        assert a["__key__"] == b["__key__"] and a["seg.png"].ndim == 2
+        np.testing.assert_array_equal(a["seg.png"], b["seg.png"])
+        assert a["jpg"].dtype == np.uint8 and a["jpg"].shape[-1] == 3
+
+
 def test_rerun_does_no_work_and_writes_nothing(run):
     out, _ = run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
