@@ -82,17 +82,20 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
             recover_interrupted_training(config.out)
         check_earlier_phases(config, phases)
         try:
-            _run_phases(config, phases)
+            label_report = _run_phases(config, phases)
         except KeyboardInterrupt:
             console.print("interrupted: finished shards are kept; rerun the same command to resume")
             raise typer.Exit(130) from None
     _print_summary(config, phases)
     where = f": dataset in {config.out / DATA_DIR}, card {config.out / 'README.md'}" if "label" in phases else ""
     console.print(f"done in {time.time() - started:.1f} s{where}", highlight=False)
+    if label_report is not None:
+        _stop_on_failed_shards(label_report, "C")
     _exit_on_errors(config, phases)
 
 
-def _run_phases(config: RunConfig, phases: set[str]) -> None:
+def _run_phases(config: RunConfig, phases: set[str]) -> ExecutionReport | None:
+    """Phases A, B, C as asked; phase C's report (None without it) for the caller to judge."""
     runtime = Runtime(config)
     runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
     console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
@@ -106,11 +109,11 @@ def _run_phases(config: RunConfig, phases: set[str]) -> None:
             if not record.get("skipped"):
                 console.print(f"grounding module: loss {record['first_loss']:.4f} -> "
                               f"{record['last_loss']:.4f} in {record['steps']} steps")
-        if "label" in phases:
-            report = run_label_phase(config, executor, progress)
-    if "label" in phases:
-        write_card(config, summarize(config.out / DATA_DIR))
-        _stop_on_failed_shards(report, "C")
+        if "label" not in phases:
+            return None
+        report = run_label_phase(config, executor, progress)
+    write_card(config, summarize(config.out / DATA_DIR))
+    return report
 
 
 def _stop_on_failed_shards(report: ExecutionReport, phase: str) -> None:
