@@ -16,14 +16,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, all_stats, check_output, output_lock, prepare_output, summarize, \
-    write_card
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize, write_card
 from pipeline.executors import ExecutionReport
 from pipeline.executors.local import LocalExecutor
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
 from pipeline.runtime import Runtime
+from pipeline.shards import finished_stats
 from pipeline.workers import ShardWorker
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
@@ -128,7 +128,7 @@ def _stop_on_failed_shards(report: ExecutionReport, phase: str) -> None:
 def _exit_on_errors(config: RunConfig, phases: set[str]) -> None:
     """Exit 1 when samples raised (not filtered: raised) in the phases run; a rerun retries them."""
     folders = [config.out / d for phase, d in (("oracle", ORACLE_DIR), ("label", DATA_DIR)) if phase in phases]
-    errored = sum(errored_samples(stats) for folder in folders for stats in all_stats(folder))
+    errored = sum(errored_samples(stats) for folder in folders for stats in finished_stats(folder))
     if errored:
         console.print(f"[red]{errored} samples raised errors[/] (reasons in the shard stats); rerun the same "
                       "command to retry them")

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.shards import finished_shards, read_stats, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from pipeline.shards import finished_stats, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 ORACLE_DIR, DATA_DIR = "oracle", "data"
@@ -50,8 +50,8 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
                 f"this run {config.fingerprint()}); choose another --out or delete that folder")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
-    written_to = max((stats["end"] for stats in all_stats(out / DATA_DIR)), default=0)
-    if labelling and written_to > config.n:
+    written_to = max((s["end"] for s in finished_stats(out / DATA_DIR)), default=0) if labelling else 0
+    if written_to > config.n:
         raise ConfigError(f"{out} already holds samples 0..{written_to - 1}, more than --n {config.n}; "
                           f"pass --n {written_to} or more, or choose another --out")
 
@@ -90,15 +90,10 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
         "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
 
 
-def all_stats(folder: Path) -> list[dict]:
-    """The stats of every finished shard in a folder, in shard order."""
-    return [s for p in finished_shards(folder) if (s := read_stats(p.parent, int(p.stem.split("-")[1])))]
-
-
 def summarize(folder: Path) -> dict:
     """Totals over every finished shard's stats in a folder."""
     written, planned, failed, instances = 0, 0, Counter(), Counter()
-    shards = all_stats(folder)
+    shards = finished_stats(folder)
     for stats in shards:
         written += stats["written"]
         planned += stats["planned"]

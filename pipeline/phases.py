@@ -12,11 +12,11 @@ import torch
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, all_stats, summarize
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, summarize
 from pipeline.executors import ExecutionReport, Executor
 from pipeline.plan import ShardTask, missing, pending, plan_shards
 from pipeline.runtime import GROUNDING_DIR, Runtime
-from pipeline.shards import finished_shards, shard_name, write_json_atomic
+from pipeline.shards import finished_shards, finished_stats, shard_name, write_json_atomic
 from pipeline.training_data import oracle_batches
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 from stages.grounding.train import train_grounding
@@ -54,7 +54,7 @@ def oracle_tasks(config: RunConfig) -> list[ShardTask]:
 
 def oracle_data(config: RunConfig) -> dict[str, int]:
     """The finished oracle shards and how many samples each holds: what a checkpoint was trained on."""
-    return {shard_name(s["shard"]): s["written"] for s in all_stats(config.out / ORACLE_DIR)}
+    return {shard_name(s["shard"]): s["written"] for s in finished_stats(config.out / ORACLE_DIR)}
 
 
 def training_is_current(config: RunConfig) -> bool:

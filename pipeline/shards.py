@@ -81,8 +81,12 @@ def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str
 
 def read_stats(folder: Path, shard_id: int) -> dict | None:
     """Stats of a finished shard, or None if the shard is not finished."""
-    path = stats_path(folder, shard_id)
-    if not path.exists() or not shard_path(folder, shard_id).exists():
+    return _finished_stats_file(stats_path(folder, shard_id))
+
+
+def _finished_stats_file(path: Path) -> dict | None:
+    """A stats file's content if its shard exists and the stats are whole JSON, else None."""
+    if not path.exists() or not path.with_name(path.name.replace(".stats.json", ".tar")).exists():
         return None
     try:
         return json.loads(path.read_text())
@@ -95,6 +99,12 @@ def finished_shards(folder: Path) -> list[Path]:
     return sorted(p.with_name(p.name.replace(".stats.json", ".tar"))
                   for p in Path(folder).glob("shard-*.stats.json")
                   if p.with_name(p.name.replace(".stats.json", ".tar")).exists())
+
+
+def finished_stats(folder: Path) -> list[dict]:
+    """The stats of every finished shard in a folder, in shard order."""
+    stats = (_finished_stats_file(p) for p in sorted(Path(folder).glob("shard-*.stats.json")))
+    return [s for s in stats if s is not None]
 
 
 def remove_stale_temporaries(folder: Path) -> None:
