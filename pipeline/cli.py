@@ -11,14 +11,14 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize, write_card
-from pipeline.executors import ExecutionReport
-from pipeline.executors.local import LocalExecutor
+from pipeline.executors import ExecutionReport, ExecutorSettings, make_executor
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
@@ -42,6 +42,13 @@ SdPath = Annotated[str | None, typer.Option(help="Stable Diffusion hub id or loc
 OracleWeights = Annotated[str | None, typer.Option(help="Mask R-CNN state dict (.pth/.safetensors) or COCO_V1.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 Opt = Annotated[int | None, typer.Option()]
+ExecutorKind = Annotated[str, typer.Option("--executor", help="local (in this process) or ray.")]
+RayAddress = Annotated[str | None, typer.Option(help="Ray cluster to join (auto, ray://host:port); implies "
+                                                "--executor ray. Without it, ray starts a local instance.")]
+Workers = Annotated[int | None, typer.Option(help="Ray model workers (default: one per GPU, else per CPU).")]
+GpusPerWorker = Annotated[float | None, typer.Option(help="GPUs per Ray model worker (default 1 with GPUs, else 0).")]
+CpusPerWorker = Annotated[float, typer.Option(help="CPUs per Ray model worker.")]
+EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/writing task (holds no GPU).")]
 
 
 def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n, train_steps,
@@ -57,8 +64,24 @@ def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootst
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from err
 
 
+def _executor_settings(kind, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus) -> ExecutorSettings:
+    try:
+        return ExecutorSettings(kind="ray" if ray_address else kind, ray_address=ray_address, workers=workers,
+                                gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                                encode_cpus=encode_cpus)
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = {"kind": "executor"}.get(str(first["loc"][0]), str(first["loc"][0]).replace("_", "-"))
+        raise ConfigError(f"--{flag}: {first['msg']}") from err
+
+
+class SamplesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} samples/s" if task.speed else "")
+
+
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), SamplesPerSecond(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
                     transient=False)
 
@@ -70,7 +93,7 @@ def _pending_work(config: RunConfig, phases: set[str]) -> bool:
                                                                    config.out / DATA_DIR))))
 
 
-def _execute(config: RunConfig, phases: set[str]) -> None:
+def _execute(config: RunConfig, phases: set[str], settings: ExecutorSettings) -> None:
     started = time.time()
     check_output(config, labelling="label" in phases)
     if not _pending_work(config, phases):
@@ -82,7 +105,7 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
             recover_interrupted_training(config.out)
         check_earlier_phases(config, phases)
         try:
-            label_report = _run_phases(config, phases)
+            label_report = _run_phases(config, phases, settings)
         except KeyboardInterrupt:
             console.print("interrupted: finished shards are kept; rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -94,13 +117,13 @@ def _execute(config: RunConfig, phases: set[str]) -> None:
     _exit_on_errors(config, phases)
 
 
-def _run_phases(config: RunConfig, phases: set[str]) -> ExecutionReport | None:
+def _run_phases(config: RunConfig, phases: set[str], settings: ExecutorSettings) -> ExecutionReport | None:
     """Phases A, B, C as asked; phase C's report (None without it) for the caller to judge."""
     runtime = Runtime(config)
     runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
     console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
     prepare_output(config, runtime.sd_source(), runtime.oracle_source(), labelling="label" in phases)
-    executor = LocalExecutor(worker=ShardWorker(config, runtime))
+    executor = make_executor(settings, worker=ShardWorker(config, runtime))
     with _progress() as progress:
         if "oracle" in phases:
             _stop_on_failed_shards(run_oracle_phase(config, executor, progress), "A")
@@ -160,9 +183,12 @@ def _phase_command(phases: set[str], help_text: str):
         train_steps: Annotated[int | None, typer.Option(help="Grounding training steps (phase B).")] = None,
         shard_size: Annotated[int | None, typer.Option(help="Samples per shard.")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
+        executor: ExecutorKind = "local", ray_address: RayAddress = None, workers: Workers = None,
+        gpus_per_worker: GpusPerWorker = None, cpus_per_worker: CpusPerWorker = 1.0, encode_cpus: EncodeCpus = 1.0,
     ):
+        settings = _executor_settings(executor, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus)
         _execute(_config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
-                         train_steps, shard_size, batch_size), phases)
+                         train_steps, shard_size, batch_size), phases, settings)
 
     command.__doc__ = help_text
     return command

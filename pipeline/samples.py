@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -44,3 +45,34 @@ def encode_sample(spec: PromptSpec, class_ids: list[int], image: np.ndarray, ima
     if latent is not None:
         sample["latent.npy"] = encode_array(latent.astype(np.float32))
     return sample
+
+
+@dataclass
+class RawInstance:
+    """One labelled instance before encoding: a bool (H, W) mask and its score (and oracle box)."""
+
+    class_id: int
+    name: str
+    mask: np.ndarray
+    score: float
+    box: tuple | None = None
+
+
+@dataclass
+class LabelledSample:
+    """A sample as the models leave it (arrays, no bytes): what a GPU worker hands to the encoder."""
+
+    spec: PromptSpec
+    class_ids: list[int]
+    image: np.ndarray
+    labeler: str
+    instances: list[RawInstance]
+    provenance: dict
+    seg: np.ndarray | None = None
+    latent: np.ndarray | None = None
+
+    def encode(self, image_format: str) -> dict:
+        """The WebDataset sample: image and mask encoding, instance RLEs (CPU work, no model)."""
+        instances = [instance(i.class_id, i.name, i.mask, i.score, i.box) for i in self.instances]
+        return encode_sample(self.spec, self.class_ids, self.image, image_format, self.labeler, instances,
+                             self.provenance, seg=self.seg, latent=self.latent)

@@ -1,8 +1,11 @@
-"""Shard workers: turn a ShardTask into a written shard and its stats.
+"""Shard workers: turn a ShardTask into labelled samples, then into a written shard and its stats.
 
-One worker holds the models (``Runtime``) and processes shards one after another; executors decide
-where workers live (in-process now, Ray actors later). A sample that fails is recorded with its
-reason and never kills its shard; samples that raised are retried by the next run.
+Two steps with different needs: ``ShardWorker.compute`` holds the models (``Runtime``) and runs
+generation, feature capture and labelling of each batch in one process (the GPU step);
+``commit_shard`` encodes images, masks and RLEs and writes the shard atomically (CPU only).
+``ShardWorker.process`` does both in this process; the Ray executor runs them in different workers.
+A sample that fails is recorded with its reason and never kills its shard; samples that raised are
+retried by the next run.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from pipeline import faults
 from pipeline.config import RunConfig
 from pipeline.plan import ERRORED, ShardTask
 from pipeline.runtime import Runtime
-from pipeline.samples import encode_sample, instance, sample_key
+from pipeline.samples import LabelledSample, RawInstance, sample_key
 from pipeline.shards import write_shard
 from stages.grounding.train import class_embeddings
 from stages.label import masks_from_probabilities, semantic_mask
@@ -34,6 +39,20 @@ class SampleFailure(Exception):
         self.reason = reason
 
 
+def _raised(err: Exception) -> SampleFailure:
+    return SampleFailure(f"{ERRORED}{type(err).__name__}: {err}"[:200])
+
+
+@dataclass
+class ShardResult:
+    """A computed shard before encoding: its labelled samples and the samples that failed."""
+
+    task: ShardTask
+    samples: list[LabelledSample]
+    failures: list[dict]  # {"key", "reason"}
+    seconds: float
+
+
 class ShardWorker:
     def __init__(self, config: RunConfig, runtime: Runtime | None = None):
         self.config = config
@@ -46,7 +65,13 @@ class ShardWorker:
                             self.config.pair_fraction)
 
     def process(self, task: ShardTask, on_samples: ProgressFn | None = None) -> dict:
+        """Compute, encode and write one shard here; its stats."""
+        return commit_shard(self.compute(task, on_samples), self.config)
+
+    def compute(self, task: ShardTask, on_samples: ProgressFn | None = None) -> ShardResult:
+        """The model work of one shard, batch by batch; ``on_samples`` hears of each finished batch."""
         started = time.time()
+        faults.shard_fault(task.shard_id)
         specs = self.specs(task)
         samples, failures = [], []
         batch_size = self.config.preset.batch_size
@@ -59,24 +84,27 @@ class ShardWorker:
                     samples.append(result)
             if on_samples:
                 on_samples(len(batch))
-        stats = self._stats(task, samples, failures, time.time() - started)
-        write_shard(task.folder, task.shard_id, samples, stats)
-        return stats
+            faults.kill_fault(task.shard_id)
+        return ShardResult(task, samples, failures, time.time() - started)
+
+    def _label(self, phase: str, batch: list[PromptSpec]) -> list:
+        for spec in batch:
+            faults.sample_fault(spec.index)
+        return self._oracle_batch(batch) if phase == "oracle" else self._grounding_batch(batch)
 
     def _batch_isolating_failures(self, phase: str, batch: list[PromptSpec]) -> list:
         """Samples of a batch; if the batch raises, each sample alone, so one bad sample fails alone."""
-        label = self._oracle_batch if phase == "oracle" else self._grounding_batch
         if len(batch) > 1:
             try:
-                return label(batch)
+                return self._label(phase, batch)
             except Exception:  # noqa: BLE001 - isolate the failing sample below
                 pass
         results = []
         for spec in batch:
             try:
-                results += label([spec])
+                results += self._label(phase, [spec])
             except Exception as err:  # noqa: BLE001 - recorded in stats with its reason
-                results.append(SampleFailure(f"{ERRORED}{type(err).__name__}: {err}"[:200]))
+                results.append(_raised(err))
         return results
 
     def _provenance(self, phase: str, timestep: int) -> dict:
@@ -95,11 +123,10 @@ class ShardWorker:
             elif not found:
                 results.append(SampleFailure("oracle_no_detection"))
             else:
-                instances = [instance(self.vocab[n].id, n, d.mask, d.score, d.box) for n, d in found.items()]
-                results.append(encode_sample(
-                    spec, [self.vocab[n].id for n in spec.classes], gen.images[b],
-                    self.config.image_format, "oracle:maskrcnn", instances,
-                    self._provenance("oracle", gen.timestep), latent=gen.latents[b].numpy()))
+                instances = [RawInstance(self.vocab[n].id, n, d.mask, d.score, d.box) for n, d in found.items()]
+                results.append(LabelledSample(
+                    spec, [self.vocab[n].id for n in spec.classes], gen.images[b], "oracle:maskrcnn",
+                    instances, self._provenance("oracle", gen.timestep), latent=gen.latents[b].numpy()))
         return results
 
     def _grounding_batch(self, batch: list[PromptSpec]) -> list:
@@ -119,22 +146,37 @@ class ShardWorker:
                 results.append(SampleFailure("empty_mask"))
             else:
                 image = gen.images[b]
-                instances = [instance(m.class_id, m.name, m.mask, m.score) for m in masks]
-                results.append(encode_sample(
-                    spec, ids, image, self.config.image_format, "grounding", instances,
-                    self._provenance("label", gen.timestep), seg=semantic_mask(masks, image.shape[:2])))
+                instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in masks]
+                results.append(LabelledSample(
+                    spec, ids, image, "grounding", instances, self._provenance("label", gen.timestep),
+                    seg=semantic_mask(masks, image.shape[:2])))
         return results
 
-    def _stats(self, task: ShardTask, samples: list[dict], failures: list[dict], seconds: float) -> dict:
-        classes, pixels = Counter(), Counter()
-        for s in samples:
-            for inst in json.loads(s["json"])["instances"]:
-                classes[inst["name"]] += 1
-                pixels[inst["name"]] += inst["area"]
-        return {
-            "phase": task.phase, "shard": task.shard_id, "start": task.start, "end": task.end,
-            "planned": task.end - task.start, "written": len(samples),
-            "failed": dict(Counter(f["reason"] for f in failures)), "failures": failures,
-            "class_instances": dict(sorted(classes.items())), "class_pixels": dict(sorted(pixels.items())),
-            "seconds": round(seconds, 3), "fingerprint": self.config.fingerprint(),
-        }
+
+def commit_shard(result: ShardResult, config: RunConfig) -> dict:
+    """Encode a computed shard's samples and write the shard and its stats atomically; the stats."""
+    samples, failures = [], list(result.failures)
+    for labelled in result.samples:
+        try:
+            samples.append(labelled.encode(config.image_format))
+        except Exception as err:  # noqa: BLE001 - recorded in stats with its reason
+            failures.append({"key": sample_key(labelled.spec.index), "reason": _raised(err).reason})
+    failures.sort(key=lambda f: f["key"])
+    stats = _stats(result.task, samples, failures, result.seconds, config.fingerprint())
+    write_shard(result.task.folder, result.task.shard_id, samples, stats)
+    return stats
+
+
+def _stats(task: ShardTask, samples: list[dict], failures: list[dict], seconds: float, fingerprint: str) -> dict:
+    classes, pixels = Counter(), Counter()
+    for s in samples:
+        for inst in json.loads(s["json"])["instances"]:
+            classes[inst["name"]] += 1
+            pixels[inst["name"]] += inst["area"]
+    return {
+        "phase": task.phase, "shard": task.shard_id, "start": task.start, "end": task.end,
+        "planned": task.end - task.start, "written": len(samples),
+        "failed": dict(Counter(f["reason"] for f in failures)), "failures": failures,
+        "class_instances": dict(sorted(classes.items())), "class_pixels": dict(sorted(pixels.items())),
+        "seconds": round(seconds, 3), "fingerprint": fingerprint,
+    }

@@ -35,3 +35,23 @@ def voc():
     from pipeline.config import resolve_vocabulary
 
     return resolve_vocabulary("voc")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(cache_dir):
+    """One local Ray instance for the session, sized for CI; its address, for CLI runs to join.
+
+    No dashboard, no token file in ~/.ray, no usage stats, and its session files in a temporary
+    folder (short: Ray's unix socket paths are limited to 107 bytes) removed afterwards.
+    """
+    import shutil
+    import tempfile
+
+    import ray
+
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import RunConfig
 from pipeline.plan import ShardTask
@@ -25,3 +28,27 @@ class Executor(ABC):
     @abstractmethod
     def run(self, tasks: list[ShardTask], config: RunConfig, on_samples: ProgressFn) -> ExecutionReport:
         ...
+
+
+class ExecutorSettings(BaseModel):
+    """Where and with which resources shards run; never changes the samples (not in the fingerprint)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port": join one
+    workers: int | None = Field(None, gt=0)  # model actors; None: one per GPU (gpus_per_worker), else per CPU
+    gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float = Field(1, gt=0)
+    encode_cpus: float = Field(1, gt=0)  # CPUs of each shard-encoding-and-writing task (no GPU)
+    retries: int = Field(2, ge=0)
+
+
+def make_executor(settings: ExecutorSettings, worker=None) -> Executor:
+    """The executor ``settings`` ask for; ``worker`` is an in-process ShardWorker to reuse."""
+    if settings.kind == "ray":
+        from pipeline.executors.ray_executor import RayExecutor
+
+        return RayExecutor(settings)
+    from pipeline.executors.local import LocalExecutor
+
+    return LocalExecutor(retries=settings.retries, worker=worker)
