@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -71,20 +72,42 @@ def output_lock(config: RunConfig) -> Iterator[None]:
         yield
 
 
+def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
+    """Write the manifest of a new output folder with an exclusive create, or refresh it in a folder
+    this config already owns. Two runs started at once on one shared folder (the lock is per
+    machine) cannot both claim it: the loser finds the winner's manifest and its fingerprint check
+    refuses a different config (the same config writes the same bytes, so it may share the folder)."""
+    path = config.out / "manifest.json"
+    text = json.dumps(manifest, indent=1, sort_keys=True)
+    if not path.exists():
+        tmp = Path(f"{path}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        try:
+            os.link(tmp, path)  # atomic, and fails if another run created the manifest meanwhile
+            return
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    check_output(config, labelling)  # a manifest is there: only the config that owns it goes on
+    write_text_atomic(path, text)
+
+
 def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labelling: bool) -> None:
     """Create or reopen the output folder and (re)write its manifest and classes file."""
     out = config.out
     check_output(config, labelling)
-    for sub in (ORACLE_DIR, DATA_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out / sub)
+    out.mkdir(parents=True, exist_ok=True)
     vocab = config.vocabulary()
-    write_json_atomic(out / "manifest.json", {
+    claim_output(config, {
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
         "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    }, labelling)
+    for sub in (ORACLE_DIR, DATA_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out / sub)
     write_json_atomic(out / "classes.json", {
         "background": 0, "ignore": 255,
         "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})

@@ -89,3 +89,19 @@ def test_a_smaller_n_than_the_samples_on_disk_is_refused(tmp_path):
     check_output(make_config(tmp_path, n=20))  # growing a dataset is fine
     with pytest.raises(ConfigError, match=r"holds samples 0\.\.7, more than --n 6"):
         check_output(make_config(tmp_path, n=6))
+
+
+def test_two_runs_racing_for_one_folder_cannot_mix_configs(tmp_path):
+    """Runs on two machines (no shared lock) both found the folder free; the second to claim it stops."""
+    from pipeline.dataset import claim_output
+
+    mine, theirs = make_config(tmp_path), make_config(tmp_path).model_copy(update={"seed": 9})
+    check_output(mine)
+    check_output(theirs)
+    claim_output(mine, {"fingerprint": mine.fingerprint()}, labelling=True)
+    with pytest.raises(ConfigError, match="another config"):
+        claim_output(theirs, {"fingerprint": theirs.fingerprint()}, labelling=True)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"fingerprint": mine.fingerprint()}
+    claim_output(mine, {"fingerprint": mine.fingerprint(), "rerun": True}, labelling=True)  # the owner reopens it
+    assert json.loads((tmp_path / "manifest.json").read_text())["rerun"]
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
