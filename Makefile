@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Tiny-preset throughput of the in-process and Ray executors, and the time outside model compute.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/executors.py
 
 clean:
 	rm -rf $(VENV) runs
