@@ -7,7 +7,7 @@ does not overlap compute, scheduling, object transfers). Ray's local instance is
 clock; its actors' start-up and model loading are inside it. The tiny preset has random weights:
 these numbers measure overheads of the pipeline, not the real model's speed.
 
-    python benchmarks/executors.py [--n 24] [--shard-size 4] [--batch-size 4]
+    python benchmarks/executors.py [--n 16] [--shard-size 4] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
 from pipeline.config import RunConfig, load_preset
+from pipeline.dataset import DATA_DIR
 from pipeline.executors import ExecutorSettings, make_executor
 from pipeline.phases import feature_channels, run_label_phase
 from pipeline.runtime import GROUNDING_DIR, Runtime
@@ -54,11 +57,13 @@ def measure(kind: str, config: RunConfig, settings: ExecutorSettings) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance only; leaves no token in ~/.ray
     preset = load_preset("tiny", {"shard_size": args.shard_size, "batch_size": args.batch_size})
@@ -66,6 +71,8 @@ def main() -> None:
     try:
         configs = {kind: RunConfig(vocab="voc", out=root / kind, preset_name="tiny", preset=preset, n=args.n)
                    for kind in ("local", "ray")}
+        for kind in configs:
+            (root / kind / DATA_DIR).mkdir(parents=True)
         untrained_checkpoint(configs["local"], root / "local")
         shutil.copytree(root / "local" / GROUNDING_DIR, root / "ray" / GROUNDING_DIR)
         import ray

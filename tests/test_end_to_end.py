@@ -132,6 +132,8 @@ def test_prompts_command_prints_the_plan():
     (["--vocab", "nope"], "unknown vocabulary 'nope'"),
     (["--train-steps", "0"], "train.steps"),
     (["--device", "tpu"], "--device: Value error, 'tpu' is not auto, cpu, cuda, cuda:N or mps"),
+    (["--executor", "dask"], "--executor: Input should be 'local' or 'ray'"),
+    (["--workers", "0"], "--workers: Input should be greater than 0"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(tmp_path, args, message):
     result = datagen("run", "--models", "tiny", "--out", str(tmp_path / "z"), *args)

@@ -12,7 +12,7 @@ import tarfile
 import pytest
 import torch
 
-from pipeline.config import RunConfig, load_preset
+from pipeline.config import ConfigError, RunConfig, load_preset
 from pipeline.executors import ExecutorSettings, make_executor
 from pipeline.faults import FAULTS_ENV
 from pipeline.plan import plan_shards
@@ -122,3 +122,9 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_shard_redone_once(ray_exe
     assert report.failed_shards == {} and sum(counted) == N
     assert keys(out, 1) == keys(reference, 1)  # no duplicate samples
     assert_same_shards(out, reference, [0, 1, 2])
+
+
+def test_a_cluster_too_small_for_one_worker_is_refused(ray_cluster, tmp_path, cache_dir):
+    executor = make_executor(ExecutorSettings(kind="ray", gpus_per_worker=1))
+    with pytest.raises(ConfigError, match="cluster has 2 CPUs and 0 GPUs: it cannot host a worker"):
+        executor.run(tasks(tmp_path), make_config(tmp_path, cache_dir), lambda k: None)
