@@ -70,29 +70,34 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="datagen-bench-"))
     try:
         configs = {kind: RunConfig(vocab="voc", out=root / kind, preset_name="tiny", preset=preset, n=args.n)
-                   for kind in ("local", "ray")}
+                   for kind in ("local", "ray", "local1")}
         for kind in configs:
             (root / kind / DATA_DIR).mkdir(parents=True)
         untrained_checkpoint(configs["local"], root / "local")
-        shutil.copytree(root / "local" / GROUNDING_DIR, root / "ray" / GROUNDING_DIR)
+        for kind in ("ray", "local1"):
+            shutil.copytree(root / "local" / GROUNDING_DIR, root / kind / GROUNDING_DIR)
         import ray
 
         ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket paths are limited
         ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp)
-        results = [measure("local", configs["local"], ExecutorSettings(kind="local")),
-                   measure("ray", configs["ray"], ExecutorSettings(kind="ray"))]
+        results = [measure(f"local ({torch.get_num_threads()} threads)", configs["local"], ExecutorSettings()),
+                   measure("ray (1 worker)", configs["ray"], ExecutorSettings(kind="ray", workers=1))]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a 1-CPU Ray worker
+        results.append(measure("local (1 thread)", configs["local1"], ExecutorSettings()))
+        torch.set_num_threads(threads)
         ray.shutdown()
         shutil.rmtree(ray_temp, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cpus, threads = os.cpu_count(), torch.get_num_threads()
     print(f"phase C (label), tiny preset, {args.n} samples, shards of {args.shard_size}, batches of "
-          f"{args.batch_size}; {cpus} CPUs, torch threads in process {threads}, no GPU")
-    print(f"{'executor':8} {'wall s':>8} {'samples/s':>10} {'compute s':>10} {'outside s':>10} {'outside':>8}")
+          f"{args.batch_size}; {os.cpu_count()} CPUs, Ray: one 1-CPU model worker + 1-CPU encoding tasks")
+    print(f"{'executor':18} {'wall s':>8} {'samples/s':>10} {'compute s':>10} {'outside s':>10} {'outside':>8}")
     for r in results:
-        print(f"{r['executor']:8} {r['wall_s']:8.2f} {r['samples_per_s']:10.3f} {r['model_compute_s']:10.2f} "
+        print(f"{r['executor']:18} {r['wall_s']:8.2f} {r['samples_per_s']:10.3f} {r['model_compute_s']:10.2f} "
               f"{r['outside_compute_s']:10.2f} {r['outside_fraction']:8.1%}")
-    print(f"ray / local throughput: {results[1]['samples_per_s'] / results[0]['samples_per_s']:.2f}")
+    for r in results[::2]:
+        print(f"ray / {r['executor']} throughput: {results[1]['samples_per_s'] / r['samples_per_s']:.2f}")
     print(json.dumps(results))
 
 

@@ -68,10 +68,20 @@ class ShardWorker:
         """Compute, encode and write one shard here; its stats."""
         return commit_shard(self.compute(task, on_samples), self.config)
 
+    def load_models(self, phase: str) -> None:
+        """Load what a phase needs, once per worker, so that a shard's seconds are model work only."""
+        rt = self.runtime
+        rt.diffusion
+        if phase == "oracle":
+            rt.oracle
+        else:
+            rt.class_text, rt.grounding
+
     def compute(self, task: ShardTask, on_samples: ProgressFn | None = None) -> ShardResult:
         """The model work of one shard, batch by batch; ``on_samples`` hears of each finished batch."""
-        started = time.time()
         faults.shard_fault(task.shard_id)
+        self.load_models(task.phase)
+        started = time.time()
         specs = self.specs(task)
         samples, failures = [], []
         batch_size = self.config.preset.batch_size
