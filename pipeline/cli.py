@@ -19,6 +19,7 @@ from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabul
 from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize, write_card
 from pipeline.executors import ExecutionReport
 from pipeline.executors.local import LocalExecutor
+from pipeline.inspect import commands as inspect_commands
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
@@ -173,6 +174,10 @@ app.command("run")(_phase_command({"oracle", "train", "label"},
 app.command("generate")(_phase_command({"oracle"}, "Phase A: seen-class images labelled by the Mask R-CNN oracle."))
 app.command("train")(_phase_command({"train"}, "Phase B: train the grounding module on the oracle shards."))
 app.command("label")(_phase_command({"label"}, "Phase C: generate and label the dataset with the grounding module."))
+
+
+for _inspect in (inspect_commands.show, inspect_commands.validate, inspect_commands.stats):
+    app.command()(_inspect)
 
 
 @app.command()
