@@ -28,7 +28,7 @@ class DatasetError(ConfigError):
 
 class CorruptShard(DatasetError):
     def __init__(self, shard: Path, key: str | None, problem: str):
-        where = f"after key {key}" if key else "at its start"
+        where = f"at key {key}" if key else "at its start"
         super().__init__(f"{shard} is truncated or corrupt ({where}): {problem}; run `datagen validate`")
         self.shard, self.key, self.problem = shard, key, problem
 
@@ -109,23 +109,22 @@ def open_output(out: Path | str, phase: str = "label") -> DatasetFolder:
 def read_shard(shard: Path) -> Iterator[dict]:
     """Samples of one shard as raw bytes per member (``__key__`` plus extensions), nothing decoded.
 
-    Members are grouped by key (the name up to its first dot); a tar that ends mid-member or a key
-    repeated out of order raises CorruptShard naming the shard and the last whole key.
+    Members are grouped by key (the name up to its first dot); a tar that ends mid-member or a
+    repeated member raises CorruptShard naming the shard and the key being read.
     """
-    sample, last_key = None, None
+    sample = None
     try:
         with open(shard, "rb") as stream:
             for member in wds.tariterators.tar_file_iterator(stream):
                 key, _, ext = member["fname"].partition(".")
                 if sample is None or key != sample["__key__"]:
                     if sample is not None:
-                        last_key = sample["__key__"]
                         yield sample
                     sample = {"__key__": key}
                 if ext in sample:
-                    raise CorruptShard(shard, last_key, f"member {member['fname']} appears twice")
+                    raise CorruptShard(shard, key, f"member {member['fname']} appears twice")
                 sample[ext] = member["data"]
     except (tarfile.TarError, EOFError, OSError, io.UnsupportedOperation) as err:
-        raise CorruptShard(shard, last_key, str(err).split(" @ ")[0]) from err
+        raise CorruptShard(shard, sample and sample["__key__"], str(err).split(" @ ")[0]) from err
     if sample is not None:
         yield sample

@@ -77,10 +77,13 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, proble
         for sample in read_shard(shard):
             key = sample["__key__"]
             keys.append(key)
-            for message in _check_sample(ds, sample, stats, instances, pixels):
+            for message in _check_sample(ds, sample, stats):
                 problems.append(Problem(where, key, message))
+            for inst in _instances(sample):
+                instances[inst.get("name")] += 1
+                pixels[inst.get("name")] += inst.get("area", 0)
     except CorruptShard as err:
-        problems.append(Problem(where, err.key, f"truncated or corrupt tar after this key: {err.problem}"))
+        problems.append(Problem(where, err.key, f"truncated or corrupt tar at this key: {err.problem}"))
         return len(keys)
     if len(keys) != stats.get("written"):
         problems.append(Problem(where, keys[-1] if keys else None,
@@ -93,7 +96,14 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, proble
     return len(keys)
 
 
-def _check_sample(ds: DatasetFolder, sample: dict, stats: dict, instances: Counter, pixels: Counter) -> list[str]:
+def _instances(sample: dict) -> list[dict]:
+    try:
+        return json.loads(sample["json"]).get("instances", [])
+    except (KeyError, ValueError, AttributeError):
+        return []
+
+
+def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
     key, members = sample["__key__"], set(sample) - {"__key__"}
     if unsafe := {m for m in members if m.rsplit(".", 1)[-1] in UNSAFE}:
         return [f"member {', '.join(sorted(unsafe))} would run code when loaded (pickle): not a datagen sample"]
@@ -134,8 +144,6 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict, instances: Count
             problems.append(f"latent.npy does not load without pickle ({err})")
     for inst in meta.get("instances", []):
         problems += _check_instance(inst, names, (h, w), seg)
-        instances[inst.get("name")] += 1
-        pixels[inst.get("name")] += inst.get("area", 0)
     return problems
 
 
