@@ -19,11 +19,14 @@ from rich.text import Text
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize, write_card
 from pipeline.executors import ExecutionReport, ExecutorSettings, make_executor
+from pipeline.inspect import commands as inspect_commands
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
+from pipeline.reader import write_wids_index
 from pipeline.runtime import Runtime
 from pipeline.shards import finished_stats
+from pipeline.sizing import samples_per_shard
 from pipeline.workers import ShardWorker
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
@@ -62,6 +65,17 @@ def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootst
     except ValidationError as err:
         first = err.errors()[0]
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from err
+
+
+def _shard_size(models: str, shard_size: int | None, shard_mb: float | None) -> int | None:
+    """--shard-size as given, or converted from --shard-mb (samples of about that many MB per shard)."""
+    if shard_mb is None:
+        return shard_size
+    if shard_size is not None:
+        raise ConfigError("pass --shard-size or --shard-mb, not both")
+    if shard_mb <= 0:
+        raise ConfigError(f"--shard-mb must be greater than 0, not {shard_mb}")
+    return samples_per_shard(shard_mb, load_preset(models).image_size)
 
 
 def _executor_settings(kind, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus) -> ExecutorSettings:
@@ -135,7 +149,8 @@ def _run_phases(config: RunConfig, phases: set[str], settings: ExecutorSettings)
         if "label" not in phases:
             return None
         report = run_label_phase(config, executor, progress)
-    write_card(config, summarize(config.out / DATA_DIR))
+    write_card(config)
+    write_wids_index(config.out / DATA_DIR)
     return report
 
 
@@ -182,13 +197,15 @@ def _phase_command(phases: set[str], help_text: str):
         bootstrap_n: Annotated[int | None, typer.Option(help="Oracle samples for training (phase A).")] = None,
         train_steps: Annotated[int | None, typer.Option(help="Grounding training steps (phase B).")] = None,
         shard_size: Annotated[int | None, typer.Option(help="Samples per shard.")] = None,
+        shard_mb: Annotated[float | None, typer.Option(help="Target shard size in MB (sets the samples per "
+                                                               "shard from the image size).")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
         executor: ExecutorKind = "local", ray_address: RayAddress = None, workers: Workers = None,
         gpus_per_worker: GpusPerWorker = None, cpus_per_worker: CpusPerWorker = 1.0, encode_cpus: EncodeCpus = 1.0,
     ):
         settings = _executor_settings(executor, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus)
         _execute(_config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
-                         train_steps, shard_size, batch_size), phases, settings)
+                         train_steps, _shard_size(models, shard_size, shard_mb), batch_size), phases, settings)
 
     command.__doc__ = help_text
     return command
@@ -199,6 +216,10 @@ app.command("run")(_phase_command({"oracle", "train", "label"},
 app.command("generate")(_phase_command({"oracle"}, "Phase A: seen-class images labelled by the Mask R-CNN oracle."))
 app.command("train")(_phase_command({"train"}, "Phase B: train the grounding module on the oracle shards."))
 app.command("label")(_phase_command({"label"}, "Phase C: generate and label the dataset with the grounding module."))
+
+
+for _inspect in (inspect_commands.show, inspect_commands.validate, inspect_commands.stats):
+    app.command()(_inspect)
 
 
 @app.command()

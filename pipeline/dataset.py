@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.provenance import code_version, model_record
 from pipeline.shards import finished_stats, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
@@ -103,6 +104,8 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
+        "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": model_record(oracle_source)},
+        "code": code_version(),
         "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, labelling)
     for sub in (ORACLE_DIR, DATA_DIR):
@@ -126,31 +129,10 @@ def summarize(folder: Path) -> dict:
             "class_instances": dict(sorted(instances.items()))}
 
 
-def write_card(config: RunConfig, summary: dict) -> None:
-    """A short README.md in the output folder: what made the data and how to read it."""
-    vocab = config.vocabulary()
-    rows = "\n".join(f"| {c.id} | {c.name} | {'seen' if c.seen else 'unseen'} | "
-                     f"{summary['class_instances'].get(c.name, 0)} |" for c in vocab.classes)
-    failed = ", ".join(f"{k}: {v}" for k, v in sorted(summary["failed"].items())) or "none"
-    write_text_atomic(config.out / "README.md", f"""# datagen dataset
+def write_card(config: RunConfig) -> None:
+    """The dataset card (README.md in the output folder), from the manifest and the shards' stats."""
+    from pipeline.card import card_text  # the card reads shards through pipeline.inspect, which imports this module
 
-Synthetic semantic segmentation data (Grounded Diffusion): Stable Diffusion images labelled by a
-grounding module trained on Mask R-CNN oracle masks of the seen classes. Made by datagen
-{package_versions()['datagen']} with model preset `{config.preset_name}`, vocabulary `{vocab.name}`,
-seed {config.seed}; the full config, model sources and package versions are in `manifest.json`.
-
-- samples: {summary['written']} written of {summary['planned']} planned, in {summary['shards']} shards
-  under `{DATA_DIR}/`; failed: {failed}
-- per sample: `jpg`/`png` image, `seg.png` (uint8 class ids, 0 background, 255 ignore), `json`
-  (prompt, classes, seed, instances as COCO RLE)
-
-```python
-from pipeline.reader import open_dataset  # or plain webdataset, see the datagen README
-for sample in open_dataset("{DATA_DIR}/shard-{{000000..{max(summary['shards'] - 1, 0):06d}}}.tar"):
-    image, classes = sample["jpg"], sample["seg.png"]  # (H, W, 3) uint8, (H, W) uint8 class ids
-```
-
-| id | class | split | instances |
-|---:|---|---|---:|
-{rows}
-""")
+    manifest = json.loads((config.out / "manifest.json").read_text())
+    classes = json.loads((config.out / "classes.json").read_text())["classes"]
+    write_text_atomic(config.out / "README.md", card_text(config.out, manifest, classes))

@@ -1,12 +1,26 @@
-"""Reading datagen shards with webdataset: images as RGB, ``seg.png`` as class-index arrays."""
+"""Reading datagen shards: webdataset pipelines for training, wids random access, safe decoders.
+
+Decoding never runs code from the data: only the members datagen writes are decoded (images with
+Pillow, ``seg.png`` as class ids, ``json``, ``npy`` without pickle); anything else, a ``.pyd`` or
+``.pth`` member included, stays raw bytes. webdataset's and wids' default decoders would unpickle.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import random
+from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from PIL import Image
+
+from pipeline.shards import finished_shards, read_stats, write_json_atomic
+
+DATA_DIR = "data"  # pipeline.dataset.DATA_DIR; not imported so readers need no config code
+WIDS_INDEX = "index.wids.json"  # beside the shards: the wids shard list (urls relative to it)
 
 
 def decode_class_mask(data: bytes) -> np.ndarray:
@@ -14,9 +28,89 @@ def decode_class_mask(data: bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(data)))
 
 
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _handlers(image: str) -> list:
+    return [wds.handle_extension("seg.png", decode_class_mask), wds.handle_extension("json", json.loads),
+            wds.handle_extension("npy", decode_npy), wds.autodecode.ImageHandler(image)]
+
+
+def safe_decoder(image: str = "rgb8") -> wds.autodecode.Decoder:
+    """A webdataset Decoder for datagen samples with no default (pickle-capable) handlers."""
+    return wds.autodecode.Decoder(_handlers(image), pre=[], post=[])
+
+
+def shard_urls(source) -> list[str] | str:
+    """Shards to read: an output folder or shard folder -> its finished shards; anything else
+    (a shard path, a brace pattern, a URL or a list of them) is passed through unchanged."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        folder = Path(source) / DATA_DIR if (Path(source) / DATA_DIR).is_dir() else Path(source)
+        shards = [str(p) for p in finished_shards(folder)]
+        if not shards:
+            raise FileNotFoundError(f"{folder} holds no finished datagen shards")
+        return shards
+    return [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
+
+
 def open_dataset(urls, image: str = "rgb8", **webdataset_kwargs) -> wds.WebDataset:
-    """A ``webdataset.WebDataset`` over datagen shards (local paths, brace patterns or URLs),
-    decoding images with ``image`` (a webdataset image spec), masks as class ids, json as dicts."""
+    """A ``webdataset.WebDataset`` over datagen shards (an output folder, paths, brace patterns or
+    URLs), decoding images with ``image`` (a webdataset image spec), masks as class ids, json as dicts."""
     webdataset_kwargs.setdefault("shardshuffle", False)
-    return wds.WebDataset(urls, **webdataset_kwargs).decode(
-        wds.handle_extension("seg.png", decode_class_mask), image)
+    return wds.WebDataset(shard_urls(urls), **webdataset_kwargs).decode(*_handlers(image), pre=[], post=[])
+
+
+def to_training_tuple(sample: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Decoded sample -> (uint8 image (3, H, W), int64 class ids (H, W): 0 background, 255 ignore, meta)."""
+    image = sample["jpg"] if "jpg" in sample else sample["png"]
+    meta = dict(sample["json"], key=sample["__key__"])
+    return (torch.from_numpy(np.array(image)).permute(2, 0, 1),
+            torch.from_numpy(sample["seg.png"].astype(np.int64)), meta)
+
+
+def training_dataset(source, *, shuffle: int = 0, seed: int = 0) -> wds.DataPipeline:
+    """An IterableDataset of (image, mask, meta) tuples for a training loop (see ``to_training_tuple``).
+
+    Shards are split first across nodes (torch.distributed rank, or RANK and WORLD_SIZE) and then
+    across DataLoader workers, so each sample is read once per epoch by the whole job; give it at
+    least nodes x workers shards. ``shuffle`` > 0 shuffles the shard order (seeded, the same on every
+    node) and samples within a buffer of that size.
+    """
+    stages = [wds.SimpleShardList(shard_urls(source), seed=seed if shuffle else None),
+              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples()]
+    if shuffle:
+        stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
+    stages += [wds.decode(*_handlers("rgb8"), pre=[], post=[]), wds.map(to_training_tuple)]
+    return wds.DataPipeline(*stages)
+
+
+def write_wids_index(folder: Path) -> Path:
+    """Write the wids shard index of a folder's finished shards (urls relative to the index)."""
+    shards = []
+    for path in finished_shards(folder):
+        stats = read_stats(folder, int(path.stem.removeprefix("shard-")))
+        shards.append({"url": path.name, "nsamples": stats["written"], "filesize": path.stat().st_size})
+    index = Path(folder) / WIDS_INDEX
+    write_json_atomic(index, {"__kind__": "wids-shard-index-v1", "wids_version": 1,
+                              "name": Path(folder).resolve().parent.name, "shardlist": shards})
+    return index
+
+
+def _wids_decode(sample: dict, image: str = "rgb8") -> dict:
+    """wids gives '.ext' -> stream; decode like open_dataset, with keys without the leading dot."""
+    raw = {k.lstrip("."): (v if k.startswith("__") or isinstance(v, bytes) else v.read())
+           for k, v in sample.items()}
+    return safe_decoder(image)(raw)
+
+
+def wids_dataset(source, image: str = "rgb8"):
+    """A ``wids.ShardListDataset`` (random access, ``len``) over an output folder, shard folder or
+    index file; samples decode like ``open_dataset``'s. Local shards are read in place."""
+    import wids
+
+    index = Path(source)
+    if index.is_dir():
+        index = index / DATA_DIR / WIDS_INDEX if (index / DATA_DIR).is_dir() else index / WIDS_INDEX
+    return wids.ShardListDataset(str(index), localname=lambda url: url,
+                                 transformations=[lambda s: _wids_decode(s, image)])

@@ -55,3 +55,19 @@ def ray_cluster(cache_dir):
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, cache_dir):
+    """A finished tiny-preset dataset (4 shards of 4 samples) for the reader and inspection tests;
+    tests that damage it work on a copy."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path_factory.mktemp("dataset") / "tiny"
+    result = CliRunner().invoke(app, ["run", "--vocab", "voc", "--n", "16", "--models", "tiny", "--bootstrap-n", "4",
+                                      "--train-steps", "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,114 @@
+"""The dataset card (README.md in the output folder): what made the data, what it holds, how to load it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.inspect.folder import DatasetFolder
+from pipeline.inspect.stats import dataset_stats
+from pipeline.provenance import file_sha256
+from pipeline.reader import WIDS_INDEX
+from pipeline.shards import finished_shards
+
+GROUNDING = "grounding"
+
+
+def _model(record: dict | None, fallback: str) -> str:
+    if not record:
+        return f"`{fallback}`"
+    pin = record.get("revision") and f"revision `{record['revision']}`" or f"sha256 `{record.get('sha256')}`"
+    return f"`{record['source']}`, {pin}"
+
+
+def _grounding(out: Path) -> str:
+    weights, training = out / GROUNDING / "model.safetensors", out / GROUNDING / "training.json"
+    if not weights.exists():
+        return "none"
+    line = f"`{GROUNDING}/model.safetensors`, sha256 `{file_sha256(weights)}`"
+    if training.exists():
+        t = json.loads(training.read_text())
+        line += f"; trained {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}"
+    return line
+
+
+def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
+    out = Path(out)
+    ds = DatasetFolder(out, manifest, classes, out / "data", "label", finished_shards(out / "data"))
+    stats = dataset_stats(ds, scan=False)
+    config, preset, code = manifest["config"], manifest["config"]["preset"], manifest.get("code", {})
+    models, sources = manifest.get("model_revisions", {}), manifest.get("models", {})
+    commit = f", git `{code['git_commit']}`{' (uncommitted changes)' if code.get('git_dirty') else ''}" \
+        if code.get("git_commit") else ""
+    tiny = ("\n> Made with the offline `tiny` preset: random weights. Its images are noise and its masks mean "
+            "nothing;\n> it proves the code paths, not quality.\n" if config["preset_name"] == "tiny" else "")
+    s, sh = stats["samples"], stats["shards"]
+    failures = ", ".join(f"{k}: {v}" for k, v in stats["failures"].items()) or "none"
+    rows = "\n".join(f"| {c['id']} | {c['name']} | {c['split']} | {c['instances']} | {c['pixel_share']:.2%} |"
+                     for c in stats["classes"])
+    last = max(sh["count"] - 1, 0)
+    preset_json = json.dumps(preset, sort_keys=True)
+    return f"""# datagen dataset `{out.name}`
+
+Synthetic semantic segmentation data made by Grounded Diffusion (Li et al., ICCV 2023): Stable
+Diffusion images, labelled by a grounding module trained on Mask R-CNN oracle masks of the seen
+classes, which also labels the unseen ones.
+{tiny}
+## What made it
+
+| | |
+|---|---|
+| code | datagen {code.get('datagen', manifest.get('packages', {}).get('datagen', '?'))}{commit} |
+| Stable Diffusion | {_model(models.get('stable_diffusion'), sources.get('stable_diffusion', '?'))} |
+| Mask R-CNN oracle | {_model(models.get('oracle'), sources.get('oracle', '?'))} |
+| grounding module | {_grounding(out)} |
+| model preset | `{config['preset_name']}` |
+| vocabulary | `{manifest['vocabulary'].get('name')}`: {stats['splits']['seen']['classes']} seen, \
+{stats['splits']['unseen']['classes']} unseen classes |
+| seed | {config['seed']} |
+| config fingerprint | `{manifest.get('fingerprint')}` |
+| packages | {', '.join(f'{k} {v}' for k, v in sorted(manifest.get('packages', {}).items()))} |
+
+Preset settings: `{preset_json}`. The whole resolved config is in `manifest.json`.
+
+## What it holds
+
+- {s['written']} samples written of {s['planned']} planned, in {sh['count']} shards under `data/`
+  ({sh['total_mb']} MB, about {sh['mb_per_sample']} MB per sample); {s['filtered']} filtered and
+  {s['errored']} errored: {failures}
+- images {preset['image_size']}x{preset['image_size']} `{config['image_format']}`; `seg.png` is a one-channel
+  uint8 class-index mask of the same size (0 background, 255 ignore); `json` has the prompt, class
+  names and ids, seed, instances as COCO RLE (ASCII counts) and provenance
+- pixels: {stats['background_pixel_share']:.2%} background; seen classes {stats['splits']['seen']['pixel_share']:.2%}, \
+unseen {stats['splits']['unseen']['pixel_share']:.2%}
+- `data/{WIDS_INDEX}` is the wids shard index; `classes.json` maps ids to names and splits
+
+| id | class | split | instances | pixel share |
+|---:|---|---|---:|---:|
+{rows}
+
+## How to load it
+
+```python
+from pipeline.reader import training_dataset, open_dataset, wids_dataset   # datagen's readers
+loader = torch.utils.data.DataLoader(training_dataset("."), batch_size=8, num_workers=4)
+for image, mask, meta in training_dataset("."):  # uint8 (3, H, W), int64 (H, W) class ids, dict
+    ...
+
+import webdataset as wds                           # plain webdataset (decode seg.png yourself:
+ds = wds.WebDataset("data/shard-{{000000..{last:06d}}}.tar", shardshuffle=False)  # its image decoders make RGB)
+
+import wids                                        # random access through the index
+ds = wids.ShardListDataset("data/{WIDS_INDEX}")
+
+import datasets, glob                              # Hugging Face datasets
+ds = datasets.load_dataset("webdataset", data_files={{"train": sorted(glob.glob("data/shard-*.tar"))}}, split="train")
+
+import ray, glob                                   # Ray Data
+ds = ray.data.read_webdataset(sorted(glob.glob("data/shard-*.tar")))
+```
+
+Never decode these shards with decoders that unpickle (`.pyd`/`.pickle` members): datagen writes none,
+and `datagen validate` rejects shards that hold any. `datagen stats .` and `datagen show .` summarise
+and picture the data.
+"""

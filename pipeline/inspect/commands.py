@@ -1,0 +1,46 @@
+"""The inspection commands (`datagen show`, `validate`, `stats`); cli.py registers them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pipeline.inspect.folder import open_output
+from pipeline.inspect.show import show as write_sheet
+from pipeline.inspect.stats import dataset_stats, print_stats
+from pipeline.inspect.validate import validate_output
+
+DatasetDir = Annotated[Path, typer.Argument(help="A datagen output folder (the --out of a run).",
+                                            show_default=False)]
+MAX_LISTED = 50  # problems printed by validate; the count says how many more
+
+
+def show(out: DatasetDir,
+         n: Annotated[int, typer.Option(help="Samples on the sheet (the first ones, in shard order).")] = 16,
+         class_name: Annotated[str | None, typer.Option("--class", help="Only samples holding this class.")] = None,
+         save: Annotated[Path | None, typer.Option(help="Where to write the PNG [default: OUT/show.png].")] = None):
+    """Write a contact sheet PNG of samples with their masks overlaid; prints its path, opens nothing."""
+    print(write_sheet(open_output(out), n, class_name, save or out / "show.png"))
+
+
+def validate(out: DatasetDir):
+    """Check every shard against the format, its stats and the manifest; exit 1 naming shard and key."""
+    problems, checked = validate_output(out)
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    for problem in problems[:MAX_LISTED]:
+        print(problem)
+    read = ", ".join(f"{c['samples']} samples in {c['shards']} {'oracle' if phase == 'oracle' else 'dataset'} "
+                     "shards" for phase, c in checked.items())
+    if problems:
+        more = f" ({len(problems) - MAX_LISTED} more not listed)" if len(problems) > MAX_LISTED else ""
+        console.print(f"[red]invalid:[/] {len(problems)} problems{more} in {out} ({read} read)")
+        raise typer.Exit(1)
+    console.print(f"[green]valid:[/] {read}; manifest, classes and stats agree with the shards")
+
+
+def stats(out: DatasetDir, json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False):
+    """Samples, per-class pixel share and instances, seen vs unseen, failures, image and shard sizes."""
+    print_stats(dataset_stats(open_output(out)), Console(soft_wrap=True), as_json=json)

@@ -1,0 +1,130 @@
+"""A dataset folder opened for reading: manifest, classes and finished shards, with one-line errors.
+
+Every inspection command starts here, so a missing folder, a folder that is not a datagen dataset,
+a manifest from a newer format and a truncated shard read the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from pipeline.config import ConfigError
+from pipeline.dataset import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
+from pipeline.shards import finished_shards, read_stats
+
+PHASE_DIRS = {"label": DATA_DIR, "oracle": ORACLE_DIR}
+
+
+class DatasetError(ConfigError):
+    """A dataset folder or shard that cannot be read; the message is one line for the user."""
+
+
+class CorruptShard(DatasetError):
+    def __init__(self, shard: Path, key: str | None, problem: str):
+        where = f"at key {key}" if key else "at its start"
+        super().__init__(f"{shard} is truncated or corrupt ({where}): {problem}; run `datagen validate`")
+        self.shard, self.key, self.problem = shard, key, problem
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON ({err}); {what}") from err
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a JSON object; {what}")
+    return data
+
+
+@dataclass
+class DatasetFolder:
+    out: Path
+    manifest: dict
+    classes: list[dict]  # classes.json's entries: id, name, seen
+    folder: Path  # the shard folder read (data/ or oracle/)
+    phase: str  # label (data/) or oracle
+    shards: list[Path] = field(default_factory=list)  # finished shards, in order
+
+    @property
+    def members(self) -> set[str]:
+        """The members every sample of this folder holds."""
+        image = self.manifest.get("config", {}).get("image_format", "jpg")
+        return {image, "json", "seg.png" if self.phase == "label" else "latent.npy"}
+
+    @property
+    def names(self) -> dict[int, str]:
+        return {c["id"]: c["name"] for c in self.classes}
+
+    def stats(self, shard: Path) -> dict:
+        return read_stats(self.folder, int(shard.name.removeprefix("shard-").removesuffix(".tar"))) or {}
+
+    def samples(self, shard: Path) -> Iterator[dict]:
+        """The shard's samples, checked against its stats' count (a tar cut between members reads clean)."""
+        count = 0
+        for count, sample in enumerate(read_shard(shard), 1):
+            if missing := self.members - sample.keys():
+                raise CorruptShard(shard, sample["__key__"], f"sample {sample['__key__']} has no "
+                                   f"{', '.join(sorted(missing))}")
+            yield sample
+        written = self.stats(shard).get("written")
+        if written is not None and count != written:
+            raise CorruptShard(shard, None, f"holds {count} samples, its stats say {written}")
+
+
+def open_output(out: Path | str, phase: str = "label") -> DatasetFolder:
+    """Open a datagen output folder for reading, or raise DatasetError with one line saying why not."""
+    out = Path(out)
+    if not out.exists():
+        raise DatasetError(f"{out}: no such folder")
+    if not out.is_dir():
+        raise DatasetError(f"{out} is a file, not a datagen dataset folder")
+    if not (out / "manifest.json").exists():
+        raise DatasetError(f"{out} is not a datagen dataset (no manifest.json)")
+    manifest = _read_json(out / "manifest.json", "the dataset's manifest is damaged")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or "vocabulary" not in manifest:
+        raise DatasetError(f"{out}/manifest.json is not a datagen manifest (no format_version or vocabulary)")
+    if version > FORMAT_VERSION:
+        raise DatasetError(f"{out} was written in dataset format {version}; this datagen reads format "
+                           f"{FORMAT_VERSION} and older: upgrade datagen to read it")
+    classes = _read_json(out / "classes.json", "rewrite it by rerunning the run command") \
+        if (out / "classes.json").exists() else None
+    if not classes or not isinstance(classes.get("classes"), list):
+        raise DatasetError(f"{out} has no valid classes.json: not a complete datagen dataset")
+    folder = out / PHASE_DIRS[phase]
+    shards = finished_shards(folder) if folder.is_dir() else []
+    if not shards:
+        raise DatasetError(f"{folder} holds no finished shards: run `datagen "
+                           f"{'label' if phase == 'label' else 'generate'}` first")
+    return DatasetFolder(out, manifest, classes["classes"], folder, phase, shards)
+
+
+def read_shard(shard: Path) -> Iterator[dict]:
+    """Samples of one shard as raw bytes per member (``__key__`` plus extensions), nothing decoded.
+
+    Members are grouped by key (the name up to its first dot); a tar that ends mid-member or a
+    repeated member raises CorruptShard naming the shard and the key being read.
+    """
+    sample = None
+    try:
+        with open(shard, "rb") as stream:
+            for member in wds.tariterators.tar_file_iterator(stream):
+                key, _, ext = member["fname"].partition(".")
+                if sample is None or key != sample["__key__"]:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key}
+                if ext in sample:
+                    raise CorruptShard(shard, key, f"member {member['fname']} appears twice")
+                sample[ext] = member["data"]
+    except (tarfile.TarError, EOFError, OSError, io.UnsupportedOperation) as err:
+        raise CorruptShard(shard, sample and sample["__key__"], str(err).split(" @ ")[0]) from err
+    if sample is not None:
+        yield sample

@@ -1,0 +1,169 @@
+"""`datagen validate`: every shard checked against the format, its stats and the manifest.
+
+Problems are collected (shard, key, what is wrong) rather than raised, so one run reports them all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
+from pipeline.plan import plan_shards
+
+UNSAFE = {"pyd", "pickle", "pkl", "pth", "pt"}  # members that load by running code: never allowed
+
+
+@dataclass(frozen=True)
+class Problem:
+    shard: str  # e.g. data/shard-000001.tar, or manifest.json
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}{f' key {self.key}' if self.key else ''}: {self.message}"
+
+
+def validate_output(out: Path) -> tuple[list[Problem], dict]:
+    """All problems in a dataset folder (data/ and, when present, oracle/) and what was checked."""
+    data = open_output(out, "label")
+    problems = _check_manifest(data)
+    checked = {"label": _check_folder(data, problems)}
+    if any((Path(out) / "oracle").glob("shard-*.stats.json")):
+        checked["oracle"] = _check_folder(open_output(out, "oracle"), problems)
+    return problems, checked
+
+
+def _check_manifest(ds: DatasetFolder) -> list[Problem]:
+    vocab = [{"id": c["id"], "name": c["name"], "seen": c["seen"]} for c in ds.manifest["vocabulary"]["classes"]]
+    if vocab != ds.classes:
+        return [Problem("classes.json", None, "classes disagree with the manifest's vocabulary")]
+    return []
+
+
+def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
+    """Check every planned shard of one folder; returns counts of what was read."""
+    config = ds.manifest.get("config", {})
+    n = config.get("n") if ds.phase == "label" else config.get("preset", {}).get("bootstrap_n")
+    size = config.get("preset", {}).get("shard_size")
+    planned = {t.shard_id: t for t in plan_shards(ds.phase, n, size, ds.folder)} if n and size else {}
+    found = {int(p.stem.removeprefix("shard-")): p for p in ds.shards}
+    for sid in sorted(set(planned) - set(found)):
+        problems.append(Problem(f"{ds.folder.name}/shard-{sid:06d}.tar", None,
+                                "planned shard is missing or unfinished: rerun the run command to finish it"))
+    samples = 0
+    for sid, shard in found.items():
+        stats, where = ds.stats(shard), f"{ds.folder.name}/{shard.name}"
+        task = planned.get(sid)
+        if task is None or (stats.get("start"), stats.get("end")) != (task.start, task.end):
+            problems.append(Problem(where, None, f"holds samples {stats.get('start')}..{stats.get('end')}, "
+                                    "not what the manifest's config plans for it"))
+        if stats.get("fingerprint") != ds.manifest.get("fingerprint"):
+            problems.append(Problem(where, None, "stats were written by another config than the manifest's"))
+        samples += _check_shard(ds, shard, stats, where, problems)
+    return {"shards": len(found), "samples": samples}
+
+
+def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, problems: list[Problem]) -> int:
+    keys, instances, pixels = [], Counter(), Counter()
+    try:
+        for sample in read_shard(shard):
+            key = sample["__key__"]
+            keys.append(key)
+            for message in _check_sample(ds, sample, stats):
+                problems.append(Problem(where, key, message))
+            for inst in _instances(sample):
+                instances[inst.get("name")] += 1
+                pixels[inst.get("name")] += inst.get("area", 0)
+    except CorruptShard as err:
+        problems.append(Problem(where, err.key, f"truncated or corrupt tar at this key: {err.problem}"))
+        return len(keys)
+    if len(keys) != stats.get("written"):
+        problems.append(Problem(where, keys[-1] if keys else None,
+                                f"holds {len(keys)} samples, its stats say {stats.get('written')}"))
+    failed_keys = {f.get("key") for f in stats.get("failures", [])}
+    if len(set(keys)) != len(keys) or set(keys) & failed_keys:
+        problems.append(Problem(where, None, "a key appears twice, or both written and failed"))
+    if dict(instances) != stats.get("class_instances", {}) or dict(pixels) != stats.get("class_pixels", {}):
+        problems.append(Problem(where, None, "per-class instance counts or pixel areas disagree with its stats"))
+    return len(keys)
+
+
+def _instances(sample: dict) -> list[dict]:
+    try:
+        return json.loads(sample["json"]).get("instances", [])
+    except (KeyError, ValueError, AttributeError):
+        return []
+
+
+def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
+    key, members = sample["__key__"], set(sample) - {"__key__"}
+    if unsafe := {m for m in members if m.rsplit(".", 1)[-1] in UNSAFE}:
+        return [f"member {', '.join(sorted(unsafe))} would run code when loaded (pickle): not a datagen sample"]
+    if members != ds.members:
+        return [f"members {sorted(members)}, expected {sorted(ds.members)}"]
+    if not (key.isdigit() and stats.get("start", 0) <= int(key) < stats.get("end", 0)):
+        return [f"key is not a sample index in the shard's range {stats.get('start')}..{stats.get('end')}"]
+    try:
+        meta = json.loads(sample["json"])
+        image = _decode_image(sample[ds.members.difference({"json", "seg.png", "latent.npy"}).pop()])
+    except (ValueError, OSError) as err:
+        return [f"json or image does not decode ({err})"]
+    h, w = image.shape[:2]
+    problems = []
+    if image.ndim != 3 or image.shape[2] != 3:
+        problems.append(f"image has shape {image.shape}, not (H, W, 3)")
+    if (meta.get("height"), meta.get("width")) != (h, w) or meta.get("index") != int(key):
+        problems.append("json's height, width or index disagree with the image and key")
+    names = ds.names
+    if bad := [i for i in meta.get("class_ids", []) if i not in names]:
+        problems.append(f"class ids {bad} are not in the vocabulary")
+    seg = None
+    if ds.phase == "label":
+        try:
+            seg = _decode_image(sample["seg.png"])
+        except (ValueError, OSError) as err:
+            return [*problems, f"seg.png does not decode ({err})"]
+        if seg.shape != (h, w):
+            return [*problems, f"mask is {seg.shape[1]}x{seg.shape[0]} (or not one channel), image {w}x{h}"]
+        if bad := sorted(set(np.unique(seg).tolist()) - {0, 255, *meta.get("class_ids", [])}):
+            problems.append(f"mask holds class ids {bad}, not among the sample's classes or 0/255")
+    else:
+        try:
+            latent = np.load(io.BytesIO(sample["latent.npy"]), allow_pickle=False)
+            if latent.dtype != np.float32 or latent.ndim != 3:
+                problems.append(f"latent.npy is {latent.dtype} {latent.shape}, not float32 (C, h, w)")
+        except ValueError as err:
+            problems.append(f"latent.npy does not load without pickle ({err})")
+    for inst in meta.get("instances", []):
+        problems += _check_instance(inst, names, (h, w), seg)
+    return problems
+
+
+def _check_instance(inst: dict, names: dict[int, str], shape: tuple[int, int], seg: np.ndarray | None) -> list[str]:
+    cid = inst.get("class_id")
+    if names.get(cid) != inst.get("name"):
+        return [f"instance class {cid} '{inst.get('name')}' is not in the vocabulary"]
+    try:
+        rle = dict(inst["segmentation"], counts=inst["segmentation"]["counts"].encode())
+        decoded = mask_utils.decode(rle).astype(bool)
+    except Exception as err:  # noqa: BLE001 - pycocotools raises bare TypeErrors/ValueErrors for bad RLE
+        return [f"instance {names[cid]}: RLE does not decode ({type(err).__name__}: {err})"]
+    if decoded.shape != shape or int(decoded.sum()) != inst.get("area"):
+        return [f"instance {names[cid]}: RLE is {decoded.shape} with area {int(decoded.sum())}, "
+                f"json says image {shape}, area {inst.get('area')}"]
+    if seg is not None and not np.array_equal(decoded, seg == cid):
+        return [f"instance {names[cid]}: RLE disagrees with seg.png's pixels of class {cid}"]
+    return []
+
+
+def _decode_image(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)

@@ -1,0 +1,189 @@
+"""`datagen show`, `validate`, `stats`, the dataset card and shard sizing, on good and broken datasets."""
+
+import io
+import json
+import shutil
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.inspect.folder import read_shard
+from pipeline.inspect.show import class_colour, pick_samples
+from pipeline.inspect.folder import open_output
+from pipeline.shards import encode_mask, finished_shards, write_shard
+from pipeline.sizing import bytes_per_sample, samples_per_shard
+
+
+@pytest.fixture
+def datagen(capsys, monkeypatch):
+    """Run the CLI in this process (as ``datagen ARGS``): exit code, stdout and stderr."""
+    from pipeline.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["datagen", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=exited.value.code or 0, stdout=out, stderr=err)
+
+    return run
+
+
+def one_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def copy(tiny_dataset, tmp_path):
+    return shutil.copytree(tiny_dataset, tmp_path / "copy")
+
+
+def rewrite_sample(out, shard_index, change):
+    """Rewrite one shard with ``change(sample)`` applied to its second sample; its stats are kept."""
+    shard = finished_shards(out / "data")[shard_index]
+    samples = list(read_shard(shard))
+    change(samples[1])
+    write_shard(shard.parent, shard_index, samples, json.loads(shard.with_suffix(".stats.json").read_text()))
+    return shard.name, samples[1]["__key__"]
+
+
+def test_show_writes_a_contact_sheet_and_prints_only_its_path(datagen, tiny_dataset, tmp_path):
+    result = datagen("show", str(tiny_dataset), "--n", "5", "--save", str(tmp_path / "sheet.png"))
+    assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "sheet.png")
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.mode == "RGB" and sheet.width >= 3 * 192 and sheet.height > 2 * 192
+
+
+def test_show_class_filter_and_fixed_colours(tiny_dataset):
+    ds = open_output(tiny_dataset)
+    picked = pick_samples(ds, 16, "cow")
+    assert picked and all("cow" in s["meta"]["classes"] for s in picked)
+    assert class_colour(0) == (0, 0, 0) and class_colour(1) == (128, 0, 0) and class_colour(15) == (192, 128, 128)
+    assert len({class_colour(i) for i in range(256)}) == 256
+
+
+def test_validate_accepts_the_dataset(datagen, tiny_dataset):
+    result = datagen("validate", str(tiny_dataset))
+    assert result.returncode == 0 and "valid" in result.stderr and not result.stdout
+
+
+def test_stats_json_agrees_with_the_shards(datagen, tiny_dataset):
+    result = datagen("stats", str(tiny_dataset), "--json")
+    stats = json.loads(result.stdout)
+    shard_stats = [json.loads(p.read_text()) for p in sorted((tiny_dataset / "data").glob("*.stats.json"))]
+    written = sum(s["written"] for s in shard_stats)
+    assert stats["samples"]["written"] == written and stats["shards"]["count"] == 4
+    assert stats["image_sizes"] == {"64x64": written} and stats["mask_sizes"] == {"64x64": written}
+    masks = [np.array(Image.open(io.BytesIO(s["seg.png"]))) for p in finished_shards(tiny_dataset / "data")
+             for s in read_shard(p)]
+    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=21)
+    for c in stats["classes"]:
+        assert c["pixel_share"] == pytest.approx(counts[c["id"]] / counts.sum(), abs=1e-6)
+    assert stats["background_pixel_share"] == pytest.approx(counts[0] / counts.sum(), abs=1e-5)
+    assert stats["splits"]["seen"]["classes"] == 15 and stats["splits"]["unseen"]["classes"] == 5
+    table = datagen("stats", str(tiny_dataset))
+    assert table.returncode == 0 and "seen vs unseen" in table.stdout and "pottedplant" in table.stdout
+
+
+def test_dataset_card_pins_what_made_the_data(tiny_dataset):
+    card = (tiny_dataset / "README.md").read_text()
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    assert manifest["model_revisions"]["stable_diffusion"]["sha256"] in card
+    assert manifest["model_revisions"]["oracle"]["sha256"] in card
+    assert manifest["code"]["datagen"] == "0.1.0" and "git_commit" in manifest["code"]
+    assert "| seed | 3 |" in card and "| 16 | pottedplant | unseen |" in card and "noise" in card
+    assert "read_webdataset" in card and "load_dataset(\"webdataset\"" in card and "index.wids.json" in card
+
+
+def _newer_format(out):
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(dict(manifest, format_version=99)))
+
+
+def _truncate(out):
+    shard = finished_shards(out / "data")[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) * 3 // 5])  # ends inside a later sample
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: shutil.rmtree(out), "no such folder"),
+    (lambda out: (out / "manifest.json").unlink(), "not a datagen dataset"),
+    (lambda out: (out / "manifest.json").write_text("{"), "not valid JSON"),
+    (_newer_format, "format 99"),
+    (_truncate, "shard-000001.tar is truncated or corrupt (at key 00000000000"),
+])
+@pytest.mark.parametrize("command", ["show", "stats"])
+def test_bad_input_gets_one_line_and_exit_2(datagen, copy, damage, message, command):
+    damage(copy)
+    result = datagen(command, str(copy))
+    assert result.returncode == 2 and message in one_line(result) and not result.stdout
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: shutil.rmtree(out), "no such folder"),
+    (lambda out: (out / "manifest.json").unlink(), "not a datagen dataset"),
+    (_newer_format, "format 99"),
+])
+def test_validate_refuses_what_is_not_a_readable_dataset(datagen, copy, damage, message):
+    damage(copy)
+    result = datagen("validate", str(copy))
+    assert result.returncode == 2 and message in one_line(result)
+
+
+def _resize_mask(sample):
+    sample["seg.png"] = encode_mask(np.zeros((32, 32), np.uint8))
+
+
+def _foreign_class(sample):
+    meta = json.loads(sample["json"])
+    sample["json"] = json.dumps(dict(meta, class_ids=[*meta["class_ids"], 77])).encode()
+
+
+def _broken_rle(sample):
+    meta = json.loads(sample["json"])
+    meta["instances"][0]["segmentation"]["counts"] = "!!"
+    sample["json"] = json.dumps(meta).encode()
+
+
+def _pickle_member(sample):
+    sample["pyd"] = b"\x80\x04N."
+
+
+@pytest.mark.parametrize("change, message", [
+    (_resize_mask, "mask is 32x32 (or not one channel), image 64x64"),
+    (_foreign_class, "class ids [77] are not in the vocabulary"),
+    (_broken_rle, "RLE"),
+    (_pickle_member, "would run code when loaded (pickle)"),
+])
+def test_validate_names_the_shard_and_key_of_each_problem(datagen, copy, change, message):
+    shard, key = rewrite_sample(copy, 2, change)
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and "invalid: 1 problems" in result.stderr
+    assert result.stdout.strip().startswith(f"data/{shard} key {key}: ") and message in result.stdout
+
+
+def test_validate_reports_truncation_missing_shards_and_stats_that_disagree(datagen, copy):
+    _truncate(copy)
+    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats_path.write_text(json.dumps(dict(json.loads(stats_path.read_text()), written=1)))
+    (copy / "data" / "shard-000003.stats.json").unlink()
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1
+    assert "data/shard-000001.tar key 00000000000" in result.stdout
+    assert "truncated or corrupt tar at this key" in result.stdout
+    assert "data/shard-000002.tar key 000000000011: holds 4 samples, its stats say 1" in result.stdout
+    assert "data/shard-000003.tar: planned shard is missing or unfinished" in result.stdout
+
+
+def test_shard_mb_sets_samples_per_shard(datagen, tmp_path):
+    assert samples_per_shard(500, 512) == 500_000_000 // bytes_per_sample(512, "jpg")
+    assert samples_per_shard(1000, 512) > samples_per_shard(500, 512) > samples_per_shard(500, 512, "png") >= 1
+    assert samples_per_shard(0.001, 512) == 1
+    result = datagen("run", "--models", "tiny", "--shard-size", "4", "--shard-mb", "10", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "not both" in one_line(result) and not (tmp_path / "x").exists()
