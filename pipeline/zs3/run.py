@@ -109,13 +109,12 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict:
     procs = setup_processes(request.device)
     if urls is not None and len(urls) < procs.world:
         raise Zs3InputError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
-    if procs.main:
-        request.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
-
     torch.manual_seed(request.seed)
     num_classes = len(vocabulary.classes) + 1
     model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)
+    if procs.main:  # every input is usable: only now is the output folder made
+        request.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
     model = wrap_for_processes(model.to(procs.device), procs)
     state = new_train_state(model, preset, procs.device)
     checkpoint_path = request.out / CHECKPOINT
