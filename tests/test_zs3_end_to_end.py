@@ -98,9 +98,10 @@ def test_training_lowers_the_loss(paper_run):
     assert training["last_loss"] < 0.7 * training["first_loss"]
 
 
-def test_rerun_returns_the_finished_report(paper_run, data):
+def test_rerun_returns_the_finished_report(paper_run, data, in_process):
     out, _ = paper_run
     voc, synthetic = data
+    datagen = in_process
     result = datagen("--vocab", "voc", "--real", voc, "--synthetic", synthetic, "--segmenter", "tiny",
                      "--device", "cpu", "--out", out)
     assert result.returncode == 0 and "evaluation is complete" in result.stderr
@@ -178,3 +179,19 @@ def test_standard_preset_without_cached_backbone_weights_fails_fast(data, tmp_pa
                      env={"DATAGEN_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "torch")})
     bad(result, "ImageNet backbone weights", "resnet101")
     assert not (tmp_path / "out").exists()
+
+
+def test_torchrun_trains_with_ddp_and_scores_the_whole_val_set(data, paper_run, tmp_path):
+    voc, synthetic = data
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "pipeline.cli", "eval", "zs3", "--real", str(voc),
+                             "--synthetic", str(synthetic), "--segmenter", "tiny", "--steps", "2", "--device", "cpu",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            env={**os.environ, **ONE_THREAD}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    single = json.loads((paper_run[0] / "report.json").read_text())
+    assert report["processes"] == 2 and report["training"]["steps"] == 2
+    # each process scored half of the images; the summed matrix covers every pixel once
+    assert [c["gt_pixels"] for c in report["classes"]] == [c["gt_pixels"] for c in single["classes"]]

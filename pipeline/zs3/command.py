@@ -52,6 +52,8 @@ def zs3(
     except KeyboardInterrupt:
         console.print(f"interrupted: the last checkpoint in {out} is kept; rerun the same command to resume")
         raise typer.Exit(130) from None
+    if report is None:  # a torchrun process other than rank 0
+        return
     summary = {k: report[k] for k in ("mode", "vocabulary", "metrics")}
     print(json.dumps({"report": str(out / "report.json"), **summary, "training": {
         k: report["training"][k] for k in ("steps", "first_loss", "last_loss")}}))

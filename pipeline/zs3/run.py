@@ -73,8 +73,9 @@ def _check_out(out: Path, fingerprint: str) -> dict | None:
     return json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else None
 
 
-def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict:
-    """Train, evaluate and write the report; returns it. A rerun resumes, or returns the finished report."""
+def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
+    """Train, evaluate and write the report; returns it (None in the other torchrun processes than rank 0).
+    A rerun resumes, or returns the finished report."""
     started = time.time()
     vocabulary = resolve_vocabulary(request.vocab)
     mode = resolve_mode(request.mode, request.synthetic)
@@ -151,7 +152,8 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict:
         "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
     }
     report = build_report(conf.numpy(), vocabulary, mode, state.losses, context)
-    if procs.main:
-        progress.stop()
-        write_report(report, request.out, console)
+    if not procs.main:
+        return None
+    progress.stop()
+    write_report(report, request.out, console)
     return report

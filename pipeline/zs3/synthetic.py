@@ -66,7 +66,7 @@ def check_synthetic(urls: list[str], vocabulary: Vocabulary, spec: str) -> dict:
     classes_file = Path(spec).expanduser() / "classes.json"
     declared = [c["name"] for c in json.loads(classes_file.read_text())["classes"]] if classes_file.is_file() else []
     try:
-        first = next(iter(open_dataset(urls, empty_check=False)), None)
+        first = next(iter(open_dataset(urls, nodesplitter=None, empty_check=False)), None)
     except (OSError, ValueError, KeyError) as err:
         raise Zs3InputError(f"--synthetic {spec}: cannot read shards: {err}") from err
     if first is None:
