@@ -28,6 +28,7 @@ from pipeline.runtime import Runtime
 from pipeline.shards import finished_stats
 from pipeline.sizing import samples_per_shard
 from pipeline.workers import ShardWorker
+from pipeline.zs3.command import zs3
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
 from stages.weights import WeightsMissingError
@@ -35,6 +36,9 @@ from stages.weights import WeightsMissingError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthetic semantic segmentation datasets from Stable Diffusion (Grounded Diffusion).")
 console = Console(stderr=True, soft_wrap=True)
+eval_app = typer.Typer(help="Evaluate the grounding module or the dataset.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+eval_app.command("zs3")(zs3)
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]

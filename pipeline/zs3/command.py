@@ -1,0 +1,59 @@
+"""``datagen eval zs3``: the command line of the ZS3 evaluation (see pipeline/zs3/run.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+from pipeline.zs3.config import MODES, load_segmenter_preset
+from pipeline.zs3.run import Zs3Request, run_zs3
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def zs3(
+    real: Annotated[Path, typer.Option(help="Real data with ground truth: a VOC folder (VOCdevkit/VOC2012) or a "
+                                            "COCO folder (annotations/, train2017/, val2017/).")],
+    synthetic: Annotated[str | None, typer.Option(help="Synthetic data: a datagen output folder, a folder of "
+                                                       "shards, a .txt list of shards, or a shard URL/pattern.")] = None,
+    vocab: Annotated[str, typer.Option(help="Vocabulary and seen/unseen split: voc, voc-split1, coco, or a YAML.")] = "voc",
+    mode: Annotated[str | None, typer.Option(help=f"Training data: {', '.join(MODES)} (default: real-seen+synthetic "
+                                                  "with --synthetic, else real-seen).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for the checkpoint and the report (a rerun resumes).")]
+    = Path("runs/zs3"),
+    segmenter: Annotated[str, typer.Option(help="Segmenter preset: standard (DeepLabV3-ResNet101, ImageNet "
+                                                "backbone), tiny (CPU tests), or a YAML file.")] = "standard",
+    steps: Annotated[int | None, typer.Option(help="Training steps (overrides the preset).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step over all processes.")] = None,
+    real_format: Annotated[str, typer.Option(help="auto, voc or coco.")] = "auto",
+    train_split: Annotated[str | None, typer.Option(help="Real training split (VOC: train, train_aug; "
+                                                         "COCO: train2017).")] = None,
+    val_split: Annotated[str | None, typer.Option(help="Real evaluation split (VOC: val; COCO: val2017).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (under torchrun: one GPU per process).")]
+    = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and augmentation.")] = 0,
+):
+    """ZS3 benchmark: train a standard segmenter, report seen / unseen mIoU and their harmonic mean."""
+    preset = load_segmenter_preset(segmenter, {"steps": steps, "batch_size": batch_size})
+    request = Zs3Request(vocab=vocab, real=real, out=out, preset_name=segmenter, preset=preset,
+                         synthetic=synthetic, mode=mode, real_format=real_format, train_split=train_split,
+                         val_split=val_split, device=device, seed=seed)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), console=console)
+    try:
+        with progress:
+            report = run_zs3(request, console, progress)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the last checkpoint in {out} is kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    if report is None:  # a torchrun process other than rank 0
+        return
+    summary = {k: report[k] for k in ("mode", "vocabulary", "metrics")}
+    print(json.dumps({"report": str(out / "report.json"), **summary, "training": {
+        k: report["training"][k] for k in ("steps", "first_loss", "last_loss")}}))

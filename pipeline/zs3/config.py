@@ -1,0 +1,60 @@
+"""ZS3 evaluation settings: the segmenter preset (configs/segmenter/*.yaml), training modes, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.config import CONFIG_DIR, ConfigError
+
+
+class Zs3InputError(ConfigError):
+    """Evaluation input that cannot be used (missing folder, no images, unknown classes); one line."""
+
+
+MODES = {
+    "synthetic": "synthetic only: the segmenter learns from the synthetic shards alone",
+    "real-seen": "real seen classes only (ZS3 baseline): unseen-class pixels of real images are ignored (255)",
+    "real-seen+synthetic": "real seen classes + synthetic (paper): real images with unseen pixels ignored, "
+                           "plus the synthetic shards with every class",
+}
+
+
+class SegmenterPreset(BaseModel):
+    """The segmenter and its training recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    architecture: Literal["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101"]
+    backbone_weights: str | None
+    aux_loss: bool
+    base_size: int = Field(gt=0)
+    scale_range: tuple[float, float]
+    crop_size: int = Field(gt=0)
+    batch_size: int = Field(ge=2)
+    steps: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    workers: int = Field(ge=0)
+    shuffle_buffer: int = Field(ge=0)
+    checkpoint_every: int = Field(gt=0)
+
+
+def load_segmenter_preset(name_or_path: str, overrides: dict | None = None) -> SegmenterPreset:
+    """A packaged preset (tiny, standard) or a YAML file, with non-None ``overrides`` applied."""
+    packaged = CONFIG_DIR / "segmenter" / f"{name_or_path}.yaml"
+    path = packaged if packaged.exists() else Path(name_or_path)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "segmenter").glob("*.yaml")))
+        raise ConfigError(f"unknown segmenter preset '{name_or_path}': not one of {names} and no such file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return SegmenterPreset(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"segmenter preset '{name_or_path}': {'.'.join(map(str, first['loc']))}: "
+                          f"{first['msg']}") from err

@@ -1,0 +1,72 @@
+"""The ZS3 report: JSON for programs, a rich table for people (also saved as text)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.shards import write_json_atomic, write_text_atomic
+from pipeline.zs3.config import MODES
+from stages.metrics import zs3_scores
+from stages.vocab import Vocabulary
+
+LOSS_WINDOW = 5  # steps averaged for the first and last training loss
+
+
+def class_rows(vocabulary: Vocabulary) -> list[tuple[int, str, bool]]:
+    """(id, name, seen) for background (a seen class: it is learned in every mode) and each class."""
+    return [(0, "background", True), *((c.id, c.name, c.seen) for c in vocabulary.classes)]
+
+
+def build_report(conf: np.ndarray, vocabulary: Vocabulary, mode: str, losses: list[float], context: dict) -> dict:
+    rows = class_rows(vocabulary)
+    scores = zs3_scores(conf, [seen for _, _, seen in rows])
+    conf = np.asarray(conf)
+    window = min(LOSS_WINDOW, len(losses))
+    return {
+        "mode": mode,
+        "mode_description": MODES[mode],
+        "vocabulary": vocabulary.name,
+        "metrics": {k: scores[k] for k in ("miou_seen", "miou_unseen", "hiou", "miou", "pixel_accuracy")},
+        "classes": [{"id": i, "name": name, "split": "seen" if seen else "unseen", "iou": iou,
+                     "gt_pixels": int(conf[i].sum()), "predicted_pixels": int(conf[:, i].sum())}
+                    for (i, name, seen), iou in zip(rows, scores["iou"], strict=True)],
+        "absent_classes": [name for (_, name, _), iou in zip(rows, scores["iou"], strict=True) if iou is None],
+        "training": {"steps": len(losses), "first_loss": float(np.mean(losses[:window])) if losses else None,
+                     "last_loss": float(np.mean(losses[-window:])) if losses else None, "losses": losses},
+        "confusion_matrix": conf.tolist(),
+        **context,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def report_table(report: dict) -> Table:
+    m = report["metrics"]
+    table = Table(title=f"ZS3 ({report['vocabulary']}, {report['mode']}): mIoU seen {_pct(m['miou_seen'])}  "
+                        f"unseen {_pct(m['miou_unseen'])}  hIoU {_pct(m['hiou'])}  (all {_pct(m['miou'])}, "
+                        f"pixel acc. {_pct(m['pixel_accuracy'])})",
+                  caption=report["mode_description"])
+    for column, justify in (("id", "right"), ("class", "left"), ("split", "left"), ("IoU %", "right"),
+                            ("GT pixels", "right"), ("predicted", "right")):
+        table.add_column(column, justify=justify)
+    for c in report["classes"]:
+        table.add_row(str(c["id"]), c["name"], c["split"], _pct(c["iou"]), str(c["gt_pixels"]),
+                      str(c["predicted_pixels"]))
+    return table
+
+
+def write_report(report: dict, out: Path, console: Console) -> None:
+    """report.json and report.txt (the table as text), each written atomically; the table printed."""
+    table = report_table(report)
+    recorder = Console(record=True, width=110, file=io.StringIO())
+    recorder.print(table)
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.txt", recorder.export_text())
+    console.print(table)

@@ -1,0 +1,159 @@
+"""One ZS3 evaluation: check the inputs, train the segmenter (resuming a checkpoint), score, report.
+
+The output folder holds ``settings.json`` (what is being evaluated, written first), ``checkpoint.pt``
+(model + optimiser, replaced atomically every few steps) and finally ``report.json`` / ``report.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from pipeline.config import ConfigError, resolve_vocabulary
+from pipeline.shards import write_json_atomic
+from pipeline.zs3.config import MODES, SegmenterPreset, Zs3InputError
+from pipeline.zs3.real import DEFAULT_SPLITS, detect_format, real_split
+from pipeline.zs3.report import build_report, write_report
+from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, shard_urls
+from pipeline.zs3.train import evaluate, new_train_state, save_checkpoint, setup_processes, train, \
+    training_batches, wrap_for_processes
+from pipeline.zs3.transforms import eval_transform, train_transform
+from stages.segmenter import build_segmenter
+
+SETTINGS, CHECKPOINT, REPORT = "settings.json", "checkpoint.pt", "report.json"
+
+
+@dataclass(frozen=True)
+class Zs3Request:
+    vocab: str
+    real: Path
+    out: Path
+    preset_name: str
+    preset: SegmenterPreset
+    synthetic: str | None = None
+    mode: str | None = None
+    real_format: str = "auto"
+    train_split: str | None = None
+    val_split: str | None = None
+    device: str = "auto"
+    seed: int = 0
+
+
+def resolve_mode(mode: str | None, synthetic: str | None) -> str:
+    """The mode asked for, or the one the inputs imply (real seen + synthetic when shards are given)."""
+    mode = mode or ("real-seen+synthetic" if synthetic else "real-seen")
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not '{mode}'")
+    if "synthetic" in mode and not synthetic:
+        raise ConfigError(f"--mode {mode} needs --synthetic (a dataset folder or shard list)")
+    if mode == "real-seen" and synthetic:
+        raise ConfigError("--mode real-seen trains on real images only; drop --synthetic or choose another mode")
+    return mode
+
+
+def _check_out(out: Path, fingerprint: str) -> dict | None:
+    """The finished report of this same evaluation, None if there is work to do; refuses other folders."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    if not (out / SETTINGS).is_file():
+        raise ConfigError(f"{out} exists, is not empty and holds no ZS3 evaluation; choose another --out")
+    old = json.loads((out / SETTINGS).read_text()).get("fingerprint")
+    if old != fingerprint:
+        raise ConfigError(f"{out} holds an evaluation with other settings (fingerprint {old}, this one "
+                          f"{fingerprint}); choose another --out or delete that folder")
+    return json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else None
+
+
+def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
+    """Train, evaluate and write the report; returns it (None in the other torchrun processes than rank 0).
+    A rerun resumes, or returns the finished report."""
+    started = time.time()
+    vocabulary = resolve_vocabulary(request.vocab)
+    mode = resolve_mode(request.mode, request.synthetic)
+    preset = request.preset
+    root = request.real.expanduser()
+    fmt = detect_format(root) if request.real_format == "auto" else request.real_format
+    if fmt not in DEFAULT_SPLITS:
+        raise ConfigError(f"--real-format must be auto, voc or coco, not '{fmt}'")
+    train_name = request.train_split or DEFAULT_SPLITS[fmt][0]
+    val_name = request.val_split or DEFAULT_SPLITS[fmt][1]
+    if not root.is_dir():
+        raise Zs3InputError(f"--real {root}: no such folder")
+
+    unseen = frozenset(c.id for c in vocabulary.unseen)
+    val = real_split(root, fmt, val_name, vocabulary, eval_transform())
+    real_train = (real_split(root, fmt, train_name, vocabulary, train_transform(preset), ignored_ids=unseen)
+                  if mode.startswith("real") else None)
+    urls = shard_urls(request.synthetic) if request.synthetic else None
+    if urls is not None:
+        check_synthetic(urls, vocabulary, request.synthetic)
+
+    settings = {"mode": mode, "vocabulary": vocabulary.to_dict(), "segmenter": request.preset_name,
+                "preset": preset.model_dump(mode="json"), "real": str(root.resolve()), "real_format": fmt,
+                "train_split": train_name if real_train else None, "val_split": val_name,
+                "synthetic": urls, "seed": request.seed}
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    finished = _check_out(request.out, fingerprint)
+    if finished is not None:
+        console.print(f"[green]evaluation is complete[/]: report in {request.out / REPORT}")
+        return finished
+
+    procs = setup_processes(request.device)
+    if urls is not None and len(urls) < procs.world:
+        raise Zs3InputError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
+    torch.manual_seed(request.seed)
+    num_classes = len(vocabulary.classes) + 1
+    model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)
+    if procs.main:  # every input is usable: only now is the output folder made
+        request.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
+    model = wrap_for_processes(model.to(procs.device), procs)
+    state = new_train_state(model, preset, procs.device)
+    checkpoint_path = request.out / CHECKPOINT
+    if checkpoint_path.is_file():
+        state.load(torch.load(checkpoint_path, map_location=procs.device, weights_only=True))
+        if procs.main:
+            console.print(f"resuming from step {state.step} of {preset.steps} ({checkpoint_path})")
+    torch.manual_seed(request.seed * 1000 + procs.rank + state.step)  # augmentations; a resume draws anew
+    synthetic = (SyntheticStream(urls, vocabulary, train_transform(preset), request.seed + state.step,
+                                 preset.shuffle_buffer) if urls is not None else None)
+    batches = training_batches(real_train, synthetic, preset, procs, request.seed + state.step)
+
+    task = progress.add_task("training", total=preset.steps, completed=state.step, visible=procs.main)
+
+    def on_step(s):
+        progress.update(task, completed=s.step, description=f"training (loss {s.losses[-1]:.3f})")
+        if procs.main and (s.step % preset.checkpoint_every == 0 or s.step == preset.steps):
+            save_checkpoint(s, checkpoint_path, fingerprint)
+
+    train_started = time.time()
+    train(state, batches, preset.steps, procs.device, on_step)
+    train_seconds = time.time() - train_started
+    eval_task = progress.add_task("evaluating", total=len(range(procs.rank, len(val), procs.world)),
+                                  visible=procs.main)
+    conf = evaluate(state.model, val, num_classes, procs, preset.workers, lambda: progress.advance(eval_task))
+    context = {
+        "segmenter": {"preset": request.preset_name, **preset.model_dump(mode="json")},
+        "data": {"real": str(root), "real_format": fmt, "val_split": val_name, "val_images": len(val),
+                 "train_split": train_name if real_train else None,
+                 "train_images": len(real_train) if real_train else 0,
+                 "unseen_ignored_in_real_training": sorted(c.name for c in vocabulary.unseen) if real_train else [],
+                 "synthetic": request.synthetic, "synthetic_shards": len(urls) if urls else 0},
+        "device": str(procs.device), "processes": procs.world, "fingerprint": fingerprint,
+        "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
+    }
+    report = build_report(conf.numpy(), vocabulary, mode, state.losses, context)
+    if not procs.main:
+        return None
+    progress.stop()
+    write_report(report, request.out, console)
+    return report

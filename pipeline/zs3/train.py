@@ -1,0 +1,170 @@
+"""Driving the segmenter: processes (torch DDP under torchrun), batches, the training loop with
+checkpoints, and evaluation into one confusion matrix."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
+
+from pipeline.zs3.config import SegmenterPreset, Zs3InputError
+from stages.metrics import confusion_matrix
+from stages.segmenter import predict, segmentation_loss
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the torchrun processes (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes(device: str) -> Processes:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs) and pick the device."""
+    world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if device in ("auto", "cuda"):
+        chosen = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    else:
+        chosen = torch.device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return Processes(rank=dist.get_rank() if world > 1 else 0, world=world, device=chosen)
+
+
+def wrap_for_processes(model: nn.Module, procs: Processes) -> nn.Module:
+    """DDP (with synchronised batch norm on GPUs) when several processes train; the model itself otherwise."""
+    if procs.world == 1:
+        return model
+    if procs.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[procs.device.index])
+    return DistributedDataParallel(model)
+
+
+def _endless(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
+    for epoch in itertools.count():
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        yield from loader
+
+
+def training_batches(real: Dataset | None, synthetic: IterableDataset | None, preset: SegmenterPreset,
+                     procs: Processes, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (images, masks) batches of this process's share of ``preset.batch_size``; with both
+    sources, half of each batch (rounded up) is real and the rest synthetic."""
+    per_process = preset.batch_size // procs.world
+    if per_process < 2:
+        raise Zs3InputError(f"batch size {preset.batch_size} over {procs.world} processes leaves fewer than 2 "
+                            "images per process (batch norm needs 2)")
+    real_size = 0 if real is None else per_process if synthetic is None else (per_process + 1) // 2
+    streams = []
+    if real is not None:
+        if len(real) // procs.world < real_size:
+            raise Zs3InputError(f"the real training split has {len(real)} images, fewer than one batch "
+                                f"({real_size} per process x {procs.world}); lower --batch-size")
+        sampler = DistributedSampler(real, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        streams.append(_endless(DataLoader(real, batch_size=real_size, sampler=sampler, drop_last=True,
+                                           num_workers=preset.workers, pin_memory=procs.device.type == "cuda"),
+                                sampler))
+    if synthetic is not None:
+        streams.append(iter(DataLoader(synthetic, batch_size=per_process - real_size, drop_last=True,
+                                       num_workers=preset.workers, pin_memory=procs.device.type == "cuda")))
+    for parts in zip(*streams):
+        yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    raise RuntimeError("the synthetic stream ended: this process received no shard")
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    losses: list[float] | None = None
+
+    def state_dict(self, fingerprint: str) -> dict:
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        return {"fingerprint": fingerprint, "step": self.step, "losses": list(self.losses or []),
+                "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load(self, checkpoint: dict) -> None:
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step, self.losses = checkpoint["step"], list(checkpoint["losses"])
+
+
+def new_train_state(model: nn.Module, preset: SegmenterPreset, device: torch.device) -> TrainState:
+    """SGD with momentum and poly(0.9) learning-rate decay (the DeepLab recipe); loss scaling on GPUs."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=preset.momentum,
+                                weight_decay=preset.weight_decay)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=preset.steps, power=0.9)
+    return TrainState(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+                      losses=[])
+
+
+def save_checkpoint(state: TrainState, path: Path, fingerprint: str) -> None:
+    """Written to a temporary name and renamed: a kill never leaves a torn checkpoint."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    torch.save(state.state_dict(fingerprint), tmp)
+    os.replace(tmp, path)
+
+
+def train(state: TrainState, batches: Iterator, steps: int, device: torch.device,
+          on_step: Callable[[TrainState], None]) -> None:
+    """Run from ``state.step`` to ``steps``; mixed precision (float16 autocast) on GPUs."""
+    state.model.train()
+    amp = device.type == "cuda"
+    while state.step < steps:
+        images, masks = next(batches)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = segmentation_loss(state.model(images), masks)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        state.step += 1
+        state.losses.append(float(loss.detach()))
+        on_step(state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, procs: Processes, workers: int,
+             on_image: Callable[[], None]) -> torch.Tensor:
+    """The confusion matrix over the whole dataset (each process scores its share; summed across them)."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=procs.device)
+    share = Subset(dataset, range(procs.rank, len(dataset), procs.world))
+    for image, mask in DataLoader(share, batch_size=1, num_workers=workers):
+        with torch.autocast(procs.device.type, dtype=torch.float16, enabled=procs.device.type == "cuda"):
+            pred = predict(model, image.to(procs.device))
+        conf += confusion_matrix(pred, mask.to(procs.device), num_classes)
+        on_image()
+    if procs.world > 1:
+        dist.all_reduce(conf)
+    return conf.cpu()

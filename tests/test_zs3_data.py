@@ -1,0 +1,144 @@
+"""ZS3 data: VOC and COCO readers, names mapped through the vocabulary, synthetic shards, augmentation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from zs3_fixtures import CLASSES, make_synthetic, make_voc
+
+from pipeline.config import resolve_vocabulary
+from pipeline.zs3.config import Zs3InputError, load_segmenter_preset
+from pipeline.zs3.labels import name_index
+from pipeline.zs3.real import coco_split, voc_split
+from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, sample_arrays, shard_urls
+from pipeline.zs3.transforms import eval_transform, train_transform
+from stages.vocab import load_vocabulary
+
+VOC_TO_VOCAB = {1: 1, 7: 7, 15: 15, 17: 17}  # the voc vocabulary keeps VOC's order for these four
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("voc") / "VOC2012", n_train=4, n_val=2)
+
+
+def raw_mask(root, split, i):
+    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    return np.array(Image.open(root / "SegmentationClass" / f"{ids[i]}.png"))
+
+
+def test_voc_masks_keep_labels_and_borders(voc_root, voc):
+    val = voc_split(voc_root, "val", voc, eval_transform())
+    image, mask = val[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    np.testing.assert_array_equal(mask.numpy(), raw_mask(voc_root, "val", 0))
+    assert 255 in mask and set(mask.unique().tolist()) - {0, 255} <= set(CLASSES)
+
+
+def test_real_seen_training_ignores_unseen_pixels(voc_root, voc):
+    unseen = frozenset(c.id for c in voc.unseen)
+    train = voc_split(voc_root, "train", voc, eval_transform(), ignored_ids=unseen)
+    for i in range(len(train)):
+        raw, mask = raw_mask(voc_root, "train", i), train[i][1].numpy()
+        np.testing.assert_array_equal(mask[raw == 17], 255)  # sheep is unseen in the voc split
+        np.testing.assert_array_equal(mask[raw != 17], raw[raw != 17])
+
+
+def test_classes_are_matched_by_name_not_position(voc_root, tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\nunseen: [sheep]\nclasses: [sheep, {name: airplane, synonyms: [aeroplane]}]\n")
+    two = load_vocabulary(path)
+    mask = voc_split(voc_root, "val", two, eval_transform())[0][1].numpy()
+    raw = raw_mask(voc_root, "val", 0)
+    np.testing.assert_array_equal(mask[raw == 17], 1)   # sheep is class 1 of this vocabulary
+    np.testing.assert_array_equal(mask[raw == 1], 2)    # VOC's aeroplane is its 'airplane'
+    np.testing.assert_array_equal(mask[np.isin(raw, [7, 15])], 255)  # VOC classes it lacks are ignored
+
+
+def test_vocabulary_class_missing_from_the_dataset_is_refused(voc_root, tmp_path):
+    path = tmp_path / "odd.yaml"
+    path.write_text("classes: [sheep, unicorn]\n")
+    with pytest.raises(Zs3InputError, match="no class named unicorn"):
+        voc_split(voc_root, "val", load_vocabulary(path), eval_transform())
+
+
+def test_missing_split_and_files_are_refused(voc_root, voc, tmp_path):
+    with pytest.raises(Zs3InputError, match="no list file"):
+        voc_split(voc_root, "trainval", voc, eval_transform())
+    broken = make_voc(tmp_path / "VOC", n_train=2, n_val=1)
+    (broken / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
+    with pytest.raises(Zs3InputError, match="lists no images"):
+        voc_split(broken, "val", voc, eval_transform())
+
+
+def test_coco_instances_become_a_semantic_mask(tmp_path, voc):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "val2017" / "1.jpg")
+
+    def box(ann_id, cat, x, y, w, h, crowd=0):
+        poly = [x, y, x + w, y, x + w, y + h, x, y + h]
+        return {"id": ann_id, "image_id": 1, "category_id": cat, "segmentation": [poly], "area": w * h,
+                "bbox": [x, y, w, h], "iscrowd": crowd}
+
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 40, "width": 50}],
+        "categories": [{"id": i, "name": n} for i, n in enumerate(
+            ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "boat", "bird", "cat", "dog",
+             "horse", "sheep", "cow", "bottle", "chair", "couch", "potted plant", "dining table", "tv",
+             "giraffe"], start=1)],
+        "annotations": [box(1, 5, 0, 0, 30, 30), box(2, 13, 10, 10, 10, 10), box(3, 21, 40, 0, 10, 10),
+                        box(4, 1, 0, 32, 10, 8, crowd=1)]}))
+    _, mask = coco_split(tmp_path, "val2017", voc, eval_transform())[0]
+    mask = mask.numpy()
+    assert mask[5, 5] == voc["aeroplane"].id          # COCO 'airplane' through the detector name
+    assert mask[14, 14] == voc["sheep"].id            # the smaller instance stays on top
+    assert mask[5, 45] == 255                         # giraffe is not in the vocabulary
+    assert mask[35, 5] == 255                         # crowd region
+    assert mask[35, 30] == 0
+
+
+def test_synthetic_ids_are_mapped_by_the_sample_names(voc):
+    seg = np.array([[0, 3], [5, 9]], np.uint8)
+    sample = {"jpg": np.zeros((2, 2, 3), np.uint8), "seg.png": seg,
+              "json": {"classes": ["sheep", "dining table"], "class_ids": [3, 5]}}
+    _, mask = sample_arrays(sample, name_index(voc))
+    np.testing.assert_array_equal(mask, [[0, voc["sheep"].id], [voc["diningtable"].id, 255]])
+
+
+def test_synthetic_stream_reads_the_shards_endlessly_with_augmentation(tmp_path, voc):
+    out = make_synthetic(tmp_path / "syn", shards=2, per_shard=3)
+    urls = shard_urls(str(out))
+    assert len(urls) == 2 and check_synthetic(urls, voc, str(out))["classes"]
+    preset = load_segmenter_preset("tiny")
+    stream = iter(SyntheticStream(urls, voc, train_transform(preset), seed=0, buffer=4))
+    pairs = [next(stream) for _ in range(10)]  # more than the 6 samples: a second pass
+    for image, mask in pairs:
+        assert image.shape == (3, preset.crop_size, preset.crop_size) and mask.shape == (preset.crop_size,) * 2
+        assert set(mask.unique().tolist()) <= {0, 255, 1, 7, 15, 17}
+
+
+def test_empty_or_missing_synthetic_data_is_refused(tmp_path, voc):
+    with pytest.raises(Zs3InputError, match="no such folder"):
+        shard_urls(str(tmp_path / "nothing"))
+    (tmp_path / "empty" / "data").mkdir(parents=True)
+    with pytest.raises(Zs3InputError, match="no finished shards"):
+        shard_urls(str(tmp_path / "empty"))
+    from pipeline.shards import write_shard
+    write_shard(tmp_path / "empty" / "data", 0, [], {"written": 0})
+    with pytest.raises(Zs3InputError, match="hold no samples"):
+        check_synthetic(shard_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))
+
+
+def test_augmentation_pads_with_ignore_and_keeps_labels_on_their_pixels():
+    preset = load_segmenter_preset("tiny", {"base_size": 24, "scale_range": (1.0, 1.0), "crop_size": 40})
+    image = np.zeros((24, 24, 3), np.uint8)
+    mask = np.zeros((24, 24), np.uint8)
+    image[:, 12:] = 255
+    mask[:, 12:] = 9
+    out_image, out_mask = train_transform(preset)(image, mask)
+    assert (out_mask == 255).sum() == 40 * 40 - 24 * 24
+    bright = out_image[0] > 0.5
+    assert bool((out_mask[bright] == 9).all()) and bool((out_mask[(~bright) & (out_mask != 255)] == 0).all())
