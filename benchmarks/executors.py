@@ -27,6 +27,7 @@ import transformers
 from pipeline.config import RunConfig, load_preset
 from pipeline.dataset import DATA_DIR
 from pipeline.executors import ExecutorSettings, make_executor
+from pipeline.executors.ray_executor import connect, disconnect
 from pipeline.phases import feature_channels, run_label_phase
 from pipeline.runtime import GROUNDING_DIR, Runtime
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
@@ -68,6 +69,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance only; leaves no token in ~/.ray
     preset = load_preset("tiny", {"shard_size": args.shard_size, "batch_size": args.batch_size})
     root = Path(tempfile.mkdtemp(prefix="datagen-bench-"))
+    ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket paths are limited
     try:
         configs = {kind: RunConfig(vocab="voc", out=root / kind, preset_name="tiny", preset=preset, n=args.n)
                    for kind in ("local", "ray", "local1")}
@@ -76,20 +78,17 @@ def main() -> None:
         untrained_checkpoint(configs["local"], root / "local")
         for kind in ("ray", "local1"):
             shutil.copytree(root / "local" / GROUNDING_DIR, root / kind / GROUNDING_DIR)
-        import ray
-
-        ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket paths are limited
-        ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp)
+        connect(None, _temp_dir=ray_temp)
         results = [measure(f"local ({torch.get_num_threads()} threads)", configs["local"], ExecutorSettings()),
                    measure("ray (1 worker)", configs["ray"], ExecutorSettings(kind="ray", workers=1))]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as a 1-CPU Ray worker
         results.append(measure("local (1 thread)", configs["local1"], ExecutorSettings()))
         torch.set_num_threads(threads)
-        ray.shutdown()
-        shutil.rmtree(ray_temp, ignore_errors=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        disconnect()
+        for folder in (root, ray_temp):
+            shutil.rmtree(folder, ignore_errors=True)
     print(f"phase C (label), tiny preset, {args.n} samples, shards of {args.shard_size}, batches of "
           f"{args.batch_size}; {os.cpu_count()} CPUs, Ray: one 1-CPU model worker + 1-CPU encoding tasks")
     print(f"{'executor':18} {'wall s':>8} {'samples/s':>10} {'compute s':>10} {'outside s':>10} {'outside':>8}")

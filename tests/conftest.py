@@ -47,13 +47,12 @@ def ray_cluster(cache_dir):
     import shutil
     import tempfile
 
-    import ray
+    from pipeline.executors.ray_executor import connect, disconnect
 
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    yield connect(None, num_cpus=2, _temp_dir=temp)
+    disconnect()
     shutil.rmtree(temp, ignore_errors=True)
 
 

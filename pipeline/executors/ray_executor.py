@@ -29,12 +29,18 @@ FORWARDED_ENV = ("DATAGEN_", "HF_")  # cache, offline mode and test hooks reach 
 POLL_SECONDS = 0.2
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` ("auto", "ray://host:port", a GCS address), or start a local one."""
-    if ray.is_initialized():
-        return
-    options = {"include_dashboard": False} if address is None else {}
-    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **options)
+def connect(address: str | None, **local_options) -> str:
+    """Join the cluster at ``address`` ("auto", "ray://host:port", a GCS address), or start a local
+    one (``local_options``: more ``ray.init`` arguments, e.g. ``num_cpus``); its GCS address."""
+    if not ray.is_initialized():
+        options = {"include_dashboard": False, **local_options} if address is None else {}
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **options)
+    return ray.get_runtime_context().gcs_address
+
+
+def disconnect() -> None:
+    """Leave the cluster (and stop a local instance this process started)."""
+    ray.shutdown()
 
 
 @ray.remote(num_cpus=0)
