@@ -35,6 +35,7 @@ class GroundingSettings(BaseModel):
     heads: int = 8
     layers: int = 3
     patch_size: int = 4
+    conditional_bn: bool = False
 
 
 class Preset(BaseModel):
