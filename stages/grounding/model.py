@@ -272,13 +272,18 @@ class GroundingModule(nn.Module):
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
-    """Per-class BCE with logits, averaged over the valid (B, K) entries; 0 (with grad) if none is."""
+def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Per-class BCE with logits, averaged over the pixels of the valid (B, K) entries, leaving out
+    pixels marked in ``ignore`` (B, H, W) when given; 0 (with grad) if nothing is valid."""
     valid = valid.to(device=logits.device, dtype=torch.bool)
-    if not valid.any():
+    weight = valid[:, :, None, None].expand_as(logits).float()
+    if ignore is not None:
+        weight = weight * (~ignore.to(logits.device, torch.bool))[:, None].float()
+    if not weight.any():
         return logits.sum() * 0.0
-    per_pixel = F.binary_cross_entropy_with_logits(logits[valid], targets.to(logits)[valid], reduction="none")
-    return per_pixel.mean()
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), targets.to(logits.device, torch.float32),
+                                                   reduction="none")
+    return (per_pixel * weight).sum() / weight.sum()
 
 
 def save_grounding(module: GroundingModule, path_dir) -> None:
