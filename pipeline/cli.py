@@ -174,6 +174,9 @@ app.command("generate")(_phase_command({"oracle"}, "Phase A: seen-class images l
 app.command("train")(_phase_command({"train"}, "Phase B: train the grounding module on the oracle shards."))
 app.command("label")(_phase_command({"label"}, "Phase C: generate and label the dataset with the grounding module."))
 
+eval_app = typer.Typer(help="Evaluate the grounding module or the dataset.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
 
 @app.command()
 def prompts(vocab: Vocab = "coco", n: Annotated[int, typer.Option(help="How many prompts.")] = 10,
@@ -186,6 +189,11 @@ def prompts(vocab: Vocab = "coco", n: Annotated[int, typer.Option(help="How many
     classes = vocabulary.seen if phase == "oracle" else vocabulary.classes
     for spec in prompt_specs(vocabulary, classes, phase, seed, range(start, start + n)):
         print(json.dumps(spec.to_dict()))
+
+
+from pipeline.cli_grounding import register as _register_grounding  # noqa: E402 - needs the names above
+
+_register_grounding(app, eval_app)
 
 
 def _quiet_libraries() -> None:
