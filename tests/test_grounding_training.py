@@ -143,7 +143,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_identical(toy, t
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
-    other = toy_config(toy, tmp_path / "killed", cache_dir, **{**settings, "lr": 2e-3})  # another job
+    other = toy_config(toy, tmp_path / "killed", cache_dir, **{**settings, "steps": 1})  # another job
     (tmp_path / "killed" / RESUME_DIR).mkdir()
     (tmp_path / "killed" / RESUME_DIR / "progress.json").write_text(json.dumps(progress))
     assert train_on_annotated(other, Runtime(other), toy, "train", "val")["resumed_at"] == 0
