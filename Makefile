@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-grounding clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -23,6 +23,10 @@ test: $(STAMP)
 # Tiny-preset throughput of the in-process and Ray executors, and the time outside model compute.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/executors.py
+
+# Proof that the grounding module learns: toy shapes in VOC layout, held-out mIoU and CPU time.
+bench-grounding: $(STAMP)
+	$(BIN)/python -m benchmarks.grounding_toy --out runs/bench-grounding
 
 clean:
 	rm -rf $(VENV) runs

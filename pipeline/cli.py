@@ -222,6 +222,7 @@ app.command("train")(_phase_command({"train"}, "Phase B: train the grounding mod
 app.command("label")(_phase_command({"label"}, "Phase C: generate and label the dataset with the grounding module."))
 
 
+
 for _inspect in (inspect_commands.show, inspect_commands.validate, inspect_commands.stats):
     app.command()(_inspect)
 
@@ -237,6 +238,11 @@ def prompts(vocab: Vocab = "coco", n: Annotated[int, typer.Option(help="How many
     classes = vocabulary.seen if phase == "oracle" else vocabulary.classes
     for spec in prompt_specs(vocabulary, classes, phase, seed, range(start, start + n)):
         print(json.dumps(spec.to_dict()))
+
+
+from pipeline.cli_grounding import register as _register_grounding  # noqa: E402 - needs the names above
+
+_register_grounding(app, eval_app)
 
 
 def _quiet_libraries() -> None:

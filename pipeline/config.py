@@ -23,9 +23,16 @@ class ConfigError(ValueError):
 
 class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(gt=0)
+    steps: int = Field(gt=0)  # optimizer steps
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
+    accumulate: int = Field(1, gt=0)  # batches per optimizer step
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 autocast on CUDA
+    checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = none
+    validate_every: int = Field(0, ge=0)  # steps between validations; the last step always validates
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # oracle samples held out (by key) for validation
 
 
 class GroundingSettings(BaseModel):
@@ -35,6 +42,7 @@ class GroundingSettings(BaseModel):
     heads: int = 8
     layers: int = 3
     patch_size: int = 4
+    conditional_bn: bool = False
 
 
 class Preset(BaseModel):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
-import torch
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
@@ -16,12 +14,9 @@ from pipeline.dataset import DATA_DIR, ORACLE_DIR, summarize
 from pipeline.executors import ExecutionReport, Executor
 from pipeline.plan import ShardTask, missing, pending, plan_shards
 from pipeline.runtime import GROUNDING_DIR, Runtime
-from pipeline.shards import finished_shards, finished_stats, shard_name, write_json_atomic
-from pipeline.training_data import oracle_batches
-from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
-from stages.grounding.train import train_grounding
-
-TRAINING_RECORD = "training.json"
+from pipeline.shards import finished_shards, finished_stats, shard_name
+from pipeline.training import TRAINING_RECORD, run_training
+from pipeline.training_data import oracle_batches, oracle_validation_batches
 
 
 class PhaseError(RuntimeError):
@@ -63,7 +58,15 @@ def training_is_current(config: RunConfig) -> bool:
     if not record.exists():
         return False
     trained = json.loads(record.read_text())
-    return trained.get("fingerprint") == config.fingerprint() and trained.get("oracle_shards") == oracle_data(config)
+    return trained.get("source") == "oracle" and trained.get("fingerprint") == config.fingerprint() \
+        and trained.get("oracle_shards") == oracle_data(config)
+
+
+def _training_source(config: RunConfig) -> str | None:
+    """What the checkpoint was trained on: "oracle" (phase B) or "annotated" (real annotated images,
+    which the user chose on purpose and label may use)."""
+    record = config.out / GROUNDING_DIR / TRAINING_RECORD
+    return json.loads(record.read_text()).get("source") if record.exists() else None
 
 
 def check_phase_a_finished(config: RunConfig) -> None:
@@ -78,13 +81,16 @@ def check_earlier_phases(config: RunConfig, phases: set[str]) -> None:
     if "train" in phases and "oracle" not in phases:
         check_phase_a_finished(config)
     if "label" in phases and "train" not in phases and (config.out / GROUNDING_DIR).exists() \
-            and not training_is_current(config):
+            and not training_is_current(config) and _training_source(config) != "annotated":
         raise PhaseError(f"the grounding checkpoint in {config.out} was trained on other oracle samples than "
                          "those now on disk: run `datagen train` with the same flags first")
 
 
 def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | None = None) -> dict:
-    """Phase B: train the grounding module on the oracle shards; skipped when already current."""
+    """Phase B: train the grounding module on the oracle shards; skipped when already current.
+
+    A held-out split of the oracle samples (by key, ``train.val_fraction``) is kept for validation; a
+    killed run resumes from its last checkpoint (``pipeline.training``)."""
     folder = config.out / GROUNDING_DIR
     if training_is_current(config):
         return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}
@@ -94,31 +100,20 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     if not oracle["written"]:
         raise PhaseError(f"phase A wrote no oracle samples ({oracle['failed'] or 'no shards'}): nothing to "
                          "train the grounding module on; run `datagen generate` with a larger --bootstrap-n")
-    preset, vocab = config.preset, config.vocabulary()
-    torch.manual_seed(config.seed)
-    module = GroundingModule(GroundingConfig(
-        feature_channels=feature_channels(runtime), text_dim=runtime.pipe.text_encoder.config.hidden_size,
-        image_size=preset.image_size, **preset.grounding.model_dump()))
-    bar = progress.add_task("B train grounding", total=preset.train.steps) if progress else None
-    started = time.time()
-    losses = train_grounding(
-        module, runtime.class_text, runtime.diffusion,
-        oracle_batches(shards, vocab, preset.train.batch_size, config.seed),
-        steps=preset.train.steps, lr=preset.train.lr, template=vocab.text_template,
-        on_step=lambda step, loss: progress.update(bar, advance=1, description=f"B train grounding "
-                                                   f"loss {loss:.3f}") if bar is not None else None)
-    record = {"fingerprint": config.fingerprint(), "steps": len(losses), "first_loss": losses[0],
-              "last_loss": losses[-1], "losses": losses, "seconds": round(time.time() - started, 2),
-              "oracle_shards": oracle_data(config)}
-    tmp, old = (folder.with_name(f"{GROUNDING_DIR}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
-    save_grounding(module, tmp)
-    write_json_atomic(tmp / TRAINING_RECORD, record)
-    if folder.exists():
-        os.replace(folder, old)  # a checkpoint is in place at every moment but this rename pair
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    runtime.__dict__.pop("grounding", None)  # reload the new checkpoint on next use
-    return record
+    vocab, train = config.vocabulary(), config.preset.train
+    job = {"fingerprint": config.fingerprint(), "source": "oracle", "oracle_shards": oracle_data(config)}
+    has_validation = train.val_fraction > 0 and next(
+        oracle_validation_batches(shards, vocab, 1, train.val_fraction), None) is not None
+    validation = (lambda: oracle_validation_batches(shards, vocab, train.batch_size, train.val_fraction)) \
+        if has_validation else None
+    try:
+        return run_training(config, runtime, job, lambda skip: oracle_batches(
+            shards, vocab, train.batch_size, config.seed, train.val_fraction, skip), validation, progress)
+    except ValueError as err:
+        if "no training samples" in str(err):
+            raise PhaseError(f"every oracle sample is in the validation split (val_fraction "
+                             f"{train.val_fraction}): generate more with --bootstrap-n") from err
+        raise
 
 
 def recover_interrupted_training(out: Path) -> None:
@@ -132,9 +127,3 @@ def recover_interrupted_training(out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def feature_channels(runtime: Runtime) -> dict[int, int]:
-    """Channels per resolution of the captured UNet features (one probe pass on a zero latent)."""
-    cfg = runtime.pipe.unet.config
-    latent = torch.zeros(1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    features = runtime.diffusion.features_from_latent(latent, 1, [""])
-    return {res: f.shape[1] for res, f in features.items()}

@@ -1,10 +1,12 @@
-"""Streams oracle shards (phase A output) as grounding-training batches."""
+"""Streams oracle shards (phase A output) as grounding-training batches, split into train and
+validation by sample key."""
 
 from __future__ import annotations
 
 import io
 import json
 import random
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,25 +52,55 @@ def _collate(items: list[dict]) -> dict:
             "has_target": torch.from_numpy(has_target)}
 
 
+def is_validation(key: str, fraction: float) -> bool:
+    """Whether a sample belongs to the held-out validation split: a fixed function of its key."""
+    return zlib.crc32(key.encode()) % 10_000 < round(fraction * 10_000)
+
+
 def oracle_batches(shards: list[Path], vocab: Vocabulary, batch_size: int, seed: int,
-                   shuffle_buffer: int = 256) -> Iterator[dict]:
-    """Endless, deterministic stream of batches: each epoch reshuffles shards and samples."""
+                   val_fraction: float = 0.0, skip: int = 0, shuffle_buffer: int = 256) -> Iterator[dict]:
+    """Endless, deterministic stream of training batches: each epoch reshuffles shards and samples.
+
+    Samples of the validation split (``is_validation``) are left out; the first ``skip`` batches are
+    passed over without decoding (a resumed run continues the same stream).
+    """
     if not shards:
         raise ValueError("no oracle shards to train on")
     urls = [str(p) for p in shards]
+    produced = 0
     for epoch in range(10**9):
         rng = np.random.default_rng([seed, epoch])
         order = [urls[i] for i in rng.permutation(len(urls))]
         stream = wds.WebDataset(order, shardshuffle=False, empty_check=False) \
+            .select(lambda s: not is_validation(s["__key__"], val_fraction)) \
             .shuffle(shuffle_buffer, rng=random.Random(int(rng.integers(2**31))))
-        batch, seen = [], 0
+        raw, seen = [], 0
         for sample in stream:
             seen += 1
-            batch.append(_decode(sample, vocab))
-            if len(batch) == batch_size:
-                yield _collate(batch)
-                batch = []
-        if batch:
-            yield _collate(batch)
+            raw.append(sample)
+            if len(raw) == batch_size:
+                produced += 1
+                if produced > skip:
+                    yield _collate([_decode(r, vocab) for r in raw])
+                raw = []
+        if raw:
+            produced += 1
+            if produced > skip:
+                yield _collate([_decode(r, vocab) for r in raw])
         if not seen:
-            raise ValueError("the oracle shards hold no samples")
+            raise ValueError("the oracle shards hold no training samples")
+
+
+def oracle_validation_batches(shards: list[Path], vocab: Vocabulary, batch_size: int,
+                              val_fraction: float) -> Iterator[dict]:
+    """One pass, in shard order, over the validation split of the oracle shards."""
+    stream = wds.WebDataset([str(p) for p in shards], shardshuffle=False, empty_check=False) \
+        .select(lambda s: is_validation(s["__key__"], val_fraction))
+    batch = []
+    for sample in stream:
+        batch.append(_decode(sample, vocab))
+        if len(batch) == batch_size:
+            yield _collate(batch)
+            batch = []
+    if batch:
+        yield _collate(batch)

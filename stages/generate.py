@@ -68,6 +68,13 @@ class Diffusion:
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
 
+    @property
+    def capture_timestep(self) -> int:
+        """The UNet timestep of the capture step (what ``Generation.timestep`` holds)."""
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(self.steps)
+        return int(scheduler.timesteps[self.capture_index])
+
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings of [""] * B + prompts, the guided batch's order."""
@@ -131,3 +138,14 @@ class Diffusion:
         finally:
             self.capture.armed = False
         return self.capture.take()
+
+    @torch.inference_mode()
+    def latents_from_images(self, images: torch.Tensor, timestep: int, seeds: list[int]) -> torch.Tensor:
+        """Real images (B, 3, H, W) in [-1, 1] -> x_t at ``timestep``: VAE-encoded (posterior mean),
+        scaled, and noised with each sample's own seeded noise, as the forward diffusion does."""
+        vae = self.pipe.vae
+        clean = vae.encode(images.to(self.device, vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+        noise = torch.stack([torch.randn(clean.shape[1:], generator=torch.Generator().manual_seed(s))
+                             for s in seeds]).to(clean.device)
+        t = torch.full((len(seeds),), int(timestep), dtype=torch.long)
+        return self.pipe.scheduler.add_noise(clean, noise, t.to(clean.device))

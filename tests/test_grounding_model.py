@@ -43,7 +43,7 @@ def test_output_shapes(k):
     module = GroundingModule(tiny_config())
     out = module(features(2), torch.randn(2, k, 32))
     assert out.shape == (2, k, 32, 32)
-    assert module.visual_map(features(2)).shape == (2, 32, 16, 16)
+    assert module.visual_map(features(2)).shape == (2, 32, 16, 16)  # 16 + 8 + 8 channels at the finest
     assert module(features(2), torch.randn(k, 32)).shape == (2, k, 32, 32)  # broadcast over batch
 
 
@@ -51,9 +51,37 @@ def test_paper_sized_default_visual_map():
     cfg = GroundingConfig(feature_channels={8: 8, 16: 8, 32: 8, 64: 8}, text_dim=768, image_size=512)
     assert cfg.visual_channels == 240 and (cfg.width, cfg.heads, cfg.layers, cfg.patch_size) == (512, 8, 3, 4)
     module = GroundingModule(cfg)
-    assert module.reduce["8"].out_channels == 128 and module.reduce["64"].out_channels == 16
-    assert module.pos_embed.shape == (1, 256, 512)
+    # official code: 16 channels for the coarsest features ... 128 for the finest
+    assert module.reduce["8"].out_channels == 16 and module.reduce["64"].out_channels == 128
+    assert [m.conv1.in_channels for m in module.mix] == [48, 112, 240]
+    assert module.visual_map({r: torch.zeros(2, 8, r, r) for r in (8, 16, 32, 64)}).shape == (2, 240, 64, 64)
+    assert module.patchify.weight.shape == (512, 240, 4, 4) and module.patchify.bias is None
+    assert module.text_proj.bias is None and module.decoder.layers[0].norm_first
+    assert module.decoder.layers[0].linear1.out_features == 2048
     assert module.mask_mlp[-1].out_features == 240
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.affine for m in module.modules())
+
+
+def test_conditional_batch_norm_makes_the_visual_map_depend_on_the_class():
+    torch.manual_seed(0)
+    module = GroundingModule(tiny_config(conditional_bn=True))
+    with torch.no_grad():  # gains start at zero: plain batch norm until trained
+        for mix in module.mix:
+            for norm in (mix.norm1, mix.norm2):
+                norm.gain.weight.normal_()
+                norm.bias.weight.normal_()
+    feats, emb = features(2), torch.randn(2, 3, 32)
+    assert module(feats, emb).shape == (2, 3, 32, 32)
+    a = module.visual_map(feats, emb[:, 0])
+    b = module.visual_map(feats, emb[:, 1])
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="condition"):
+        module.visual_map(feats)
+    module.eval()
+    with torch.no_grad():  # still decoded independently per class
+        together = module(feats, emb)
+        alone = torch.cat([module(feats, emb[:, j: j + 1]) for j in range(3)], dim=1)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
 
 
 def test_batch_equals_per_sample_in_eval():

@@ -29,7 +29,7 @@ def test_checkpoint_is_stale_when_the_oracle_shards_changed(tmp_path):
     finish_shard(tmp_path / ORACLE_DIR, 0)
     (tmp_path / GROUNDING_DIR).mkdir()
     (tmp_path / GROUNDING_DIR / "training.json").write_text(json.dumps(
-        {"fingerprint": config.fingerprint(), "oracle_shards": {"shard-000000": 0}}))
+        {"source": "oracle", "fingerprint": config.fingerprint(), "oracle_shards": {"shard-000000": 0}}))
     assert training_is_current(config)
     assert not training_is_current(make_config(tmp_path).model_copy(update={"seed": 5}))
     finish_shard(tmp_path / ORACLE_DIR, 1)  # phase A completed after training on part of it

@@ -9,7 +9,7 @@ from pipeline.shards import shard_path, write_shard
 from pipeline.training_data import oracle_batches
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule
-from stages.grounding.train import class_embeddings, train_grounding
+from stages.grounding.train import GroundingTrainer, TrainOptions, class_embeddings, fit
 from stages.prompts import PromptSpec
 
 SIZE, TIMESTEP = 64, 1
@@ -65,7 +65,7 @@ def test_batch_order_is_a_function_of_the_seed(shards, voc):
 
 def test_empty_oracle_data_is_refused(tmp_path, voc):
     write_shard(tmp_path, 0, [], {"start": 0, "end": 1})
-    with pytest.raises(ValueError, match="no samples"):
+    with pytest.raises(ValueError, match="no training samples"):
         next(oracle_batches([shard_path(tmp_path, 0)], voc, 2, 0))
 
 
@@ -78,9 +78,10 @@ def test_training_learns_the_oracle_masks(shards, voc, tiny_pipe):
         feature_channels={r: f.shape[1] for r, f in probe.items()}, text_dim=tiny_pipe.text_encoder.config.hidden_size,
         image_size=SIZE, reduce_channels=(16, 8, 8), width=64, heads=8, layers=3, patch_size=2))
     steps = []
-    losses = train_grounding(module, text, diffusion, oracle_batches(shards, voc, 3, seed=0), steps=60,
-                             lr=1e-3, template=voc.text_template, on_step=lambda s, loss: steps.append(s))
-    assert steps == list(range(60)) and not module.training
+    trainer = GroundingTrainer(module, text, diffusion, voc.text_template, TrainOptions(steps=60, lr=1e-3))
+    fit(trainer, oracle_batches(shards, voc, 3, seed=0), on_step=lambda s, loss: steps.append(s))
+    losses = trainer.losses
+    assert steps == list(range(1, 61)) and not module.training
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]), (losses[:5], losses[-5:])
 
     batch = next(oracle_batches(shards, voc, 6, seed=1))

@@ -1,22 +1,30 @@
 """The grounding module of Grounded Diffusion (Li et al., ICCV 2023): class text + UNet features -> masks.
 
 Visual encoder: per resolution a bias-free 1x1 conv reduces the captured UNet features (unconditional
-and conditional halves concatenated on channels), then coarse-to-fine fusion: bilinear upsampling of
-the running map, concatenation with the next resolution's reduced map, a residual mixing block. Text:
-SD's frozen CLIP text encoder on "a photograph of a {class}", mean of the class-token hidden states,
-then a trainable linear projection. Fusion: a transformer decoder (class queries, patchified visual
-map + learned positions as memory), an MLP to a mask embedding, mask logits = mask embedding . per-pixel
-visual map, bilinearly upsampled to the image size. Loss: per-class BCE with logits.
+and conditional halves concatenated on channels) to 16/32/64/128 channels from coarse to fine, then
+coarse-to-fine fusion: bilinear upsampling of the running map, concatenation with the next
+resolution's reduced map, a residual mixing block (pre-activation: BN, ReLU, 3x3 conv, twice). The
+batch norm is plain (no affine, as the official code runs it) or, with ``conditional_bn``, conditional:
+its gain and bias are linear functions of the class's text embedding, so each class gets its own
+visual map. Text: SD's frozen CLIP text encoder on "a photograph of a {class}", mean of the
+class-token hidden states, then a bias-free linear projection to the decoder width. Fusion: a
+pre-norm transformer decoder (class query; memory = the visual map cut into patches, each patch
+projected by a bias-free linear map), an MLP to a mask embedding, mask logits = mask embedding .
+per-pixel visual map, bilinearly upsampled to the image size. Loss: per-class BCE with logits.
 
-Departures from the paper and its public code:
-- Each class query is decoded on its own (the batch of K queries is folded into the batch axis), so
-  the decoder's self-attention sees one query. The paper's code segments one class per pass, so this
-  is the same function; batching K classes this way keeps classes independent of each other and of
-  padding, which is what lets callers pad K with dummy classes without a query mask.
-- Sizes come from ``GroundingConfig`` (any number of resolutions, any channel widths), so a tiny
-  module runs in tests; the defaults are the paper's (reduce 128/64/32/16 coarse->fine, width 512,
-  8 heads, 3 layers, patch 4). The decoder's feed-forward width is 4 x width (2048 at the paper
-  size, as in the official code) and dropout is 0 (the official default).
+Departures from the paper and its public code (also listed in the README):
+- Features are grouped by their native resolution and each group is reduced there; the official code
+  first resizes groups to 16/32/64/64 and mixes at 32/64/64. A bias-free 1x1 conv commutes with
+  bilinear resizing, so the reductions are the same function; the mixing blocks run at 16/32/64.
+- Mask logits are computed at the visual map's resolution and then upsampled; the official code
+  upsamples the visual map to 512 first. Both steps are linear, so the logits are identical; this is
+  64x cheaper.
+- Each class query is decoded on its own (the K queries are folded into the batch axis). The official
+  code segments one class per pass, so this is the same function for K > 1 at once.
+- No spectral norm on the mixing convs (the official code wraps them in spectral norm).
+- Sizes come from ``GroundingConfig`` so a tiny module runs in tests; the defaults are the paper's.
+  The decoder's feed-forward width is 4 x width (2048 at the paper size) and dropout is 0, as in the
+  official code; PyTorch's decoder layer keeps biases in its attention projections.
 - Checkpoints are safetensors + config.json instead of pickled state dicts.
 """
 
@@ -42,11 +50,12 @@ class GroundingConfig:
     feature_channels: dict[int, int]  # resolution -> input channels (uncond + cond concatenated)
     text_dim: int  # CLIP hidden size (768 for SD 1.5)
     image_size: int  # output mask size (512 for SD 1.5)
-    reduce_channels: tuple[int, ...] = (128, 64, 32, 16)
+    reduce_channels: tuple[int, ...] = (16, 32, 64, 128)
     width: int = 512
     heads: int = 8
     layers: int = 3
     patch_size: int = 4
+    conditional_bn: bool = False  # BN gain/bias from the class embedding (one visual map per class)
 
     def __post_init__(self):
         channels = {int(r): int(c) for r, c in sorted(self.feature_channels.items(), key=lambda kv: int(kv[0]))}
@@ -152,18 +161,40 @@ class ClassTextEncoder:
         return torch.stack([self._cache[(template, n)] for n in names])
 
 
-class MixBlock(nn.Module):
-    """Residual block: two 3x3 conv + batch norm (+ ReLU), 1x1 projection on the skip if widths differ."""
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm without its own affine; with ``cond_dim``, gain and bias come from a condition vector."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, channels: int, cond_dim: int | None):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Linear(cond_dim, channels) if cond_dim else None
+        self.bias = nn.Linear(cond_dim, channels) if cond_dim else None
+        for layer in (self.gain, self.bias):
+            if layer is not None:  # starts as plain batch norm
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.body(x) + self.skip(x))
+    def forward(self, x: Tensor, condition: Tensor | None) -> Tensor:
+        x = self.norm(x)
+        if self.gain is None:
+            return x
+        return x * (1 + self.gain(condition)[:, :, None, None]) + self.bias(condition)[:, :, None, None]
+
+
+class MixBlock(nn.Module):
+    """Pre-activation residual block: (BN, ReLU, 3x3 conv) twice, added to the input."""
+
+    def __init__(self, channels: int, cond_dim: int | None):
+        super().__init__()
+        self.norm1 = ConditionalBatchNorm(channels, cond_dim)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = ConditionalBatchNorm(channels, cond_dim)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
+        h = self.conv1(F.relu(self.norm1(x, condition)))
+        h = self.conv2(F.relu(self.norm2(h, condition)))
+        return x + h
 
 
 class GroundingModule(nn.Module):
@@ -175,26 +206,30 @@ class GroundingModule(nn.Module):
         c = config
         self.reduce = nn.ModuleDict({str(r): nn.Conv2d(c.feature_channels[r], out, 1, bias=False)
                                      for r, out in zip(c.resolutions, c.reduce_channels)})
+        cond_dim = c.text_dim if c.conditional_bn else None
         running = list(accumulate(c.reduce_channels))  # channels of the running map
-        self.mix = nn.ModuleList(MixBlock(running[i], running[i]) for i in range(1, len(running)))
+        self.mix = nn.ModuleList(MixBlock(running[i], cond_dim) for i in range(1, len(running)))
         cv = c.visual_channels
-        self.patchify = nn.Conv2d(cv, c.width, c.patch_size, stride=c.patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, (c.finest // c.patch_size) ** 2, c.width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.text_proj = nn.Linear(c.text_dim, c.width)
+        self.patchify = nn.Conv2d(cv, c.width, c.patch_size, stride=c.patch_size, bias=False)
+        self.text_proj = nn.Linear(c.text_dim, c.width, bias=False)
         layer = nn.TransformerDecoderLayer(c.width, c.heads, dim_feedforward=4 * c.width, dropout=0.0,
-                                           batch_first=True)
+                                           batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, c.layers)
         self.mask_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.ReLU(inplace=True),
                                       nn.Linear(c.width, c.width), nn.ReLU(inplace=True),
                                       nn.Linear(c.width, cv))
 
-    def visual_map(self, features: dict[int, Tensor]) -> Tensor:
-        """(B, sum(reduce_channels), finest, finest): the fused per-pixel visual map."""
+    def visual_map(self, features: dict[int, Tensor], condition: Tensor | None = None) -> Tensor:
+        """(B, sum(reduce_channels), finest, finest): the fused per-pixel visual map.
+
+        ``condition`` (B, text_dim) is required with conditional batch norm and ignored without.
+        """
         c = self.config
         got = sorted(int(r) for r in features)
         if got != c.resolutions:
             raise ValueError(f"features have resolutions {got}, the grounding module expects {c.resolutions}")
+        if c.conditional_bn and condition is None:
+            raise ValueError("this grounding module uses conditional batch norm: pass a condition")
         dtype = self.patchify.weight.dtype
         x = None
         for i, r in enumerate(c.resolutions):
@@ -207,12 +242,11 @@ class GroundingModule(nn.Module):
                 x = reduced
             else:
                 x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
-                x = self.mix[i - 1](torch.cat([x, reduced], dim=1))
+                x = self.mix[i - 1](torch.cat([x, reduced], dim=1), condition)
         return x
 
     def forward(self, features: dict[int, Tensor], class_embeddings: Tensor) -> Tensor:
-        visual = self.visual_map(features)
-        b = visual.shape[0]
+        b = next(iter(features.values())).shape[0]
         if class_embeddings.dim() == 2:
             class_embeddings = class_embeddings.unsqueeze(0).expand(b, -1, -1)
         if class_embeddings.dim() != 3 or class_embeddings.shape[0] != b \
@@ -220,24 +254,36 @@ class GroundingModule(nn.Module):
             raise ValueError(f"class_embeddings have shape {tuple(class_embeddings.shape)}, expected "
                              f"(K, {self.config.text_dim}) or ({b}, K, {self.config.text_dim})")
         k = class_embeddings.shape[1]
-        memory = self.patchify(visual).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, width)
-        queries = self.text_proj(class_embeddings.to(visual.dtype))  # (B, K, width)
+        text = class_embeddings.reshape(b * k, -1).to(self.patchify.weight.dtype)
+        if self.config.conditional_bn:  # one visual map per (sample, class)
+            visual = self.visual_map({r: f.repeat_interleave(k, 0) for r, f in features.items()}, text)
+            memory = self.patchify(visual).flatten(2).transpose(1, 2)
+            visual = visual.reshape(b, k, *visual.shape[1:])
+            pattern = "bkc,bkchw->bkhw"
+        else:  # one visual map per sample, shared by its classes
+            visual = self.visual_map(features)
+            memory = self.patchify(visual).flatten(2).transpose(1, 2).repeat_interleave(k, 0)
+            pattern = "bkc,bchw->bkhw"
         # One query per decoder sequence: classes are decoded independently (see module docstring).
-        memory = memory.unsqueeze(1).expand(-1, k, -1, -1).reshape(b * k, *memory.shape[1:])
-        decoded = self.decoder(queries.reshape(b * k, 1, -1), memory).reshape(b, k, -1)
-        mask_embed = self.mask_mlp(decoded)  # (B, K, C)
-        logits = torch.einsum("bkc,bchw->bkhw", mask_embed, visual)
+        decoded = self.decoder(self.text_proj(text).unsqueeze(1), memory)[:, 0]  # (B*K, width)
+        mask_embed = self.mask_mlp(decoded).reshape(b, k, -1)  # (B, K, C)
+        logits = torch.einsum(pattern, mask_embed, visual)  # (B, K, h, w)
         size = self.config.image_size
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
-    """Per-class BCE with logits, averaged over the valid (B, K) entries; 0 (with grad) if none is."""
+def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Per-class BCE with logits, averaged over the pixels of the valid (B, K) entries, leaving out
+    pixels marked in ``ignore`` (B, H, W) when given; 0 (with grad) if nothing is valid."""
     valid = valid.to(device=logits.device, dtype=torch.bool)
-    if not valid.any():
+    weight = valid[:, :, None, None].expand_as(logits).float()
+    if ignore is not None:
+        weight = weight * (~ignore.to(logits.device, torch.bool))[:, None].float()
+    if not weight.any():
         return logits.sum() * 0.0
-    per_pixel = F.binary_cross_entropy_with_logits(logits[valid], targets.to(logits)[valid], reduction="none")
-    return per_pixel.mean()
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), targets.to(logits.device, torch.float32),
+                                                   reduction="none")
+    return (per_pixel * weight).sum() / weight.sum()
 
 
 def save_grounding(module: GroundingModule, path_dir) -> None:

@@ -1,0 +1,47 @@
+"""Fit the tiny preset's VAE to a folder of images, as Stable Diffusion's VAE is fitted to real images.
+
+The tiny preset's VAE has random weights: its 4-channel latent keeps little of an image's colour (a
+per-pixel probe on the random latents of the toy shapes reaches 0.18 mIoU, on 4x4-pooled pixels 0.89).
+The grounding module sees images only through that latent, so the learning proof first trains the
+VAE as an autoencoder (reconstruction + a small KL term) on the training images; the UNet, the text
+encoder and everything else stay random. The result is a copy of the tiny preset folder with the
+fitted VAE, loadable with ``--sd-path``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stages.models import load_stable_diffusion
+
+
+def fit_vae(preset_dir: Path, images: list[Path], out: Path, steps: int = 300, batch_size: int = 16,
+            lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0) -> Path:
+    """Copy the diffusers folder ``preset_dir`` to ``out`` with its VAE trained on ``images``."""
+    pipe = load_stable_diffusion(str(preset_dir))
+    vae = pipe.vae.train().requires_grad_(True)
+    data = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in images]))
+    data = data.permute(0, 3, 1, 2).float() / 127.5 - 1
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    for _ in range(steps):
+        batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        loss = torch.nn.functional.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    vae.eval()
+    with torch.no_grad():  # as for SD: the scaling factor gives the latents unit variance
+        std = torch.cat([vae.encode(data[i:i + 64]).latent_dist.mean for i in range(0, len(data), 64)]).std()
+    vae.register_to_config(scaling_factor=float(1 / std))
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(preset_dir, out)
+    vae.save_pretrained(out / "vae")
+    return out

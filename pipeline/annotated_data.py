@@ -1,0 +1,138 @@
+"""Real annotated images in the PASCAL VOC layout as grounding-training batches (the paper's appendix).
+
+Layout: ``ROOT/JPEGImages/<id>.jpg``, ``ROOT/SegmentationClass/<id>.png`` (one class index per pixel:
+0 background, 1..K the vocabulary's classes in file order, 255 not scored) and
+``ROOT/ImageSets/Segmentation/<split>.txt`` (one id per line). Each image is resized (shorter side) and
+centre-cropped to the preset's size; its prompt names the classes it shows; the trainer VAE-encodes it
+and noises it to the capture step with the sample's own seeded noise.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stages.vocab import Vocabulary
+
+IGNORE = 255
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    id: str
+    image: Path
+    mask: Path
+
+
+class AnnotatedDataError(ValueError):
+    """An annotated-images folder that cannot be used; one line for the user."""
+
+
+def voc_index(root: Path, split: str) -> list[AnnotatedImage]:
+    """The images listed in ``ImageSets/Segmentation/<split>.txt``, checked to exist."""
+    root = Path(root)
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.is_file():
+        raise AnnotatedDataError(f"{listing} is missing: not a VOC-layout folder with a '{split}' image set")
+    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise AnnotatedDataError(f"{listing} lists no images")
+    items = [AnnotatedImage(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
+             for i in ids]
+    for item in items:
+        for path in (item.image, item.mask):
+            if not path.is_file():
+                raise AnnotatedDataError(f"{path} is missing (listed in {listing})")
+    return items
+
+
+def _resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.array(img.crop((left, top, left + size, top + size)))
+
+
+def prompt_for(vocab: Vocabulary, names: list[str]) -> str:
+    """"a photograph of a {c}" / "... a {c1} and a {c2}" (the vocabulary's templates); more than two
+    classes are chained with " and a "."""
+    if len(names) == 2:
+        return vocab.pair_templates[0].format(*names)
+    return vocab.templates[0].format(" and a ".join(names))
+
+
+def load_annotated(item: AnnotatedImage, vocab: Vocabulary, size: int) -> dict | None:
+    """One image as a training sample; None when it shows no vocabulary class."""
+    image = _resize_crop(Image.open(item.image).convert("RGB"), size, Image.BICUBIC)
+    seg = Image.open(item.mask)
+    if seg.mode not in ("P", "L"):
+        raise AnnotatedDataError(f"{item.mask} is a {seg.mode} image; expected one class index per pixel (P or L)")
+    seg = _resize_crop(seg, size, Image.NEAREST)
+    ids = sorted(int(v) for v in np.unique(seg) if v not in (0, IGNORE))
+    if ids and ids[-1] > len(vocab.classes):
+        raise AnnotatedDataError(f"{item.mask} holds class index {ids[-1]} but the vocabulary '{vocab.name}' "
+                                 f"has {len(vocab.classes)} classes")
+    if not ids:
+        return None
+    classes = [vocab.classes[i - 1] for i in ids]
+    names = [c.prompt_name for c in classes]
+    return {"id": item.id, "image": image, "prompt": prompt_for(vocab, names), "names": names,
+            "targets": np.stack([seg == i for i in ids]).astype(np.float32), "ignore": seg == IGNORE}
+
+
+def _collate(items: list[dict], timestep: int, seeds: list[int]) -> dict:
+    k = max(len(i["names"]) for i in items)
+    size = items[0]["image"].shape[0]
+    targets = np.zeros((len(items), k, size, size), np.float32)
+    has_target = np.zeros((len(items), k), bool)
+    for b, item in enumerate(items):
+        targets[b, : len(item["names"])] = item["targets"]
+        has_target[b, : len(item["names"])] = True
+    images = torch.from_numpy(np.stack([i["image"] for i in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return {"images": images, "noise_seeds": seeds, "timestep": timestep,
+            "prompts": [i["prompt"] for i in items], "names": [i["names"] for i in items],
+            "targets": torch.from_numpy(targets), "has_target": torch.from_numpy(has_target),
+            "ignore": torch.from_numpy(np.stack([i["ignore"] for i in items])), "ids": [i["id"] for i in items]}
+
+
+def noise_seed(seed: int, epoch: str, image_id: str) -> int:
+    return zlib.crc32(f"{seed}/{epoch}/{image_id}".encode())
+
+
+def annotated_batches(items: list[AnnotatedImage], vocab: Vocabulary, size: int, timestep: int,
+                      batch_size: int, seed: int, skip: int = 0) -> Iterator[dict]:
+    """Endless, deterministic training stream: each epoch reshuffles the images and draws new noise.
+
+    The first ``skip`` batches are dropped (a resumed run continues the same stream).
+    """
+    produced = 0
+    for epoch in range(10**9):
+        order = [items[i] for i in np.random.default_rng([seed, epoch]).permutation(len(items))]
+        epoch_batches = 0
+        for start in range(0, len(order), batch_size):
+            samples = [s for s in (load_annotated(i, vocab, size) for i in order[start:start + batch_size]) if s]
+            if not samples:
+                continue
+            epoch_batches += 1
+            produced += 1
+            if produced > skip:
+                yield _collate(samples, timestep, [noise_seed(seed, str(epoch), s["id"]) for s in samples])
+        if not epoch_batches:
+            raise AnnotatedDataError("the annotated images show no class of the vocabulary")
+
+
+def annotated_validation_batches(items: list[AnnotatedImage], vocab: Vocabulary, size: int, timestep: int,
+                                 batch_size: int, seed: int) -> Iterator[dict]:
+    """One pass over ``items`` in order, with fixed noise."""
+    for start in range(0, len(items), batch_size):
+        samples = [s for s in (load_annotated(i, vocab, size) for i in items[start:start + batch_size]) if s]
+        if samples:
+            yield _collate(samples, timestep, [noise_seed(seed, "val", s["id"]) for s in samples])

@@ -1,0 +1,130 @@
+"""Runs a grounding training job: resumable checkpoints, validation, progress, the final checkpoint.
+
+Both training sources use it: phase B (oracle shards, ``phases.run_train_phase``) and real annotated
+images (``train_on_annotated``). While training, ``OUT/grounding-resume/`` holds the latest resumable
+checkpoint (module, optimizer, schedule, losses, validation history, and what the job trains on); a
+rerun of the same job continues from it, a different job discards it. The finished module replaces
+``OUT/grounding/`` in one rename pair, and the resume folder is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from pipeline.annotated_data import annotated_batches, annotated_validation_batches, voc_index
+from pipeline.config import RunConfig
+from pipeline.runtime import GROUNDING_DIR, Runtime
+from pipeline.shards import write_json_atomic
+from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
+from stages.grounding.train import GroundingTrainer, TrainOptions, fit
+
+RESUME_DIR = "grounding-resume"
+TRAINING_RECORD = "training.json"
+
+
+def feature_channels(runtime: Runtime) -> dict[int, int]:
+    """Channels per resolution of the captured UNet features (one probe pass on a zero latent)."""
+    cfg = runtime.pipe.unet.config
+    latent = torch.zeros(1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    features = runtime.diffusion.features_from_latent(latent, 1, [""])
+    return {res: f.shape[1] for res, f in features.items()}
+
+
+def new_trainer(config: RunConfig, runtime: Runtime) -> GroundingTrainer:
+    """A freshly initialised (seeded) module sized by the preset, and its trainer."""
+    preset, train = config.preset, config.preset.train
+    torch.manual_seed(config.seed)
+    module = GroundingModule(GroundingConfig(
+        feature_channels=feature_channels(runtime), text_dim=runtime.pipe.text_encoder.config.hidden_size,
+        image_size=preset.image_size, **preset.grounding.model_dump()))
+    options = TrainOptions(steps=train.steps, lr=train.lr, accumulate=train.accumulate,
+                           warmup_steps=train.warmup_steps, schedule=train.schedule, precision=train.precision)
+    return GroundingTrainer(module, runtime.class_text, runtime.diffusion,
+                            config.vocabulary().text_template, options)
+
+
+def run_training(config: RunConfig, runtime: Runtime, job: dict,
+                 batches: Callable[[int], Iterator[dict]], validation: Callable[[], Iterator[dict]] | None,
+                 progress: Progress | None = None, description: str = "B train grounding") -> dict:
+    """Train (resuming a matching checkpoint), then install the module as ``OUT/grounding``.
+
+    ``job`` identifies what is trained on (written into every checkpoint and the final record);
+    ``batches(skip)`` gives the training stream after ``skip`` batches; ``validation()`` one pass over
+    the held-out batches, or None when there are none.
+    """
+    train = config.preset.train
+    trainer = new_trainer(config, runtime)
+    resume = config.out / RESUME_DIR
+    interrupted_swap = resume.with_name(resume.name + ".old")  # killed inside GroundingTrainer.save
+    if interrupted_swap.exists() and not resume.exists():
+        os.replace(interrupted_swap, resume)
+    if resume.exists() and _resumable(resume, job):
+        trainer.restore(resume)
+    else:
+        shutil.rmtree(resume, ignore_errors=True)
+    resumed_at = trainer.step
+    bar = progress.add_task(description, total=train.steps, completed=resumed_at) if progress else None
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            val = trainer.validation[-1]["miou"] if trainer.validation else None
+            shown = f" val mIoU {val:.3f}" if val is not None else ""
+            progress.update(bar, completed=step, description=f"{description} loss {loss:.3f}{shown}")
+
+    started = time.time()
+    fit(trainer, batches(trainer.step * train.accumulate), validate=validation,
+        validate_every=train.validate_every, checkpoint=lambda: trainer.save(resume, {"job": job}),
+        checkpoint_every=train.checkpoint_every, on_step=on_step)
+    record = {**job, "steps": trainer.step, "resumed_at": resumed_at, "first_loss": trainer.losses[0],
+              "last_loss": trainer.losses[-1], "losses": trainer.losses, "validation": trainer.validation,
+              "seconds": round(time.time() - started, 2), "precision": str(trainer.amp_dtype or "float32")}
+    install(config.out, trainer.module, record)
+    shutil.rmtree(resume, ignore_errors=True)
+    runtime.__dict__.pop("grounding", None)  # reload the new checkpoint on next use
+    return record
+
+
+def _resumable(folder: Path, job: dict) -> bool:
+    try:
+        return json.loads((folder / "progress.json").read_text()).get("job") == job
+    except (OSError, ValueError):
+        return False
+
+
+def install(out: Path, module: GroundingModule, record: dict) -> None:
+    """Put a trained module and its record at ``OUT/grounding``; a checkpoint is in place at every
+    moment but the rename pair (``phases.recover_interrupted_training`` repairs a kill there)."""
+    folder = out / GROUNDING_DIR
+    tmp, old = (folder.with_name(f"{GROUNDING_DIR}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
+    save_grounding(module, tmp)
+    write_json_atomic(tmp / TRAINING_RECORD, record)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_on_annotated(config: RunConfig, runtime: Runtime, root: Path, split: str = "train",
+                       val_split: str | None = "val", progress: Progress | None = None) -> dict:
+    """Train the grounding module on real annotated images (VOC layout), validating on ``val_split``."""
+    vocab, train = config.vocabulary(), config.preset.train
+    items = voc_index(root, split)
+    held_out = voc_index(root, val_split) if val_split else None
+    timestep = runtime.diffusion.capture_timestep
+    size = config.preset.image_size
+    job = {"fingerprint": config.fingerprint(), "source": "annotated", "root": str(Path(root).resolve()),
+           "split": split, "images": len(items), "val_split": val_split}
+    validation = (lambda: annotated_validation_batches(held_out, vocab, size, timestep, train.batch_size,
+                                                       config.seed)) if held_out else None
+    return run_training(
+        config, runtime, job,
+        lambda skip: annotated_batches(items, vocab, size, timestep, train.batch_size, config.seed, skip),
+        validation, progress, "train grounding (annotated)")

@@ -1,0 +1,54 @@
+"""`datagen eval grounding` (Protocol I) on the tiny preset: a report per class, seen and unseen apart."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import RunConfig, load_preset
+from pipeline.runtime import Runtime
+from pipeline.training import install, new_trainer
+
+ARGS = ["--vocab", "voc", "--models", "tiny", "--n", "8", "--batch-size", "4", "--seed", "3"]
+
+
+def datagen(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    """An output folder holding a (randomly initialised) grounding checkpoint for the tiny preset."""
+    out = tmp_path_factory.mktemp("protocol1")
+    config = RunConfig(vocab="voc", out=out, preset_name="tiny", preset=load_preset("tiny"), n=1, device="cpu",
+                       cache_dir=cache_dir)
+    install(out, new_trainer(config, Runtime(config)).module, {"source": "test"})
+    return out
+
+
+def test_eval_grounding_reports_seen_and_unseen_miou(trained, voc):
+    result = datagen("eval", "grounding", *ARGS, "--out", str(trained))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == json.loads((trained / "eval" / "protocol1.json").read_text())
+    assert report["protocol"] == "I" and report["images"] == 8
+    assert [c["name"] for c in report["classes"]] == [c.name for c in voc.classes]
+    assert {c["split"] for c in report["classes"] if c["name"] in ("sheep", "sofa", "train")} == {"unseen"}
+    prompted = sum(c["pairs"] + c["oracle_missed"] for c in report["classes"])
+    assert 8 <= prompted <= 16  # one or two classes per image
+    scored = [c for c in report["classes"] if c["pairs"]]
+    assert scored and all(0 <= c["iou"] <= 1 for c in scored)
+    assert all(c["iou"] is None for c in report["classes"] if not c["pairs"])
+    for split, key in (("seen", "miou_seen"), ("unseen", "miou_unseen")):
+        ious = [c["iou"] for c in scored if c["split"] == split]
+        assert report[key] == (pytest.approx(sum(ious) / len(ious)) if ious else None)
+    assert "Protocol I" in result.stderr and "mIoU unseen" in result.stderr
+
+
+def test_eval_grounding_without_a_checkpoint_says_so(tmp_path, cache_dir):
+    result = datagen("eval", "grounding", *ARGS, "--out", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no grounding checkpoint" in result.stderr
