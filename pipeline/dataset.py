@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.provenance import code_version, model_record
-from pipeline.shards import finished_stats, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from pipeline.shards import (finished_stats, remove_stale_temporaries, temporary_path, write_json_atomic,
+                             write_text_atomic)
 
 FORMAT_VERSION = 1
 ORACLE_DIR, DATA_DIR = "oracle", "data"
@@ -81,7 +82,7 @@ def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
     path = config.out / "manifest.json"
     text = json.dumps(manifest, indent=1, sort_keys=True)
     if not path.exists():
-        tmp = Path(f"{path}.tmp{os.getpid()}")
+        tmp = temporary_path(path)
         tmp.write_text(text)
         try:
             os.link(tmp, path)  # atomic, and fails if another run created the manifest meanwhile

@@ -1,10 +1,12 @@
 """Fault injection for the reliability tests, read from the environment so that it reaches worker
 processes on every executor. Unset (always, outside tests), nothing happens.
 
-``DATAGEN_FAULTS='{"raise_samples": [3], "fail_shards": [1], "kill_worker": {"shard": 0, "marker": PATH}}'``
+``DATAGEN_FAULTS='{"raise_samples": [3], "fail_shards": [1], "kill_worker": {"shard": 0, "marker": PATH},
+"fail_start": true}'``
 - ``raise_samples``: labelling these sample indices raises (recorded in the shard stats);
 - ``fail_shards``: computing these shards raises on every attempt (the executor reports them);
-- ``kill_worker``: the worker process SIGKILLs itself mid-shard, once (``marker`` is created first).
+- ``kill_worker``: the worker process SIGKILLs itself mid-shard, once (``marker`` is created first);
+- ``fail_start``: a Ray model worker raises while starting, every time.
 """
 
 from __future__ import annotations
@@ -37,3 +39,8 @@ def kill_fault(shard_id: int) -> None:
     if kill and kill["shard"] == shard_id and not Path(kill["marker"]).exists():
         Path(kill["marker"]).touch()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def start_fault() -> None:
+    if _faults().get("fail_start"):
+        raise RuntimeError("injected fault at worker start")

@@ -1,7 +1,8 @@
 """Shard files: atomic WebDataset writing, per-shard stats, and finding finished shards.
 
 A shard is written to a temporary name and renamed into place; its ``.stats.json`` is written
-last. A shard without stats does not exist: a rerun redoes it.
+last. A shard without stats does not exist: a rerun redoes it. Temporary names end in
+``.tmp<uuid4>``: writers on many machines share one folder, where process ids collide.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import webdataset as wds
 from PIL import Image
 
 SHARD_MTIME = 0.0  # fixed tar member times: same config and seed give byte-identical shards
+STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live writer
 
 
 def shard_name(shard_id: int) -> str:
@@ -52,8 +56,13 @@ def encode_array(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def temporary_path(path: Path) -> Path:
+    """A name to write ``path``'s content under before renaming it into place, unique across machines."""
+    return Path(f"{path}.tmp{uuid.uuid4().hex}")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -65,7 +74,7 @@ def write_json_atomic(path: Path, data) -> None:
 def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:
     """Write samples (``__key__`` plus encoded members) as one shard, then its stats, atomically."""
     final = shard_path(folder, shard_id)
-    tmp = Path(f"{final}.tmp{os.getpid()}")
+    tmp = temporary_path(final)
     try:
         with open(tmp, "wb") as stream:
             with wds.TarWriter(stream, encoder=False, mtime=SHARD_MTIME) as writer:
@@ -107,7 +116,15 @@ def finished_stats(folder: Path) -> list[dict]:
     return [s for s in stats if s is not None]
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporaries left by a killed run (never a finished shard)."""
+def remove_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> None:
+    """Delete temporaries left by a killed run (never a finished shard): those not modified for
+    ``max_age`` seconds. A younger one may belong to a run of the same config writing to this folder
+    now (from another machine, too: the per-machine lock cannot tell), and a writer finishes a
+    temporary within seconds, so age alone tells a stale temporary from a live one."""
+    cutoff = time.time() - max_age
     for tmp in Path(folder).glob("*.tmp*"):
-        tmp.unlink(missing_ok=True)
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink(missing_ok=True)
+        except FileNotFoundError:  # renamed into place or removed by its writer meanwhile
+            pass

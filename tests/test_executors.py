@@ -7,10 +7,13 @@ reaches Ray's worker processes too.
 """
 
 import json
+import sys
 import tarfile
+import threading
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, load_preset
 from pipeline.executors import ExecutorSettings, make_executor
@@ -18,6 +21,7 @@ from pipeline.faults import FAULTS_ENV
 from pipeline.plan import plan_shards
 from pipeline.shards import shard_path, stats_path
 from pipeline.workers import ShardWorker
+from stages.weights import WeightsMissingError
 
 N, SHARD = 6, 2
 
@@ -32,9 +36,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_config(out, cache_dir) -> RunConfig:
-    preset = load_preset("tiny", {"batch_size": 2, "steps": 2, "shard_size": SHARD})
-    return RunConfig(vocab="voc", out=out, preset_name="tiny", preset=preset, n=N, seed=2, cache_dir=cache_dir)
+def make_config(out, cache_dir, **changes) -> RunConfig:
+    preset = load_preset("tiny", {"batch_size": 2, "steps": 2, "shard_size": SHARD, **changes.pop("preset", {})})
+    return RunConfig(vocab="voc", out=out, preset_name="tiny", preset=preset, n=N, seed=2, cache_dir=cache_dir,
+                     **changes)
+
+
+def run_within(executor, config, seconds=180):
+    """What ``executor.run`` returns or raises; the test fails, instead of hanging, if it takes longer."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["report"] = executor.run(tasks(config.out), config, lambda k: None)
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the run did not end within {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["report"]
 
 
 def tasks(folder):
@@ -126,5 +150,51 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_shard_redone_once(ray_exe
 
 def test_a_cluster_too_small_for_one_worker_is_refused(ray_cluster, tmp_path, cache_dir):
     executor = make_executor(ExecutorSettings(kind="ray", gpus_per_worker=1))
-    with pytest.raises(ConfigError, match="cluster has 2 CPUs and 0 GPUs: it cannot host a worker"):
+    with pytest.raises(ConfigError, match="cluster has 2 CPUs and 0 GPUs, but no node can host a worker"):
         executor.run(tasks(tmp_path), make_config(tmp_path, cache_dir), lambda k: None)
+
+
+@pytest.mark.parametrize("settings", [{"workers": 2}, {"cpus_per_worker": 2}, {"encode_cpus": 1.5}])
+def test_a_pool_that_leaves_no_cpu_for_encoding_is_refused(ray_cluster, tmp_path, cache_dir, settings):
+    """Actors hold their CPUs for the whole run: on 2 CPUs, a pool taking 2 would never see a shard written."""
+    executor = make_executor(ExecutorSettings(kind="ray", **settings))
+    with pytest.raises(ConfigError, match=r"cluster has 2 CPUs and 0 GPUs: .* do not fit \(at most \d workers\)"):
+        run_within(executor, make_config(tmp_path, cache_dir))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_that_cannot_start_ends_the_run_with_its_error(ray_executor, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_start": True}))
+    with pytest.raises(ConfigError, match="^a Ray model worker cannot start: RuntimeError: injected fault at worker "
+                                          "start$"):
+        run_within(ray_executor, make_config(tmp_path, cache_dir))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_device_the_worker_does_not_have_ends_the_run_as_a_config_error(ray_executor, tmp_path, cache_dir):
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: the worker's Runtime refuses it
+    with pytest.raises(ConfigError, match=f"^--device {device}: torch sees"):
+        run_within(ray_executor, make_config(tmp_path, cache_dir, device=device))
+
+
+def test_missing_weights_end_the_run_at_once(ray_executor, tmp_path, cache_dir):
+    missing = tmp_path / "no-such-model"
+    config = make_config(tmp_path / "out", cache_dir, preset={"sd": str(missing)})
+    config.out.mkdir()
+    with pytest.raises(WeightsMissingError, match=f"Stable Diffusion folder {missing} does not exist"):
+        run_within(ray_executor, config)
+
+
+def test_ray_flags_without_the_ray_executor_are_refused():
+    for flags in ({"workers": 2}, {"gpus_per_worker": 1}, {"cpus_per_worker": 4}, {"encode_cpus": 2},
+                  {"ray_address": "auto"}):
+        with pytest.raises(ValidationError, match="applies to Ray workers only; add --executor ray"):
+            ExecutorSettings(kind="local", **flags)
+    ExecutorSettings(kind="local", cpus_per_worker=1, encode_cpus=1)  # the CLI always passes the defaults
+
+
+def test_the_ray_executor_without_ray_installed_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "pipeline.executors.ray_executor", raising=False)
+    with pytest.raises(ConfigError, match=r"^--executor ray needs Ray, .*pip install 'datagen\[ray\]'$"):
+        make_executor(ExecutorSettings(kind="ray"))

@@ -1,6 +1,8 @@
 """Phase bookkeeping and the output folder: stale checkpoints, unfinished phase A, safe output reuse."""
 
 import json
+import os
+import time
 
 import pytest
 
@@ -9,7 +11,7 @@ from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock
 from pipeline.phases import PhaseError, check_earlier_phases, recover_interrupted_training, run_train_phase, \
     training_is_current
 from pipeline.runtime import GROUNDING_DIR
-from pipeline.shards import write_shard
+from pipeline.shards import STALE_TEMPORARY_SECONDS, temporary_path, write_shard
 
 
 def make_config(out, n=8) -> RunConfig:
@@ -105,3 +107,26 @@ def test_two_runs_racing_for_one_folder_cannot_mix_configs(tmp_path):
     claim_output(mine, {"fingerprint": mine.fingerprint(), "rerun": True}, labelling=True)  # the owner reopens it
     assert json.loads((tmp_path / "manifest.json").read_text())["rerun"]
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_temporary_names_never_collide_across_writers():
+    """Writers on many machines share one folder, where process ids collide."""
+    names = {temporary_path("shard-000000.tar") for _ in range(100)}
+    assert len(names) == 100 and all(p.name.startswith("shard-000000.tar.tmp") for p in names)
+
+
+def test_reopening_a_folder_removes_stale_temporaries_only(tmp_path):
+    """A young temporary may be a concurrent same-config run's shard being written: it is kept."""
+    from pipeline.dataset import prepare_output
+
+    config = make_config(tmp_path / "out").model_copy(update={"cache_dir": tmp_path / "cache"})
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"w")
+    prepare_output(config, str(weights), str(weights), labelling=True)
+    live, stale = (temporary_path(tmp_path / "out" / DATA_DIR / f"shard-00000{i}.tar") for i in (0, 1))
+    live.write_bytes(b"being written")
+    stale.write_bytes(b"left by a killed run")
+    old = time.time() - STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (old, old))
+    prepare_output(config, str(weights), str(weights), labelling=True)
+    assert live.exists() and not stale.exists()

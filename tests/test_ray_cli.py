@@ -49,6 +49,7 @@ def test_a_killed_driver_resumes_to_the_bytes_of_an_uninterrupted_run(ray_cluste
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
+    killed_at = time.time()
     assert list(out.glob("oracle/*.stats.json")) and not list(out.glob("data/*.stats.json")), "not killed mid-run"
     whole_shards(out)
 
@@ -56,4 +57,31 @@ def test_a_killed_driver_resumes_to_the_bytes_of_an_uninterrupted_run(ray_cluste
     assert resumed.returncode == 0, resumed.stderr
     assert whole_shards(out) == whole_shards(reference)
     assert stats(out) == stats(reference) and len(stats(out)) == 5  # 3 oracle shards, 2 dataset shards
-    assert list(out.rglob("*.tmp*")) == []
+    # the resumed run leaves no temporary; one the kill cut short stays until it is stale (an hour)
+    assert [p for p in out.rglob("*.tmp*") if p.stat().st_mtime >= killed_at] == []
+
+
+def one_line_error(result) -> str:
+    """The error line that ends the run (the run's header and progress bar come before it: the cluster
+    is checked once the executor starts), with exit 2 and no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines[-1].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_more_workers_than_the_cluster_can_run_beside_encoding_is_one_line(ray_cluster, tmp_path):
+    """The session cluster has 2 CPUs: 2 one-CPU workers would leave none for writing shards."""
+    result = subprocess.run(datagen("generate", *ARGS, "--out", str(tmp_path / "out"), "--ray-address", ray_cluster,
+                                    "--workers", "2"), capture_output=True, text=True, timeout=300)
+    assert "cluster has 2 CPUs and 0 GPUs: 2 workers with 1 CPUs" in one_line_error(result)
+    assert not list(tmp_path.rglob("shard-*"))
+
+
+def test_an_unreachable_cluster_is_one_line(tmp_path):
+    """Ray would retry the address for minutes; the driver checks it answers first."""
+    started = time.time()
+    result = subprocess.run(datagen("generate", *ARGS, "--out", str(tmp_path / "out"), "--ray-address",
+                                    "127.0.0.1:1"), capture_output=True, text=True, timeout=300)
+    assert "cannot reach Ray at 127.0.0.1:1: " in one_line_error(result)
+    assert time.time() - started < 120

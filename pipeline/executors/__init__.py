@@ -6,9 +6,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.plan import ShardTask
 from pipeline.workers import ProgressFn
 
@@ -42,11 +43,27 @@ class ExecutorSettings(BaseModel):
     encode_cpus: float = Field(1, gt=0)  # CPUs of each shard-encoding-and-writing task (no GPU)
     retries: int = Field(2, ge=0)
 
+    @field_validator("ray_address", "workers", "gpus_per_worker", "cpus_per_worker", "encode_cpus")
+    @classmethod
+    def _only_on_ray(cls, value, info: ValidationInfo):
+        """A Ray flag given to the in-process executor is refused rather than silently ignored (the
+        CPU flags only when they differ from their default of 1, which the CLI always passes)."""
+        default = cls.model_fields[info.field_name].default
+        if info.data.get("kind") == "local" and value is not None and value != default:
+            raise PydanticCustomError("ray_only", "applies to Ray workers only; add --executor ray")
+        return value
+
 
 def make_executor(settings: ExecutorSettings, worker=None) -> Executor:
     """The executor ``settings`` ask for; ``worker`` is an in-process ShardWorker to reuse."""
     if settings.kind == "ray":
-        from pipeline.executors.ray_executor import RayExecutor
+        try:
+            from pipeline.executors.ray_executor import RayExecutor
+        except ModuleNotFoundError as err:
+            if err.name != "ray" and not (err.name or "").startswith("ray."):
+                raise
+            raise ConfigError("--executor ray needs Ray, which is not installed here: "
+                              "pip install 'datagen[ray]'") from None
 
         return RayExecutor(settings)
     from pipeline.executors.local import LocalExecutor

@@ -5,20 +5,24 @@ the object store. For a shard, the actor runs generation, feature capture and la
 batch in its own process (features never leave its device) and returns the labelled samples as
 arrays. A CPU task (no GPU) encodes them and commits the shard atomically, while the actor starts
 its next shard. The driver keeps every actor busy, retries a shard whose actor raised or died, and
-sums the actors' batch-by-batch progress into one bar.
+sums the actors' batch-by-batch progress into one bar. A worker that cannot start (bad --device,
+missing weights, datagen not importable) or missing weights end the run at once with that error:
+retrying them on another shard would fail the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from collections import Counter, deque
 
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from pipeline import faults
 from pipeline.config import ConfigError, RunConfig
 from pipeline.executors import ExecutionReport, Executor, ExecutorSettings
 from pipeline.plan import ShardTask
@@ -27,14 +31,30 @@ from stages.weights import WeightsMissingError
 
 FORWARDED_ENV = ("DATAGEN_", "HF_")  # cache, offline mode and test hooks reach the workers
 POLL_SECONDS = 0.2
+MAX_FAILED_PROBES = 20  # an actor that fails this many readiness probes in a row is not coming back
+REACH_SECONDS = 5  # Ray itself retries an unreachable address for minutes
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (ConnectionError) when ``host:port`` (or ``ray://host:port``) accepts no connection."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
 
 
 def connect(address: str | None, **local_options) -> str:
     """Join the cluster at ``address`` ("auto", "ray://host:port", a GCS address), or start a local
-    one (``local_options``: more ``ray.init`` arguments, e.g. ``num_cpus``); its GCS address."""
+    one (``local_options``: more ``ray.init`` arguments, e.g. ``num_cpus``); its GCS address.
+    ConfigError when the cluster cannot be reached."""
     if not ray.is_initialized():
         options = {"include_dashboard": False, **local_options} if address is None else {}
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **options)
+        try:
+            if address is not None:
+                _check_reachable(address)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **options)
+        except (ConnectionError, OSError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"cannot reach Ray at {address or 'a new local instance'}: {reason}") from None
     return ray.get_runtime_context().gcs_address
 
 
@@ -57,28 +77,57 @@ class ProgressCounter:
         return dict(self.done)
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
 @ray.remote
 class ShardActor:
-    """A model worker: a ShardWorker whose models load on its first shard and stay for the rest."""
+    """A model worker: a ShardWorker whose models load on its first shard and stay for the rest.
+
+    An error while starting is kept and raised by every call instead of killing the actor: Ray would
+    not restart an actor whose creation failed, and its calls would fail without the cause."""
 
     def __init__(self, config: RunConfig, progress: str):
-        self.worker = ShardWorker(config)
-        self.progress = ray.get_actor(progress)  # by name: a restarted actor needs no stored handle
+        self.start_error: Exception | None = None
+        try:
+            faults.start_fault()
+            self.worker = ShardWorker(config)
+            self.progress = ray.get_actor(progress)  # by name: a restarted actor needs no stored handle
+        except (ConfigError, WeightsMissingError) as err:
+            self.start_error = err
+        except Exception as err:  # noqa: BLE001 - any other start failure is reported as one line
+            self.start_error = ConfigError(f"a Ray model worker cannot start: {type(err).__name__}: "
+                                           f"{_first_line(err)}")
 
     def ready(self) -> None:
-        """Answers once the actor is up (after a restart, too)."""
+        """Answers once the actor is up (after a restart, too); raises the error it could not start with."""
+        if self.start_error is not None:
+            raise self.start_error
 
     def compute(self, task: ShardTask, attempt: int):
+        self.ready()
         return self.worker.compute(task, lambda k: self.progress.add.remote(task.shard_id, attempt, k))
+
+
+def _cause(err: RayError) -> BaseException:
+    return err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+
+
+def _fatal(err: RayError) -> Exception | None:
+    """The error that ends the whole run (a worker that cannot start, missing weights), else None."""
+    cause = _cause(err)
+    if isinstance(cause, (ConfigError, WeightsMissingError)):
+        return cause
+    if isinstance(cause, RayActorError) and cause.actor_init_failed:  # e.g. datagen not importable there
+        return ConfigError(f"a Ray model worker cannot start: {_first_line(cause)}")
+    return None
 
 
 def _reason(err: RayError) -> str:
     """One line for a shard's failure: the worker's own exception, or how the worker died."""
-    cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
-    if isinstance(cause, WeightsMissingError):
-        raise cause
-    lines = str(cause).strip().splitlines() or [""]
-    return f"{type(cause).__name__}: {lines[0]}"[:300]
+    cause = _cause(err)
+    return f"{type(cause).__name__}: {_first_line(cause)}"[:300]
 
 
 class RayExecutor(Executor):
@@ -86,23 +135,38 @@ class RayExecutor(Executor):
         super().__init__(settings.retries)
         self.settings = settings
 
-    def _pool_size(self, n_tasks: int) -> tuple[int, float]:
-        """(actors, GPUs per actor) for this cluster; ConfigError when the cluster cannot host one."""
-        s, resources = self.settings, ray.cluster_resources()
-        cpus, gpus_here = resources.get("CPU", 0), resources.get("GPU", 0)
+    def _pool_size(self) -> tuple[int, float]:
+        """(actors, GPUs per actor) that fit this cluster beside one encoding task; ConfigError otherwise.
+
+        Actors hold their CPUs and GPUs for the whole run, so a pool that leaves no room for an
+        encoding task would wait forever; each actor and the encoding task must also fit one node."""
+        s, total = self.settings, ray.cluster_resources()
+        cpus, gpus_here = total.get("CPU", 0), total.get("GPU", 0)
         gpus = s.gpus_per_worker if s.gpus_per_worker is not None else (1.0 if gpus_here else 0.0)
-        if gpus > gpus_here or s.cpus_per_worker > cpus or s.encode_cpus > cpus:
-            raise ConfigError(f"the Ray cluster has {cpus:g} CPUs and {gpus_here:g} GPUs: it cannot host a "
-                              f"worker with {s.cpus_per_worker:g} CPUs and {gpus:g} GPUs, or an encoding task "
-                              f"with {s.encode_cpus:g} CPUs; lower --gpus-per-worker/--cpus-per-worker/--encode-cpus")
-        workers = s.workers or (int(gpus_here // gpus) if gpus else int((cpus - s.encode_cpus) // s.cpus_per_worker))
-        return max(1, min(workers, n_tasks)), gpus
+        cluster = f"the Ray cluster has {cpus:g} CPUs and {gpus_here:g} GPUs"
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        if not (any(r.get("CPU", 0) >= s.cpus_per_worker and r.get("GPU", 0) >= gpus for r in nodes)
+                and any(r.get("CPU", 0) >= s.encode_cpus for r in nodes)):
+            raise ConfigError(f"{cluster}, but no node can host a worker with {s.cpus_per_worker:g} CPUs and "
+                              f"{gpus:g} GPUs, or an encoding task with {s.encode_cpus:g} CPUs; lower "
+                              "--gpus-per-worker/--cpus-per-worker/--encode-cpus")
+        room = int((cpus - s.encode_cpus) // s.cpus_per_worker)
+        if gpus:
+            room = min(room, int(gpus_here // gpus))
+        workers = s.workers or max(room, 1)
+        if workers > room or workers < 1:
+            raise ConfigError(f"{cluster}: {workers} workers with {s.cpus_per_worker:g} CPUs and {gpus:g} GPUs "
+                              f"each (held for the whole run) and an encoding task with {s.encode_cpus:g} CPUs "
+                              f"do not fit (at most {max(room, 0)} workers); lower --workers/--cpus-per-worker/"
+                              "--gpus-per-worker/--encode-cpus")
+        return workers, gpus
 
     def run(self, tasks: list[ShardTask], config: RunConfig, on_samples: ProgressFn) -> ExecutionReport:
         if not tasks:
             return ExecutionReport()
         connect(self.settings.ray_address)
-        n_workers, gpus = self._pool_size(len(tasks))
+        n_workers, gpus = self._pool_size()
+        n_workers = min(n_workers, len(tasks))
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         progress_name = f"datagen-progress-{uuid.uuid4().hex}"
         progress = ProgressCounter.options(name=progress_name).remote()
@@ -119,6 +183,7 @@ class RayExecutor(Executor):
     def _schedule(self, tasks, config, on_samples, actors, commit, progress) -> ExecutionReport:
         report, queue, attempts, idle = ExecutionReport(), deque(tasks), Counter(), list(actors)
         computing, probing, committing = {}, {}, {}  # compute/probe ref -> actor; commit ref -> task
+        failed_probes: Counter = Counter()  # actor -> readiness probes failed in a row
         finished: set[int] = set()
         committed_samples = shown = 0
         while queue or committing:
@@ -139,7 +204,14 @@ class RayExecutor(Executor):
                     try:
                         ray.get(ref)
                         idle.append(actor)
-                    except RayError:  # still restarting after its worker died: ask again shortly
+                        failed_probes[actor] = 0
+                    except RayError as err:  # still restarting after its worker died: ask again shortly
+                        failed_probes[actor] += 1
+                        if fatal := _fatal(err):
+                            raise fatal from None
+                        if failed_probes[actor] >= MAX_FAILED_PROBES:
+                            raise ConfigError(f"a Ray model worker did not come back after it died: "
+                                              f"{_reason(err)}") from None
                         time.sleep(POLL_SECONDS)
                         probing[actor.ready.remote()] = actor
                     continue
@@ -147,6 +219,8 @@ class RayExecutor(Executor):
                 try:
                     report.stats.append(ray.get(ref))
                 except RayError as err:
+                    if fatal := _fatal(err):
+                        raise fatal from None
                     attempts[task.shard_id] += 1
                     if attempts[task.shard_id] > self.retries:
                         report.failed_shards[task.shard_id] = _reason(err)
