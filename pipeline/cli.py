@@ -23,7 +23,7 @@ from pipeline.inspect import commands as inspect_commands
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
-from pipeline.reader import write_wids_index
+from pipeline.reader import WIDS_INDEX, write_wids_index
 from pipeline.runtime import Runtime
 from pipeline.shards import finished_stats
 from pipeline.sizing import samples_per_shard
@@ -116,6 +116,8 @@ def _execute(config: RunConfig, phases: set[str], settings: ExecutorSettings) ->
     check_output(config, labelling="label" in phases)
     if not _pending_work(config, phases):
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
+        if "label" in phases:
+            _write_card_and_index(config, only_if_stale=True)
         _print_summary(config, phases)
         return
     with output_lock(config):
@@ -153,9 +155,21 @@ def _run_phases(config: RunConfig, phases: set[str], settings: ExecutorSettings)
         if "label" not in phases:
             return None
         report = run_label_phase(config, executor, progress)
-    write_card(config)
-    write_wids_index(config.out / DATA_DIR)
+    _write_card_and_index(config)
     return report
+
+
+def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> None:
+    """Write the dataset card and the wids index; ``only_if_stale``: only when either is missing or
+    older than the manifest or a shard's stats (a run killed after its last shard wrote neither)."""
+    data = config.out / DATA_DIR
+    if only_if_stale:
+        sources = [config.out / "manifest.json", *data.glob("shard-*.stats.json")]
+        newest = max(p.stat().st_mtime for p in sources if p.exists())
+        if all(p.exists() and p.stat().st_mtime >= newest for p in (config.out / "README.md", data / WIDS_INDEX)):
+            return
+    write_card(config)
+    write_wids_index(data)
 
 
 def _stop_on_failed_shards(report: ExecutionReport, phase: str) -> None:

@@ -187,3 +187,16 @@ def test_shard_mb_sets_samples_per_shard(datagen, tmp_path):
     assert samples_per_shard(0.001, 512) == 1
     result = datagen("run", "--models", "tiny", "--shard-size", "4", "--shard-mb", "10", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "not both" in one_line(result) and not (tmp_path / "x").exists()
+
+
+def test_rerun_of_a_finished_dataset_restores_a_missing_card_and_index(datagen, copy):
+    """A driver killed after the last shard but before the card: the rerun has nothing to compute but
+    writes the card and the wids index."""
+    card, index = (copy / "README.md").read_text(), json.loads((copy / "data" / "index.wids.json").read_text())
+    (copy / "README.md").unlink()
+    (copy / "data" / "index.wids.json").unlink()
+    result = datagen("run", "--vocab", "voc", "--n", "16", "--models", "tiny", "--bootstrap-n", "4", "--train-steps",
+                     "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3", "--out", str(copy))
+    assert result.returncode == 0 and "nothing to do" in result.stderr
+    assert (copy / "README.md").read_text().replace("copy", "tiny") == card.replace("copy", "tiny")
+    assert json.loads((copy / "data" / "index.wids.json").read_text())["shardlist"] == index["shardlist"]
