@@ -151,6 +151,16 @@ def _broken_rle(sample):
     sample["json"] = json.dumps(meta).encode()
 
 
+def _instance_without_class(sample):
+    meta = json.loads(sample["json"])
+    meta["instances"].append({"area": 0})
+    sample["json"] = json.dumps(meta).encode()
+
+
+def _json_not_an_object(sample):
+    sample["json"] = b"[1, 2]"
+
+
 def _pickle_member(sample):
     sample["pyd"] = b"\x80\x04N."
 
@@ -160,6 +170,7 @@ def _pickle_member(sample):
     (_foreign_class, "class ids [77] are not in the vocabulary"),
     (_broken_rle, "RLE"),
     (_pickle_member, "would run code when loaded (pickle)"),
+    (_instance_without_class, "an instance has no class_id or name"),
 ])
 def test_validate_names_the_shard_and_key_of_each_problem(datagen, copy, change, message):
     shard, key = rewrite_sample(copy, 2, change)
@@ -179,6 +190,24 @@ def test_validate_reports_truncation_missing_shards_and_stats_that_disagree(data
     assert "truncated or corrupt tar at this key" in result.stdout
     assert "data/shard-000002.tar key 000000000011: holds 4 samples, its stats say 1" in result.stdout
     assert "data/shard-000003.tar: planned shard is missing or unfinished" in result.stdout
+
+
+def test_validate_reports_a_json_member_that_is_not_an_object(datagen, copy):
+    shard, key = rewrite_sample(copy, 2, _json_not_an_object)
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and f"data/{shard} key {key}: json is a list, not an object" in result.stdout
+
+
+def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
+    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats = json.loads(stats_path.read_text())
+    del stats["written"]
+    stats_path.write_text(json.dumps(stats))
+    result = datagen("stats", str(copy))
+    assert result.returncode == 2 and "shard-000002.stats.json has no written count" in one_line(result)
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and "data/shard-000002.tar key 000000000011: holds 4 samples, its stats say None" \
+        in result.stdout
 
 
 def test_shard_mb_sets_samples_per_shard(datagen, tmp_path):

@@ -44,7 +44,7 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
     Pixel shares are instance areas (disjoint per sample) over all pixels written; without ``scan``
     every sample is taken to be the preset's image size.
     """
-    stats = [ds.stats(shard) for shard in ds.shards]
+    stats = [ds.counted_stats(shard) for shard in ds.shards]
     written = sum(s["written"] for s in stats)
     failed, instances, pixels = Counter(), Counter(), Counter()
     for s in stats:
