@@ -71,15 +71,16 @@ def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootst
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from err
 
 
-def _shard_size(models: str, shard_size: int | None, shard_mb: float | None) -> int | None:
-    """--shard-size as given, or converted from --shard-mb (samples of about that many MB per shard)."""
+def _sized(config: RunConfig, shard_size: int | None, shard_mb: float | None) -> RunConfig:
+    """The config with --shard-mb converted to samples per shard (from its image size and format)."""
     if shard_mb is None:
-        return shard_size
+        return config
     if shard_size is not None:
         raise ConfigError("pass --shard-size or --shard-mb, not both")
     if shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be greater than 0, not {shard_mb}")
-    return samples_per_shard(shard_mb, load_preset(models).image_size)
+    size = samples_per_shard(shard_mb, config.preset.image_size, config.image_format)
+    return config.model_copy(update={"preset": config.preset.model_copy(update={"shard_size": size})})
 
 
 def _executor_settings(kind, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus) -> ExecutorSettings:
@@ -222,8 +223,9 @@ def _phase_command(phases: set[str], help_text: str):
         gpus_per_worker: GpusPerWorker = None, cpus_per_worker: CpusPerWorker = 1.0, encode_cpus: EncodeCpus = 1.0,
     ):
         settings = _executor_settings(executor, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus)
-        _execute(_config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
-                         train_steps, _shard_size(models, shard_size, shard_mb), batch_size), phases, settings)
+        config = _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
+                         train_steps, shard_size, batch_size)
+        _execute(_sized(config, shard_size, shard_mb), phases, settings)
 
     command.__doc__ = help_text
     return command
