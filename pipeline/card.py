@@ -9,7 +9,7 @@ from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
 from pipeline.provenance import file_sha256
 from pipeline.reader import WIDS_INDEX
-from pipeline.shards import finished_shards
+from pipeline.shards import finished_shards, write_text_atomic
 
 GROUNDING = "grounding"
 
@@ -112,3 +112,10 @@ Never decode these shards with decoders that unpickle (`.pyd`/`.pickle` members)
 and `datagen validate` rejects shards that hold any. `datagen stats .` and `datagen show .` summarise
 and picture the data.
 """
+
+
+def write_card(out: Path) -> None:
+    """Write the dataset card (README.md in the output folder) from the manifest and the shards' stats."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    write_text_atomic(out / "README.md", card_text(out, manifest, classes))

@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize, write_card
+from pipeline.card import write_card
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize
 from pipeline.executors import ExecutionReport, ExecutorSettings, make_executor
 from pipeline.inspect import commands as inspect_commands
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
@@ -169,7 +170,7 @@ def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> Non
         newest = max(p.stat().st_mtime for p in sources if p.exists())
         if all(p.exists() and p.stat().st_mtime >= newest for p in (config.out / "README.md", data / WIDS_INDEX)):
             return
-    write_card(config)
+    write_card(config.out)
     write_wids_index(data)
 
 

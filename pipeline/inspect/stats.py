@@ -10,6 +10,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.dataset import sum_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder
 from pipeline.plan import ERRORED
 
@@ -45,12 +46,9 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
     every sample is taken to be the preset's image size.
     """
     stats = [ds.counted_stats(shard) for shard in ds.shards]
-    written = sum(s["written"] for s in stats)
-    failed, instances, pixels = Counter(), Counter(), Counter()
-    for s in stats:
-        failed.update(s.get("failed", {}))
-        instances.update(s.get("class_instances", {}))
-        pixels.update(s.get("class_pixels", {}))
+    totals = sum_stats(stats)
+    written, failed = totals["written"], totals["failed"]
+    instances, pixels = totals["class_instances"], totals["class_pixels"]
     side = ds.manifest.get("config", {}).get("preset", {}).get("image_size", 0)
     images, masks = scan_sizes(ds) if scan else (Counter({f"{side}x{side}": written}), Counter())
     total_pixels = sum(count * pixels_of(size) for size, count in images.items()) or 1
@@ -66,10 +64,10 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
     return {
         "out": str(ds.out), "format_version": ds.manifest["format_version"],
         "fingerprint": ds.manifest.get("fingerprint"), "vocabulary": ds.manifest["vocabulary"].get("name"),
-        "samples": {"planned": sum(s["planned"] for s in stats), "written": written,
+        "samples": {"planned": totals["planned"], "written": written,
                     "filtered": sum(v for k, v in failed.items() if not k.startswith(ERRORED)),
                     "errored": sum(v for k, v in failed.items() if k.startswith(ERRORED))},
-        "failures": dict(sorted(failed.items())),
+        "failures": failed,
         "background_pixel_share": round(1 - sum(c["pixel_share"] for c in classes), 6),
         "classes": classes, "splits": splits,
         "image_sizes": dict(images), "mask_sizes": dict(masks),
