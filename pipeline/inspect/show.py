@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.inspect.folder import DatasetError, DatasetFolder
+from pipeline.shards import write_bytes_atomic
 
 TILE = 192  # tile side in pixels; images are resized to it (masks with nearest neighbour)
 CAPTION_LINES = 2
@@ -100,7 +101,7 @@ def show(ds: DatasetFolder, n: int, class_name: str | None, save: Path) -> Path:
     title = f"{ds.out.name}: {len(samples)} samples{f' with {class_name}' if class_name else ''}, preset {preset}"
     save = Path(save)
     save.parent.mkdir(parents=True, exist_ok=True)
-    tmp = save.with_name(f".{save.name}.tmp")
-    contact_sheet(ds, samples, title).save(tmp, format="PNG")
-    tmp.replace(save)
+    png = io.BytesIO()
+    contact_sheet(ds, samples, title).save(png, format="PNG")
+    write_bytes_atomic(save, png.getvalue())
     return save
