@@ -1,4 +1,4 @@
-"""`datagen stats`: what a dataset holds, from its shard stats and a header-only scan of its shards."""
+"""`datagen stats`: what a dataset holds, from its shard stats and a read of every shard (image and mask sizes)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.table import Table
 from pipeline.dataset import sum_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder
 from pipeline.plan import ERRORED
+from pipeline.reader import image_member
 
 
 def _spread(values: list[float]) -> dict:
@@ -25,16 +26,16 @@ def _size(data: bytes) -> str:
 
 
 def scan_sizes(ds: DatasetFolder) -> tuple[Counter, Counter]:
-    """Image and mask sizes ('WxH' -> samples), reading only each member's header."""
+    """Image and mask sizes ('WxH' -> samples): every shard is read whole (tar members are not
+    seekable), each image's and mask's size comes from its header, no pixels are decoded."""
     images, masks = Counter(), Counter()
     for shard in ds.shards:
         for sample in ds.samples(shard):
-            image = sample.get("jpg", sample.get("png"))
             try:
-                images[_size(image)] += 1
+                images[_size(image_member(sample))] += 1
                 if "seg.png" in sample:
                     masks[_size(sample["seg.png"])] += 1
-            except (OSError, TypeError) as err:
+            except (OSError, TypeError, StopIteration) as err:
                 raise CorruptShard(shard, sample["__key__"], f"an image does not decode ({err})") from err
     return images, masks
 
