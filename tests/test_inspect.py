@@ -61,8 +61,11 @@ def test_show_writes_a_contact_sheet_and_prints_only_its_path(datagen, tiny_data
 
 def test_show_class_filter_and_fixed_colours(tiny_dataset):
     ds = open_output(tiny_dataset)
-    picked = pick_samples(ds, 16, "cow")
-    assert picked and all("cow" in s["meta"]["classes"] for s in picked)
+    cow = next(cid for cid, name in ds.names.items() if name == "cow")
+    with_cow = [s["__key__"] for p in ds.shards for s in read_shard(p)
+                if (np.array(Image.open(io.BytesIO(s["seg.png"]))) == cow).any()]
+    picked = pick_samples(ds, 16, "cow")  # samples whose mask labels cow pixels, not those whose prompt names it
+    assert with_cow and [s["key"] for s in picked] == with_cow
     assert class_colour(0) == (0, 0, 0) and class_colour(1) == (128, 0, 0) and class_colour(15) == (192, 128, 128)
     assert len({class_colour(i) for i in range(256)}) == 256
 
