@@ -8,10 +8,10 @@ from pathlib import Path
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
 from pipeline.provenance import file_sha256
+from pipeline.dataset import DATA_DIR
 from pipeline.reader import WIDS_INDEX
-from pipeline.shards import finished_shards
-
-GROUNDING = "grounding"
+from pipeline.runtime import GROUNDING_DIR
+from pipeline.shards import finished_shards, write_text_atomic
 
 
 def _model(record: dict | None, fallback: str) -> str:
@@ -22,10 +22,10 @@ def _model(record: dict | None, fallback: str) -> str:
 
 
 def _grounding(out: Path) -> str:
-    weights, training = out / GROUNDING / "model.safetensors", out / GROUNDING / "training.json"
+    weights, training = out / GROUNDING_DIR / "model.safetensors", out / GROUNDING_DIR / "training.json"
     if not weights.exists():
         return "none"
-    line = f"`{GROUNDING}/model.safetensors`, sha256 `{file_sha256(weights)}`"
+    line = f"`{GROUNDING_DIR}/model.safetensors`, sha256 `{file_sha256(weights)}`"
     if training.exists():
         t = json.loads(training.read_text())
         line += f"; trained {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}"
@@ -34,7 +34,7 @@ def _grounding(out: Path) -> str:
 
 def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
     out = Path(out)
-    ds = DatasetFolder(out, manifest, classes, out / "data", "label", finished_shards(out / "data"))
+    ds = DatasetFolder(out, manifest, classes, out / DATA_DIR, "label", finished_shards(out / DATA_DIR))
     stats = dataset_stats(ds, scan=False)
     config, preset, code = manifest["config"], manifest["config"]["preset"], manifest.get("code", {})
     models, sources = manifest.get("model_revisions", {}), manifest.get("models", {})
@@ -73,7 +73,7 @@ Preset settings: `{preset_json}`. The whole resolved config is in `manifest.json
 
 ## What it holds
 
-- {s['written']} samples written of {s['planned']} planned, in {sh['count']} shards under `data/`
+- {s['written']} samples written of {s['planned']} planned, in {sh['count']} shards under `{DATA_DIR}/`
   ({sh['total_mb']} MB, about {sh['mb_per_sample']} MB per sample); {s['filtered']} filtered and
   {s['errored']} errored: {failures}
 - images {preset['image_size']}x{preset['image_size']} `{config['image_format']}`; `seg.png` is a one-channel
@@ -81,7 +81,7 @@ Preset settings: `{preset_json}`. The whole resolved config is in `manifest.json
   names and ids, seed, instances as COCO RLE (ASCII counts) and provenance
 - pixels: {stats['background_pixel_share']:.2%} background; seen classes {stats['splits']['seen']['pixel_share']:.2%}, \
 unseen {stats['splits']['unseen']['pixel_share']:.2%}
-- `data/{WIDS_INDEX}` is the wids shard index; `classes.json` maps ids to names and splits
+- `{DATA_DIR}/{WIDS_INDEX}` is the wids shard index; `classes.json` maps ids to names and splits
 
 | id | class | split | instances | pixel share |
 |---:|---|---|---:|---:|
@@ -112,3 +112,10 @@ Never decode these shards with decoders that unpickle (`.pyd`/`.pickle` members)
 and `datagen validate` rejects shards that hold any. `datagen stats .` and `datagen show .` summarise
 and picture the data.
 """
+
+
+def write_card(out: Path) -> None:
+    """Write the dataset card (README.md in the output folder) from the manifest and the shards' stats."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    write_text_atomic(out / "README.md", card_text(out, manifest, classes))

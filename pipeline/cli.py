@@ -17,13 +17,14 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize, write_card
+from pipeline.card import write_card
+from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize
 from pipeline.executors import ExecutionReport, ExecutorSettings, make_executor
 from pipeline.inspect import commands as inspect_commands
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
-from pipeline.reader import write_wids_index
+from pipeline.reader import WIDS_INDEX, write_wids_index
 from pipeline.runtime import Runtime
 from pipeline.shards import finished_stats
 from pipeline.sizing import samples_per_shard
@@ -71,15 +72,16 @@ def _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootst
         raise ConfigError(f"--{'-'.join(str(p) for p in first['loc'])}: {first['msg']}") from err
 
 
-def _shard_size(models: str, shard_size: int | None, shard_mb: float | None) -> int | None:
-    """--shard-size as given, or converted from --shard-mb (samples of about that many MB per shard)."""
+def _sized(config: RunConfig, shard_size: int | None, shard_mb: float | None) -> RunConfig:
+    """The config with --shard-mb converted to samples per shard (from its image size and format)."""
     if shard_mb is None:
-        return shard_size
+        return config
     if shard_size is not None:
         raise ConfigError("pass --shard-size or --shard-mb, not both")
     if shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be greater than 0, not {shard_mb}")
-    return samples_per_shard(shard_mb, load_preset(models).image_size)
+    size = samples_per_shard(shard_mb, config.preset.image_size, config.image_format)
+    return config.model_copy(update={"preset": config.preset.model_copy(update={"shard_size": size})})
 
 
 def _executor_settings(kind, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus) -> ExecutorSettings:
@@ -116,6 +118,8 @@ def _execute(config: RunConfig, phases: set[str], settings: ExecutorSettings) ->
     check_output(config, labelling="label" in phases)
     if not _pending_work(config, phases):
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
+        if "label" in phases:
+            _write_card_and_index(config, only_if_stale=True)
         _print_summary(config, phases)
         return
     with output_lock(config):
@@ -153,9 +157,21 @@ def _run_phases(config: RunConfig, phases: set[str], settings: ExecutorSettings)
         if "label" not in phases:
             return None
         report = run_label_phase(config, executor, progress)
-    write_card(config)
-    write_wids_index(config.out / DATA_DIR)
+    _write_card_and_index(config)
     return report
+
+
+def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> None:
+    """Write the dataset card and the wids index; ``only_if_stale``: only when either is missing or
+    older than the manifest or a shard's stats (a run killed after its last shard wrote neither)."""
+    data = config.out / DATA_DIR
+    if only_if_stale:
+        sources = [config.out / "manifest.json", *data.glob("shard-*.stats.json")]
+        newest = max(p.stat().st_mtime for p in sources if p.exists())
+        if all(p.exists() and p.stat().st_mtime >= newest for p in (config.out / "README.md", data / WIDS_INDEX)):
+            return
+    write_card(config.out)
+    write_wids_index(data)
 
 
 def _stop_on_failed_shards(report: ExecutionReport, phase: str) -> None:
@@ -208,8 +224,9 @@ def _phase_command(phases: set[str], help_text: str):
         gpus_per_worker: GpusPerWorker = None, cpus_per_worker: CpusPerWorker = 1.0, encode_cpus: EncodeCpus = 1.0,
     ):
         settings = _executor_settings(executor, ray_address, workers, gpus_per_worker, cpus_per_worker, encode_cpus)
-        _execute(_config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
-                         train_steps, _shard_size(models, shard_size, shard_mb), batch_size), phases, settings)
+        config = _config(vocab, n, out, models, seed, sd_path, oracle_weights, device, bootstrap_n,
+                         train_steps, shard_size, batch_size)
+        _execute(_sized(config, shard_size, shard_mb), phases, settings)
 
     command.__doc__ = help_text
     return command

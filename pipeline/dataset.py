@@ -1,4 +1,4 @@
-"""The output folder: manifest, classes file, summary and dataset card."""
+"""The output folder: manifest, classes file and the summary of its shards' stats."""
 
 from __future__ import annotations
 
@@ -119,21 +119,17 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
 
 def summarize(folder: Path) -> dict:
     """Totals over every finished shard's stats in a folder."""
-    written, planned, failed, instances = 0, 0, Counter(), Counter()
-    shards = finished_stats(folder)
-    for stats in shards:
+    return sum_stats(finished_stats(folder))
+
+
+def sum_stats(shard_stats: list[dict]) -> dict:
+    """Totals over shards' stats: shards, planned, written, failures by reason, per-class instances and pixels."""
+    written, planned, failed, instances, pixels = 0, 0, Counter(), Counter(), Counter()
+    for stats in shard_stats:
         written += stats["written"]
         planned += stats["planned"]
-        failed.update(stats["failed"])
-        instances.update(stats["class_instances"])
-    return {"shards": len(shards), "planned": planned, "written": written, "failed": dict(failed),
-            "class_instances": dict(sorted(instances.items()))}
-
-
-def write_card(config: RunConfig) -> None:
-    """The dataset card (README.md in the output folder), from the manifest and the shards' stats."""
-    from pipeline.card import card_text  # the card reads shards through pipeline.inspect, which imports this module
-
-    manifest = json.loads((config.out / "manifest.json").read_text())
-    classes = json.loads((config.out / "classes.json").read_text())["classes"]
-    write_text_atomic(config.out / "README.md", card_text(config.out, manifest, classes))
+        failed.update(stats.get("failed", {}))
+        instances.update(stats.get("class_instances", {}))
+        pixels.update(stats.get("class_pixels", {}))
+    return {"shards": len(shard_stats), "planned": planned, "written": written, "failed": dict(sorted(failed.items())),
+            "class_instances": dict(sorted(instances.items())), "class_pixels": dict(sorted(pixels.items()))}

@@ -17,10 +17,18 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from pipeline.dataset import DATA_DIR
 from pipeline.shards import finished_shards, read_stats, write_json_atomic
 
-DATA_DIR = "data"  # pipeline.dataset.DATA_DIR; not imported so readers need no config code
 WIDS_INDEX = "index.wids.json"  # beside the shards: the wids shard list (urls relative to it)
+
+
+IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
+
+
+def image_member(sample: dict):
+    """A sample's image member (raw bytes or decoded, as the sample holds it)."""
+    return next(sample[ext] for ext in IMAGE_MEMBERS if ext in sample)
 
 
 def decode_class_mask(data: bytes) -> np.ndarray:
@@ -63,7 +71,7 @@ def open_dataset(urls, image: str = "rgb8", **webdataset_kwargs) -> wds.WebDatas
 
 def to_training_tuple(sample: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Decoded sample -> (uint8 image (3, H, W), int64 class ids (H, W): 0 background, 255 ignore, meta)."""
-    image = sample["jpg"] if "jpg" in sample else sample["png"]
+    image = image_member(sample)
     meta = dict(sample["json"], key=sample["__key__"])
     return (torch.from_numpy(np.array(image)).permute(2, 0, 1),
             torch.from_numpy(sample["seg.png"].astype(np.int64)), meta)

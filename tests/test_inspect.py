@@ -14,7 +14,7 @@ from pipeline.inspect.folder import read_shard
 from pipeline.inspect.show import class_colour, pick_samples
 from pipeline.inspect.folder import open_output
 from pipeline.shards import encode_mask, finished_shards, write_shard
-from pipeline.sizing import bytes_per_sample, samples_per_shard
+from pipeline.sizing import samples_per_shard
 
 
 @pytest.fixture
@@ -61,8 +61,11 @@ def test_show_writes_a_contact_sheet_and_prints_only_its_path(datagen, tiny_data
 
 def test_show_class_filter_and_fixed_colours(tiny_dataset):
     ds = open_output(tiny_dataset)
-    picked = pick_samples(ds, 16, "cow")
-    assert picked and all("cow" in s["meta"]["classes"] for s in picked)
+    cow = next(cid for cid, name in ds.names.items() if name == "cow")
+    with_cow = [s["__key__"] for p in ds.shards for s in read_shard(p)
+                if (np.array(Image.open(io.BytesIO(s["seg.png"]))) == cow).any()]
+    picked = pick_samples(ds, 16, "cow")  # samples whose mask labels cow pixels, not those whose prompt names it
+    assert with_cow and [s["key"] for s in picked] == with_cow
     assert class_colour(0) == (0, 0, 0) and class_colour(1) == (128, 0, 0) and class_colour(15) == (192, 128, 128)
     assert len({class_colour(i) for i in range(256)}) == 256
 
@@ -151,6 +154,16 @@ def _broken_rle(sample):
     sample["json"] = json.dumps(meta).encode()
 
 
+def _instance_without_class(sample):
+    meta = json.loads(sample["json"])
+    meta["instances"].append({"area": 0})
+    sample["json"] = json.dumps(meta).encode()
+
+
+def _json_not_an_object(sample):
+    sample["json"] = b"[1, 2]"
+
+
 def _pickle_member(sample):
     sample["pyd"] = b"\x80\x04N."
 
@@ -160,6 +173,7 @@ def _pickle_member(sample):
     (_foreign_class, "class ids [77] are not in the vocabulary"),
     (_broken_rle, "RLE"),
     (_pickle_member, "would run code when loaded (pickle)"),
+    (_instance_without_class, "an instance has no class_id or name"),
 ])
 def test_validate_names_the_shard_and_key_of_each_problem(datagen, copy, change, message):
     shard, key = rewrite_sample(copy, 2, change)
@@ -181,9 +195,50 @@ def test_validate_reports_truncation_missing_shards_and_stats_that_disagree(data
     assert "data/shard-000003.tar: planned shard is missing or unfinished" in result.stdout
 
 
-def test_shard_mb_sets_samples_per_shard(datagen, tmp_path):
-    assert samples_per_shard(500, 512) == 500_000_000 // bytes_per_sample(512, "jpg")
-    assert samples_per_shard(1000, 512) > samples_per_shard(500, 512) > samples_per_shard(500, 512, "png") >= 1
-    assert samples_per_shard(0.001, 512) == 1
+def test_validate_reports_a_json_member_that_is_not_an_object(datagen, copy):
+    shard, key = rewrite_sample(copy, 2, _json_not_an_object)
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and f"data/{shard} key {key}: json is a list, not an object" in result.stdout
+
+
+def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
+    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats = json.loads(stats_path.read_text())
+    del stats["written"]
+    stats_path.write_text(json.dumps(stats))
+    result = datagen("stats", str(copy))
+    assert result.returncode == 2 and "shard-000002.stats.json has no written count" in one_line(result)
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and "data/shard-000002.tar key 000000000011: holds 4 samples, its stats say None" \
+        in result.stdout
+
+
+def test_shard_mb_run_records_its_shard_size_and_writes_shards_near_the_target(datagen, tmp_path):
+    """A --shard-mb run: the resolved samples per shard is in the manifest (so resuming keeps it) and
+    every full shard is within 1.5x of the target (tiny preset: the estimate is 1.23x low there)."""
+    out, target_mb = tmp_path / "sized", 0.03
+    result = datagen("run", "--vocab", "voc", "--n", "8", "--models", "tiny", "--bootstrap-n", "2", "--train-steps",
+                     "1", "--batch-size", "2", "--shard-mb", str(target_mb), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    size = json.loads((out / "manifest.json").read_text())["config"]["preset"]["shard_size"]
+    stats = [json.loads(p.read_text()) for p in sorted((out / "data").glob("*.stats.json"))]
+    assert size > 1 and all(s["end"] - s["start"] == size for s in stats[:-1]) and stats[-1]["end"] == 8
+    for shard in finished_shards(out / "data")[:-1]:
+        assert target_mb / 1.5 <= shard.stat().st_size / 1e6 <= target_mb * 1.5, shard
+    assert samples_per_shard(0.001, 512, "jpg") == 1
+    assert samples_per_shard(500, 512, "jpg") > samples_per_shard(500, 512, "png")
     result = datagen("run", "--models", "tiny", "--shard-size", "4", "--shard-mb", "10", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "not both" in one_line(result) and not (tmp_path / "x").exists()
+
+
+def test_rerun_of_a_finished_dataset_restores_a_missing_card_and_index(datagen, copy):
+    """A driver killed after the last shard but before the card: the rerun has nothing to compute but
+    writes the card and the wids index."""
+    card, index = (copy / "README.md").read_text(), json.loads((copy / "data" / "index.wids.json").read_text())
+    (copy / "README.md").unlink()
+    (copy / "data" / "index.wids.json").unlink()
+    result = datagen("run", "--vocab", "voc", "--n", "16", "--models", "tiny", "--bootstrap-n", "4", "--train-steps",
+                     "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3", "--out", str(copy))
+    assert result.returncode == 0 and "nothing to do" in result.stderr
+    assert (copy / "README.md").read_text().replace("copy", "tiny") == card.replace("copy", "tiny")
+    assert json.loads((copy / "data" / "index.wids.json").read_text())["shardlist"] == index["shardlist"]

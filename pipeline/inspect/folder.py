@@ -63,7 +63,17 @@ class DatasetFolder:
         return {c["id"]: c["name"] for c in self.classes}
 
     def stats(self, shard: Path) -> dict:
-        return read_stats(self.folder, int(shard.name.removeprefix("shard-").removesuffix(".tar"))) or {}
+        """The shard's stats ({} when they are not a JSON object)."""
+        stats = read_stats(self.folder, int(shard.name.removeprefix("shard-").removesuffix(".tar")))
+        return stats if isinstance(stats, dict) else {}
+
+    def counted_stats(self, shard: Path) -> dict:
+        """The shard's stats, or DatasetError when they lack the counts summaries add up."""
+        stats = self.stats(shard)
+        if missing := [k for k in ("planned", "written") if not isinstance(stats.get(k), int)]:
+            raise DatasetError(f"{shard.with_suffix('.stats.json')} has no {' or '.join(missing)} count: "
+                               "not a finished datagen shard; run `datagen validate`")
+        return stats
 
     def samples(self, shard: Path) -> Iterator[dict]:
         """The shard's samples, checked against its stats' count (a tar cut between members reads clean)."""

@@ -12,11 +12,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.inspect.folder import DatasetError, DatasetFolder
+from pipeline.reader import image_member
+from pipeline.shards import write_bytes_atomic
+from stages.metrics import IGNORE_INDEX
 
 TILE = 192  # tile side in pixels; images are resized to it (masks with nearest neighbour)
 CAPTION_LINES = 2
 ALPHA = 0.5  # mask overlay opacity
-IGNORE = 255
 
 
 def class_colour(class_id: int) -> tuple[int, int, int]:
@@ -31,23 +33,21 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
 
 
 def pick_samples(ds: DatasetFolder, n: int, class_name: str | None) -> list[dict]:
-    """The first n samples in shard order (those holding ``class_name`` if given), decoded."""
-    if class_name is not None and class_name not in ds.names.values():
-        raise DatasetError(f"--class {class_name}: not in this dataset's vocabulary "
-                           f"({', '.join(ds.names.values())})")
+    """The first n samples in shard order (those whose mask labels pixels ``class_name`` if given), decoded."""
+    ids = {name: cid for cid, name in ds.names.items()}
+    if class_name is not None and class_name not in ids:
+        raise DatasetError(f"--class {class_name}: not in this dataset's vocabulary ({', '.join(ids)})")
     picked = []
     for shard in ds.shards:
         for sample in ds.samples(shard):
-            meta = json.loads(sample["json"])
-            if class_name is None or class_name in meta["classes"]:
-                image = sample.get("jpg", sample.get("png"))
-                picked.append({"key": sample["__key__"], "meta": meta,
-                               "image": Image.open(io.BytesIO(image)).convert("RGB"),
-                               "mask": np.array(Image.open(io.BytesIO(sample["seg.png"])))})
+            mask = np.array(Image.open(io.BytesIO(sample["seg.png"])))
+            if class_name is None or (mask == ids[class_name]).any():
+                picked.append({"key": sample["__key__"], "meta": json.loads(sample["json"]),
+                               "image": Image.open(io.BytesIO(image_member(sample))).convert("RGB"), "mask": mask})
                 if len(picked) == n:
                     return picked
     if not picked:
-        raise DatasetError(f"no sample in {ds.out} holds class {class_name}")
+        raise DatasetError(f"no sample in {ds.out} has pixels labelled {class_name}")
     return picked
 
 
@@ -55,7 +55,7 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     """The image at tile size with each class's pixels blended with its colour (ignore in white)."""
     rgb = np.asarray(image.resize((TILE, TILE), Image.Resampling.BILINEAR), dtype=np.float32)
     ids = np.asarray(Image.fromarray(mask).resize((TILE, TILE), Image.Resampling.NEAREST))
-    palette = np.array([class_colour(i) if i != IGNORE else (255, 255, 255) for i in range(256)], np.float32)
+    palette = np.array([class_colour(i) if i != IGNORE_INDEX else (255, 255, 255) for i in range(256)], np.float32)
     labelled = (ids > 0)[..., None]
     blended = np.where(labelled, (1 - ALPHA) * rgb + ALPHA * palette[ids], rgb)
     return Image.fromarray(blended.round().astype(np.uint8))
@@ -67,7 +67,7 @@ def contact_sheet(ds: DatasetFolder, samples: list[dict], title: str) -> Image.I
     columns = math.ceil(math.sqrt(len(samples)))
     rows = math.ceil(len(samples) / columns)
     cell_h = TILE + 6 + line * (CAPTION_LINES + 1)
-    present = sorted({int(i) for s in samples for i in np.unique(s["mask"]) if 0 < i != IGNORE})
+    present = sorted({int(i) for s in samples for i in np.unique(s["mask"]) if 0 < i != IGNORE_INDEX})
     legend_rows = math.ceil(len(present) / max(1, columns * TILE // 170)) if present else 1
     width = columns * (TILE + 8) + 8
     sheet = Image.new("RGB", (width, 30 + rows * cell_h + 20 + legend_rows * 20), "white")
@@ -100,7 +100,7 @@ def show(ds: DatasetFolder, n: int, class_name: str | None, save: Path) -> Path:
     title = f"{ds.out.name}: {len(samples)} samples{f' with {class_name}' if class_name else ''}, preset {preset}"
     save = Path(save)
     save.parent.mkdir(parents=True, exist_ok=True)
-    tmp = save.with_name(f".{save.name}.tmp")
-    contact_sheet(ds, samples, title).save(tmp, format="PNG")
-    tmp.replace(save)
+    png = io.BytesIO()
+    contact_sheet(ds, samples, title).save(png, format="PNG")
+    write_bytes_atomic(save, png.getvalue())
     return save

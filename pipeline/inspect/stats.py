@@ -1,4 +1,4 @@
-"""`datagen stats`: what a dataset holds, from its shard stats and a header-only scan of its shards."""
+"""`datagen stats`: what a dataset holds, from its shard stats and a read of every shard (image and mask sizes)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.dataset import sum_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder
 from pipeline.plan import ERRORED
+from pipeline.reader import image_member
 
 
 def _spread(values: list[float]) -> dict:
@@ -24,16 +26,16 @@ def _size(data: bytes) -> str:
 
 
 def scan_sizes(ds: DatasetFolder) -> tuple[Counter, Counter]:
-    """Image and mask sizes ('WxH' -> samples), reading only each member's header."""
+    """Image and mask sizes ('WxH' -> samples): every shard is read whole (tar members are not
+    seekable), each image's and mask's size comes from its header, no pixels are decoded."""
     images, masks = Counter(), Counter()
     for shard in ds.shards:
         for sample in ds.samples(shard):
-            image = sample.get("jpg", sample.get("png"))
             try:
-                images[_size(image)] += 1
+                images[_size(image_member(sample))] += 1
                 if "seg.png" in sample:
                     masks[_size(sample["seg.png"])] += 1
-            except (OSError, TypeError) as err:
+            except (OSError, TypeError, StopIteration) as err:
                 raise CorruptShard(shard, sample["__key__"], f"an image does not decode ({err})") from err
     return images, masks
 
@@ -44,13 +46,10 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
     Pixel shares are instance areas (disjoint per sample) over all pixels written; without ``scan``
     every sample is taken to be the preset's image size.
     """
-    stats = [ds.stats(shard) for shard in ds.shards]
-    written = sum(s["written"] for s in stats)
-    failed, instances, pixels = Counter(), Counter(), Counter()
-    for s in stats:
-        failed.update(s.get("failed", {}))
-        instances.update(s.get("class_instances", {}))
-        pixels.update(s.get("class_pixels", {}))
+    stats = [ds.counted_stats(shard) for shard in ds.shards]
+    totals = sum_stats(stats)
+    written, failed = totals["written"], totals["failed"]
+    instances, pixels = totals["class_instances"], totals["class_pixels"]
     side = ds.manifest.get("config", {}).get("preset", {}).get("image_size", 0)
     images, masks = scan_sizes(ds) if scan else (Counter({f"{side}x{side}": written}), Counter())
     total_pixels = sum(count * pixels_of(size) for size, count in images.items()) or 1
@@ -66,10 +65,10 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
     return {
         "out": str(ds.out), "format_version": ds.manifest["format_version"],
         "fingerprint": ds.manifest.get("fingerprint"), "vocabulary": ds.manifest["vocabulary"].get("name"),
-        "samples": {"planned": sum(s["planned"] for s in stats), "written": written,
+        "samples": {"planned": totals["planned"], "written": written,
                     "filtered": sum(v for k, v in failed.items() if not k.startswith(ERRORED)),
                     "errored": sum(v for k, v in failed.items() if k.startswith(ERRORED))},
-        "failures": dict(sorted(failed.items())),
+        "failures": failed,
         "background_pixel_share": round(1 - sum(c["pixel_share"] for c in classes), 6),
         "classes": classes, "splits": splits,
         "image_sizes": dict(images), "mask_sizes": dict(masks),

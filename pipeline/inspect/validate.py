@@ -88,7 +88,7 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, proble
     if len(keys) != stats.get("written"):
         problems.append(Problem(where, keys[-1] if keys else None,
                                 f"holds {len(keys)} samples, its stats say {stats.get('written')}"))
-    failed_keys = {f.get("key") for f in stats.get("failures", [])}
+    failed_keys = {f.get("key") for f in stats.get("failures", []) if isinstance(f, dict)}
     if len(set(keys)) != len(keys) or set(keys) & failed_keys:
         problems.append(Problem(where, None, "a key appears twice, or both written and failed"))
     if dict(instances) != stats.get("class_instances", {}) or dict(pixels) != stats.get("class_pixels", {}):
@@ -97,10 +97,13 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, proble
 
 
 def _instances(sample: dict) -> list[dict]:
+    """The sample's well-formed instances (for the per-class tallies; _check_sample reports the rest)."""
     try:
-        return json.loads(sample["json"]).get("instances", [])
+        instances = json.loads(sample["json"]).get("instances", [])
     except (KeyError, ValueError, AttributeError):
         return []
+    return [i for i in instances if isinstance(i, dict) and i.get("name") is not None] \
+        if isinstance(instances, list) else []
 
 
 def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
@@ -116,6 +119,12 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
         image = _decode_image(sample[ds.members.difference({"json", "seg.png", "latent.npy"}).pop()])
     except (ValueError, OSError) as err:
         return [f"json or image does not decode ({err})"]
+    if not isinstance(meta, dict):
+        return [f"json is a {type(meta).__name__}, not an object"]
+    if not isinstance(meta.get("class_ids", []), list) or not all(isinstance(i, int) for i in meta.get("class_ids", [])):
+        return ["json's class_ids is not a list of class ids"]
+    if not isinstance(meta.get("instances", []), list) or not all(isinstance(i, dict) for i in meta["instances"]):
+        return ["json's instances is not a list of objects"]
     h, w = image.shape[:2]
     problems = []
     if image.ndim != 3 or image.shape[2] != 3:
@@ -149,7 +158,9 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
 
 def _check_instance(inst: dict, names: dict[int, str], shape: tuple[int, int], seg: np.ndarray | None) -> list[str]:
     cid = inst.get("class_id")
-    if names.get(cid) != inst.get("name"):
+    if cid is None or inst.get("name") is None:
+        return ["an instance has no class_id or name"]
+    if not isinstance(cid, int) or names.get(cid) != inst.get("name"):
         return [f"instance class {cid} '{inst.get('name')}' is not in the vocabulary"]
     try:
         rle = dict(inst["segmentation"], counts=inst["segmentation"]["counts"].encode())
