@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from braceexpand import braceexpand
 from PIL import Image
 
 from pipeline.shards import finished_shards, read_stats, write_json_atomic
@@ -42,16 +43,33 @@ def safe_decoder(image: str = "rgb8") -> wds.autodecode.Decoder:
     return wds.autodecode.Decoder(_handlers(image), pre=[], post=[])
 
 
-def shard_urls(source) -> list[str] | str:
-    """Shards to read: an output folder or shard folder -> its finished shards; anything else
-    (a shard path, a brace pattern, a URL or a list of them) is passed through unchanged."""
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        folder = Path(source) / DATA_DIR if (Path(source) / DATA_DIR).is_dir() else Path(source)
+def shard_urls(source) -> list[str]:
+    """Shards to read, as a list: an output folder or shard folder -> its finished shards; a ``.txt``
+    file -> the shards it lists, one a line; a brace pattern (``shard-{000000..000099}.tar``) -> its
+    expansion; a shard path, URL or ``pipe:`` command -> itself; a list -> each item expanded so.
+    A local path that does not exist raises FileNotFoundError, nothing to read ValueError."""
+    if isinstance(source, (list, tuple)):
+        return [url for item in source for url in shard_urls(item)]
+    path = Path(source).expanduser()
+    if path.is_dir():
+        folder = path / DATA_DIR if (path / DATA_DIR).is_dir() else path
         shards = [str(p) for p in finished_shards(folder)]
         if not shards:
-            raise FileNotFoundError(f"{folder} holds no finished datagen shards")
+            raise FileNotFoundError(f"{folder} holds no finished shards (shard-*.tar with stats)")
         return shards
-    return [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
+    if path.suffix == ".txt" and path.is_file():
+        urls = [url for line in path.read_text().splitlines() if line.strip() for url in braceexpand(line.strip())]
+    elif _is_remote(str(source)) or "{" in str(source) or path.is_file():
+        urls = list(braceexpand(str(source)))
+    else:
+        raise FileNotFoundError(f"{source}: no such folder, shard or shard list")
+    if not urls:
+        raise ValueError(f"{source} lists no shards")
+    return urls
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
 
 
 def open_dataset(urls, image: str = "rgb8", **webdataset_kwargs) -> wds.WebDataset:

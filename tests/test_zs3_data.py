@@ -12,7 +12,7 @@ from pipeline.config import resolve_vocabulary
 from pipeline.zs3.config import Zs3InputError, load_segmenter_preset
 from pipeline.zs3.labels import name_index
 from pipeline.zs3.real import coco_split, voc_split
-from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, sample_arrays, shard_urls
+from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, sample_arrays, synthetic_urls
 from pipeline.zs3.transforms import eval_transform, train_transform
 from stages.vocab import load_vocabulary
 
@@ -110,7 +110,7 @@ def test_synthetic_ids_are_mapped_by_the_sample_names(voc):
 
 def test_synthetic_stream_reads_the_shards_endlessly_with_augmentation(tmp_path, voc):
     out = make_synthetic(tmp_path / "syn", shards=2, per_shard=3)
-    urls = shard_urls(str(out))
+    urls = synthetic_urls(str(out))
     assert len(urls) == 2 and check_synthetic(urls, voc, str(out))["classes"]
     preset = load_segmenter_preset("tiny")
     stream = iter(SyntheticStream(urls, voc, train_transform(preset), seed=0, buffer=4))
@@ -120,16 +120,29 @@ def test_synthetic_stream_reads_the_shards_endlessly_with_augmentation(tmp_path,
         assert set(mask.unique().tolist()) <= {0, 255, 1, 7, 15, 17}
 
 
+def test_synthetic_shards_can_be_listed_in_a_text_file_or_a_brace_pattern(tmp_path):
+    out = make_synthetic(tmp_path / "syn", shards=2, per_shard=1)
+    shards = synthetic_urls(str(out))
+    listing = tmp_path / "shards.txt"
+    listing.write_text("\n".join(shards) + "\n\n")
+    assert synthetic_urls(str(listing)) == shards
+    pattern = shards[0].replace("shard-000000", "shard-{000000..000001}")
+    assert synthetic_urls(pattern) == shards
+    listing.write_text("")
+    with pytest.raises(Zs3InputError, match="lists no shards"):
+        synthetic_urls(str(listing))
+
+
 def test_empty_or_missing_synthetic_data_is_refused(tmp_path, voc):
     with pytest.raises(Zs3InputError, match="no such folder"):
-        shard_urls(str(tmp_path / "nothing"))
+        synthetic_urls(str(tmp_path / "nothing"))
     (tmp_path / "empty" / "data").mkdir(parents=True)
     with pytest.raises(Zs3InputError, match="no finished shards"):
-        shard_urls(str(tmp_path / "empty"))
+        synthetic_urls(str(tmp_path / "empty"))
     from pipeline.shards import write_shard
     write_shard(tmp_path / "empty" / "data", 0, [], {"written": 0})
     with pytest.raises(Zs3InputError, match="hold no samples"):
-        check_synthetic(shard_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))
+        check_synthetic(synthetic_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))
 
 
 def test_augmentation_pads_with_ignore_and_keeps_labels_on_their_pixels():

@@ -21,7 +21,7 @@ from pipeline.shards import write_json_atomic
 from pipeline.zs3.config import MODES, SegmenterPreset, Zs3InputError
 from pipeline.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.zs3.report import build_report, write_report
-from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, shard_urls
+from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, synthetic_urls
 from pipeline.zs3.train import evaluate, new_train_state, save_checkpoint, setup_processes, train, \
     training_batches, wrap_for_processes
 from pipeline.zs3.transforms import eval_transform, train_transform
@@ -93,7 +93,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     val = real_split(root, fmt, val_name, vocabulary, eval_transform())
     real_train = (real_split(root, fmt, train_name, vocabulary, train_transform(preset), ignored_ids=unseen)
                   if mode.startswith("real") else None)
-    urls = shard_urls(request.synthetic) if request.synthetic else None
+    urls = synthetic_urls(request.synthetic) if request.synthetic else None
     if urls is not None:
         check_synthetic(urls, vocabulary, request.synthetic)
 

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
 
-from pipeline.dataset import DATA_DIR
-from pipeline.reader import open_dataset
-from pipeline.shards import finished_shards
+from pipeline.reader import open_dataset, shard_urls
 from pipeline.zs3.config import Zs3InputError
 from pipeline.zs3.labels import name_index, normalize
 from pipeline.zs3.transforms import Transform
@@ -21,25 +18,12 @@ from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
 
-def shard_urls(spec: str) -> list[str]:
-    """A datagen output folder (its finished ``data/`` shards), a folder of shards, a text file listing
-    shards, or a shard path / URL / brace pattern (``s3://b/shard-{000000..000099}.tar``, ``pipe:...``)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        folder = path / DATA_DIR if (path / DATA_DIR).is_dir() else path
-        urls = [str(p) for p in finished_shards(folder)]
-        if not urls:
-            raise Zs3InputError(f"--synthetic {spec}: no finished shards (shard-*.tar with stats) in {folder}")
-        return urls
-    if path.suffix == ".txt" and path.is_file():
-        urls = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    else:
-        if "://" not in spec and not spec.startswith("pipe:") and "{" not in spec and not path.is_file():
-            raise Zs3InputError(f"--synthetic {spec}: no such folder, shard or shard list")
-        urls = list(braceexpand(spec))
-    if not urls:
-        raise Zs3InputError(f"--synthetic {spec}: lists no shards")
-    return urls
+def synthetic_urls(spec: str) -> list[str]:
+    """``--synthetic`` as shard urls (``pipeline.reader.shard_urls``), its errors as one-line input errors."""
+    try:
+        return shard_urls(spec)
+    except (FileNotFoundError, ValueError) as err:
+        raise Zs3InputError(f"--synthetic: {err}") from err
 
 
 def open_shards(urls: list[str], seed: int) -> wds.WebDataset:
