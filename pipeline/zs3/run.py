@@ -139,7 +139,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     train(state, batches, preset.steps, procs.device, on_step)
     train_seconds = time.time() - train_started
     eval_task = progress.add_task("evaluating", total=len(range(procs.rank, len(val), procs.world)),
-                                  visible=procs.main)
+                                  visible=procs.main, unit="images")
     conf = evaluate(state.model, val, num_classes, procs, preset.workers, lambda: progress.advance(eval_task))
     context = {
         "segmenter": {"preset": request.preset_name, **preset.model_dump(mode="json")},
