@@ -87,20 +87,51 @@ def to_training_tuple(sample: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
             torch.from_numpy(sample["seg.png"].astype(np.int64)), meta)
 
 
-def training_dataset(source, *, shuffle: int = 0, seed: int = 0) -> wds.DataPipeline:
+class _ShardPasses(torch.utils.data.IterableDataset):
+    """The shard urls, one pass per iteration; with a seed, pass k is shuffled with ``seed + k`` (the
+    same order on every node and DataLoader worker, a new order each pass)."""
+
+    def __init__(self, urls: list[str], seed: int | None):
+        super().__init__()
+        self.urls, self.seed, self.passes = urls, seed, 0
+
+    def __iter__(self):
+        urls = list(self.urls)
+        if self.seed is not None:
+            random.Random(self.seed + self.passes).shuffle(urls)
+        self.passes += 1
+        return iter([{"url": url} for url in urls])
+
+
+class _TrainingPipeline(wds.DataPipeline):
+    """A DataPipeline whose passes over the shards are counted from 0 at every new iteration, so an
+    epoch's shard order depends only on the seed and the epoch number."""
+
+    def iterator(self):
+        self.pipeline[0].passes = 0
+        return super().iterator()
+
+
+def training_dataset(source, *, shuffle: int = 0, seed: int = 0, epochs: int | None = 1,
+                     handler=wds.reraise_exception) -> wds.DataPipeline:
     """An IterableDataset of (image, mask, meta) tuples for a training loop (see ``to_training_tuple``).
 
     Shards are split first across nodes (torch.distributed rank, or RANK and WORLD_SIZE) and then
     across DataLoader workers, so each sample is read once per epoch by the whole job; give it at
     least nodes x workers shards. ``shuffle`` > 0 shuffles the shard order (seeded, the same on every
-    node) and samples within a buffer of that size.
+    node, a new order each epoch) and samples within a buffer of that size. ``epochs`` passes over the
+    shards (None: endless); iteration stops early if a pass yields nothing to this node or worker.
+    ``handler`` gets every exception of reading, decoding and converting (webdataset's handler
+    protocol: return True to skip the sample, raise to stop); by default the exception is re-raised.
     """
-    stages = [wds.SimpleShardList(shard_urls(source), seed=seed if shuffle else None),
-              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples()]
+    stages = [_ShardPasses(shard_urls(source), seed if shuffle else None),
+              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=handler)]
     if shuffle:
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
-    stages += [wds.decode(*_handlers("rgb8"), pre=[], post=[]), wds.map(to_training_tuple)]
-    return wds.DataPipeline(*stages)
+    stages += [wds.decode(*_handlers("rgb8"), pre=[], post=[], handler=handler),
+               wds.map(to_training_tuple, handler=handler)]
+    pipeline = _TrainingPipeline(*stages)
+    return pipeline if epochs == 1 else pipeline.repeat(nepochs=epochs or -1)
 
 
 def write_wids_index(folder: Path) -> Path:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipeline.config import ConfigError
 from pipeline.progress import progress_bar
 from pipeline.zs3.config import MODES, load_segmenter_preset
 from pipeline.zs3.run import Zs3Request, run_zs3
@@ -46,7 +47,12 @@ def zs3(
     progress = progress_bar(console, unit="steps")
     try:
         with progress:
-            report = run_zs3(request, console, progress)
+            try:
+                report = run_zs3(request, console, progress)
+            except ConfigError:  # the error alone is printed: no half-drawn bar above it
+                for task in list(progress.task_ids):
+                    progress.remove_task(task)
+                raise
     except KeyboardInterrupt:
         console.print(f"interrupted: the last checkpoint in {out} is kept; rerun the same command to resume")
         raise typer.Exit(130) from None
