@@ -11,10 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.card import write_card
@@ -24,6 +21,7 @@ from pipeline.inspect import commands as inspect_commands
 from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
 from pipeline.plan import errored_samples, pending, plan_shards
+from pipeline.progress import progress_bar
 from pipeline.reader import WIDS_INDEX, write_wids_index
 from pipeline.runtime import Runtime
 from pipeline.shards import finished_stats
@@ -95,17 +93,6 @@ def _executor_settings(kind, ray_address, workers, gpus_per_worker, cpus_per_wor
         raise ConfigError(f"--{flag}: {first['msg']}") from err
 
 
-class SamplesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} samples/s" if task.speed else "")
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), SamplesPerSecond(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                    transient=False)
-
-
 def _pending_work(config: RunConfig, phases: set[str]) -> bool:
     work = "oracle" in phases and pending(oracle_tasks(config))
     work = work or ("train" in phases and not training_is_current(config))
@@ -146,7 +133,7 @@ def _run_phases(config: RunConfig, phases: set[str], settings: ExecutorSettings)
     console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
     prepare_output(config, runtime.sd_source(), runtime.oracle_source(), labelling="label" in phases)
     executor = make_executor(settings, worker=ShardWorker(config, runtime))
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         if "oracle" in phases:
             _stop_on_failed_shards(run_oracle_phase(config, executor, progress), "A")
         if "train" in phases:

@@ -10,6 +10,7 @@ from rich.table import Table
 from pipeline.annotated_data import AnnotatedDataError
 from pipeline.config import ConfigError
 from pipeline.dataset import check_output, output_lock
+from pipeline.progress import progress_bar
 from pipeline.runtime import Runtime
 from pipeline.shards import write_json_atomic
 
@@ -38,7 +39,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         runtime = Runtime(config)
         runtime.check_weights(oracle=False, grounding=False)
         config.out.mkdir(parents=True, exist_ok=True)
-        with output_lock(config), cli._progress() as progress:
+        with output_lock(config), progress_bar(cli.console) as progress:
             try:
                 record = train_on_annotated(config, runtime, data, split, val_split or None, progress)
             except AnnotatedDataError as err:
@@ -63,7 +64,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         config = cli._config(vocab, n, out, models, seed, sd_path, oracle_weights, device, None, None, None, batch_size)
         runtime = Runtime(config)
         runtime.check_weights(oracle=True, grounding=True)
-        with cli._progress() as progress:
+        with progress_bar(cli.console) as progress:
             bar = progress.add_task("Protocol I", total=n)
             report = evaluate_grounding(config, runtime, n, lambda k: progress.advance(bar, k))
         target = json_path or config.out / "eval" / "protocol1.json"

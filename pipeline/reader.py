@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from braceexpand import braceexpand
 from PIL import Image
 
 from pipeline.dataset import DATA_DIR
@@ -50,16 +51,33 @@ def safe_decoder(image: str = "rgb8") -> wds.autodecode.Decoder:
     return wds.autodecode.Decoder(_handlers(image), pre=[], post=[])
 
 
-def shard_urls(source) -> list[str] | str:
-    """Shards to read: an output folder or shard folder -> its finished shards; anything else
-    (a shard path, a brace pattern, a URL or a list of them) is passed through unchanged."""
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        folder = Path(source) / DATA_DIR if (Path(source) / DATA_DIR).is_dir() else Path(source)
+def shard_urls(source) -> list[str]:
+    """Shards to read, as a list: an output folder or shard folder -> its finished shards; a ``.txt``
+    file -> the shards it lists, one a line; a brace pattern (``shard-{000000..000099}.tar``) -> its
+    expansion; a shard path, URL or ``pipe:`` command -> itself; a list -> each item expanded so.
+    A local path that does not exist raises FileNotFoundError, nothing to read ValueError."""
+    if isinstance(source, (list, tuple)):
+        return [url for item in source for url in shard_urls(item)]
+    path = Path(source).expanduser()
+    if path.is_dir():
+        folder = path / DATA_DIR if (path / DATA_DIR).is_dir() else path
         shards = [str(p) for p in finished_shards(folder)]
         if not shards:
-            raise FileNotFoundError(f"{folder} holds no finished datagen shards")
+            raise FileNotFoundError(f"{folder} holds no finished shards (shard-*.tar with stats)")
         return shards
-    return [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
+    if path.suffix == ".txt" and path.is_file():
+        urls = [url for line in path.read_text().splitlines() if line.strip() for url in braceexpand(line.strip())]
+    elif _is_remote(str(source)) or "{" in str(source) or path.is_file():
+        urls = list(braceexpand(str(source)))
+    else:
+        raise FileNotFoundError(f"{source}: no such folder, shard or shard list")
+    if not urls:
+        raise ValueError(f"{source} lists no shards")
+    return urls
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
 
 
 def open_dataset(urls, image: str = "rgb8", **webdataset_kwargs) -> wds.WebDataset:
@@ -77,20 +95,51 @@ def to_training_tuple(sample: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
             torch.from_numpy(sample["seg.png"].astype(np.int64)), meta)
 
 
-def training_dataset(source, *, shuffle: int = 0, seed: int = 0) -> wds.DataPipeline:
+class _ShardPasses(torch.utils.data.IterableDataset):
+    """The shard urls, one pass per iteration; with a seed, pass k is shuffled with ``seed + k`` (the
+    same order on every node and DataLoader worker, a new order each pass)."""
+
+    def __init__(self, urls: list[str], seed: int | None):
+        super().__init__()
+        self.urls, self.seed, self.passes = urls, seed, 0
+
+    def __iter__(self):
+        urls = list(self.urls)
+        if self.seed is not None:
+            random.Random(self.seed + self.passes).shuffle(urls)
+        self.passes += 1
+        return iter([{"url": url} for url in urls])
+
+
+class _TrainingPipeline(wds.DataPipeline):
+    """A DataPipeline whose passes over the shards are counted from 0 at every new iteration, so an
+    epoch's shard order depends only on the seed and the epoch number."""
+
+    def iterator(self):
+        self.pipeline[0].passes = 0
+        return super().iterator()
+
+
+def training_dataset(source, *, shuffle: int = 0, seed: int = 0, epochs: int | None = 1,
+                     handler=wds.reraise_exception) -> wds.DataPipeline:
     """An IterableDataset of (image, mask, meta) tuples for a training loop (see ``to_training_tuple``).
 
     Shards are split first across nodes (torch.distributed rank, or RANK and WORLD_SIZE) and then
     across DataLoader workers, so each sample is read once per epoch by the whole job; give it at
     least nodes x workers shards. ``shuffle`` > 0 shuffles the shard order (seeded, the same on every
-    node) and samples within a buffer of that size.
+    node, a new order each epoch) and samples within a buffer of that size. ``epochs`` passes over the
+    shards (None: endless); iteration stops early if a pass yields nothing to this node or worker.
+    ``handler`` gets every exception of reading, decoding and converting (webdataset's handler
+    protocol: return True to skip the sample, raise to stop); by default the exception is re-raised.
     """
-    stages = [wds.SimpleShardList(shard_urls(source), seed=seed if shuffle else None),
-              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples()]
+    stages = [_ShardPasses(shard_urls(source), seed if shuffle else None),
+              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=handler)]
     if shuffle:
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
-    stages += [wds.decode(*_handlers("rgb8"), pre=[], post=[]), wds.map(to_training_tuple)]
-    return wds.DataPipeline(*stages)
+    stages += [wds.decode(*_handlers("rgb8"), pre=[], post=[], handler=handler),
+               wds.map(to_training_tuple, handler=handler)]
+    pipeline = _TrainingPipeline(*stages)
+    return pipeline if epochs == 1 else pipeline.repeat(nepochs=epochs or -1)
 
 
 def write_wids_index(folder: Path) -> Path:

@@ -61,20 +61,18 @@ def temporary_path(path: Path) -> Path:
     return Path(f"{path}.tmp{uuid.uuid4().hex}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = temporary_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes under a temporary name and rename it into place; no temporary is left on failure."""
-    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, data) -> None:

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from zs3_fixtures import CLASSES, make_synthetic, make_voc
+from zs3_fixtures import CLASSES, corrupt_member, make_synthetic, make_voc
 
 from pipeline.config import resolve_vocabulary
 from pipeline.zs3.config import Zs3InputError, load_segmenter_preset
 from pipeline.zs3.labels import name_index
 from pipeline.zs3.real import coco_split, voc_split
-from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, sample_arrays, shard_urls
+from pipeline.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls, vocabulary_mask
+from pipeline.zs3.train import Processes, training_batches
 from pipeline.zs3.transforms import eval_transform, train_transform
 from stages.vocab import load_vocabulary
 
@@ -102,34 +103,60 @@ def test_coco_instances_become_a_semantic_mask(tmp_path, voc):
 
 def test_synthetic_ids_are_mapped_by_the_sample_names(voc):
     seg = np.array([[0, 3], [5, 9]], np.uint8)
-    sample = {"jpg": np.zeros((2, 2, 3), np.uint8), "seg.png": seg,
-              "json": {"classes": ["sheep", "dining table"], "class_ids": [3, 5]}}
-    _, mask = sample_arrays(sample, name_index(voc))
+    mask = vocabulary_mask(seg, {"classes": ["sheep", "dining table"], "class_ids": [3, 5]}, name_index(voc))
     np.testing.assert_array_equal(mask, [[0, voc["sheep"].id], [voc["diningtable"].id, 255]])
 
 
 def test_synthetic_stream_reads_the_shards_endlessly_with_augmentation(tmp_path, voc):
     out = make_synthetic(tmp_path / "syn", shards=2, per_shard=3)
-    urls = shard_urls(str(out))
+    urls = synthetic_urls(str(out))
     assert len(urls) == 2 and check_synthetic(urls, voc, str(out))["classes"]
     preset = load_segmenter_preset("tiny")
-    stream = iter(SyntheticStream(urls, voc, train_transform(preset), seed=0, buffer=4))
+    stream = iter(synthetic_stream(urls, voc, train_transform(preset), seed=0, buffer=4))
     pairs = [next(stream) for _ in range(10)]  # more than the 6 samples: a second pass
     for image, mask in pairs:
         assert image.shape == (3, preset.crop_size, preset.crop_size) and mask.shape == (preset.crop_size,) * 2
         assert set(mask.unique().tolist()) <= {0, 255, 1, 7, 15, 17}
 
 
+def test_a_corrupt_synthetic_sample_stops_training_with_one_line_naming_shard_and_key(tmp_path, voc):
+    out = make_synthetic(tmp_path / "syn", shards=2, per_shard=3)
+    urls = synthetic_urls(str(out))
+    corrupt_member(out / "data" / "shard-000001.tar", "000000000004")
+    check_synthetic(urls, voc, str(out))  # the first sample is fine: the damage shows during training
+    preset = load_segmenter_preset("tiny", {"workers": 1, "batch_size": 2})  # read in a DataLoader worker
+    stream = synthetic_stream(urls, voc, train_transform(preset), seed=0, buffer=0)
+    batches = training_batches(None, stream, preset, Processes(0, 1, torch.device("cpu")), seed=0)
+    with pytest.raises(Zs3InputError) as err:
+        for _ in range(4):
+            next(batches)
+    assert len(str(err.value).splitlines()) == 1
+    assert "shard-000001.tar" in str(err.value) and "000000000004" in str(err.value)
+
+
+def test_synthetic_shards_can_be_listed_in_a_text_file_or_a_brace_pattern(tmp_path):
+    out = make_synthetic(tmp_path / "syn", shards=2, per_shard=1)
+    shards = synthetic_urls(str(out))
+    listing = tmp_path / "shards.txt"
+    listing.write_text("\n".join(shards) + "\n\n")
+    assert synthetic_urls(str(listing)) == shards
+    pattern = shards[0].replace("shard-000000", "shard-{000000..000001}")
+    assert synthetic_urls(pattern) == shards
+    listing.write_text("")
+    with pytest.raises(Zs3InputError, match="lists no shards"):
+        synthetic_urls(str(listing))
+
+
 def test_empty_or_missing_synthetic_data_is_refused(tmp_path, voc):
     with pytest.raises(Zs3InputError, match="no such folder"):
-        shard_urls(str(tmp_path / "nothing"))
+        synthetic_urls(str(tmp_path / "nothing"))
     (tmp_path / "empty" / "data").mkdir(parents=True)
     with pytest.raises(Zs3InputError, match="no finished shards"):
-        shard_urls(str(tmp_path / "empty"))
+        synthetic_urls(str(tmp_path / "empty"))
     from pipeline.shards import write_shard
     write_shard(tmp_path / "empty" / "data", 0, [], {"written": 0})
     with pytest.raises(Zs3InputError, match="hold no samples"):
-        check_synthetic(shard_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))
+        check_synthetic(synthetic_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))
 
 
 def test_augmentation_pads_with_ignore_and_keeps_labels_on_their_pixels():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from zs3_fixtures import make_synthetic, make_voc
+from zs3_fixtures import corrupt_member, make_synthetic, make_voc
 
 import pipeline.zs3.run as zs3_run
 from pipeline.zs3.config import load_segmenter_preset
@@ -171,6 +171,17 @@ def test_bad_input_is_one_line_and_exit_2(data, tmp_path, in_process):
     bad(datagen("--real", empty_voc, *common), "lists no images")
     bad(datagen("--real", voc, "--segmenter", "huge", "--out", out), "unknown segmenter preset")
     assert not out.exists()
+
+
+def test_damaged_output_files_and_shards_are_one_line_and_exit_2(data, tmp_path, in_process):
+    voc, _ = data
+    synthetic = make_synthetic(tmp_path / "synthetic", shards=2, per_shard=4)
+    corrupt_member(synthetic / "data" / "shard-000001.tar", "000000000006", "seg.png")
+    common = ["--real", voc, "--synthetic", synthetic, "--segmenter", "tiny", "--device", "cpu", "--steps", "4"]
+    bad(in_process(*common, "--out", tmp_path / "out"), "shard-000001.tar", "000000000006", "seg.png")
+    assert (tmp_path / "out" / "settings.json").is_file()  # what was evaluated stays; nothing else was written
+    (tmp_path / "out" / "settings.json").write_text('{"fingerprint": ')
+    bad(in_process(*common, "--out", tmp_path / "out"), "settings.json is damaged")
 
 
 def test_standard_preset_without_cached_backbone_weights_fails_fast(data, tmp_path):

@@ -6,7 +6,9 @@ known exactly and a segmenter can learn it. VOC masks are palette PNGs with 255 
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +105,15 @@ def make_synthetic(out: Path, shards: int = 2, per_shard: int = 8, seed: int = 1
         write_shard(data, shard, samples, {"start": shard * per_shard, "end": (shard + 1) * per_shard,
                                            "written": per_shard, "failed": []})
     return out
+
+
+def corrupt_member(shard: Path, key: str, member: str = "jpg", data: bytes = b"not an image") -> None:
+    """Replace one member of one sample in a shard tar (the shard's stats stay: it still looks finished)."""
+    with tarfile.open(shard) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for info, content in members:
+            if info.name == f"{key}.{member}":
+                content = data
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(content))

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
 
+from pipeline.config import ConfigError
+from pipeline.progress import progress_bar
 from pipeline.zs3.config import MODES, load_segmenter_preset
 from pipeline.zs3.run import Zs3Request, run_zs3
 
@@ -44,11 +44,15 @@ def zs3(
     request = Zs3Request(vocab=vocab, real=real, out=out, preset_name=segmenter, preset=preset,
                          synthetic=synthetic, mode=mode, real_format=real_format, train_split=train_split,
                          val_split=val_split, device=device, seed=seed)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("eta"), TimeRemainingColumn(), console=console)
+    progress = progress_bar(console, unit="steps")
     try:
         with progress:
-            report = run_zs3(request, console, progress)
+            try:
+                report = run_zs3(request, console, progress)
+            except ConfigError:  # the error alone is printed: no half-drawn bar above it
+                for task in list(progress.task_ids):
+                    progress.remove_task(task)
+                raise
     except KeyboardInterrupt:
         console.print(f"interrupted: the last checkpoint in {out} is kept; rerun the same command to resume")
         raise typer.Exit(130) from None

@@ -21,7 +21,7 @@ from pipeline.shards import write_json_atomic
 from pipeline.zs3.config import MODES, SegmenterPreset, Zs3InputError
 from pipeline.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.zs3.report import build_report, write_report
-from pipeline.zs3.synthetic import SyntheticStream, check_synthetic, shard_urls
+from pipeline.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.zs3.train import evaluate, new_train_state, save_checkpoint, setup_processes, train, \
     training_batches, wrap_for_processes
 from pipeline.zs3.transforms import eval_transform, train_transform
@@ -66,11 +66,23 @@ def _check_out(out: Path, fingerprint: str) -> dict | None:
         return None
     if not (out / SETTINGS).is_file():
         raise ConfigError(f"{out} exists, is not empty and holds no ZS3 evaluation; choose another --out")
-    old = json.loads((out / SETTINGS).read_text()).get("fingerprint")
+    old = _read_json(out / SETTINGS, "choose another --out or delete that folder").get("fingerprint")
     if old != fingerprint:
         raise ConfigError(f"{out} holds an evaluation with other settings (fingerprint {old}, this one "
                           f"{fingerprint}); choose another --out or delete that folder")
-    return json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else None
+    return (_read_json(out / REPORT, "delete it and rerun: the evaluation is redone from the last checkpoint")
+            if (out / REPORT).is_file() else None)
+
+
+def _read_json(path: Path, remedy: str) -> dict:
+    """A JSON object this command wrote; a damaged one is an input error naming the file and the remedy."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise Zs3InputError(f"{path} is damaged ({err}); {remedy}") from err
+    if not isinstance(data, dict):
+        raise Zs3InputError(f"{path} is damaged (not a JSON object); {remedy}")
+    return data
 
 
 def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
@@ -93,7 +105,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     val = real_split(root, fmt, val_name, vocabulary, eval_transform())
     real_train = (real_split(root, fmt, train_name, vocabulary, train_transform(preset), ignored_ids=unseen)
                   if mode.startswith("real") else None)
-    urls = shard_urls(request.synthetic) if request.synthetic else None
+    urls = synthetic_urls(request.synthetic) if request.synthetic else None
     if urls is not None:
         check_synthetic(urls, vocabulary, request.synthetic)
 
@@ -124,7 +136,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
         if procs.main:
             console.print(f"resuming from step {state.step} of {preset.steps} ({checkpoint_path})")
     torch.manual_seed(request.seed * 1000 + procs.rank + state.step)  # augmentations; a resume draws anew
-    synthetic = (SyntheticStream(urls, vocabulary, train_transform(preset), request.seed + state.step,
+    synthetic = (synthetic_stream(urls, vocabulary, train_transform(preset), request.seed + state.step,
                                  preset.shuffle_buffer) if urls is not None else None)
     batches = training_batches(real_train, synthetic, preset, procs, request.seed + state.step)
 
@@ -139,7 +151,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     train(state, batches, preset.steps, procs.device, on_step)
     train_seconds = time.time() - train_started
     eval_task = progress.add_task("evaluating", total=len(range(procs.rank, len(val), procs.world)),
-                                  visible=procs.main)
+                                  visible=procs.main, unit="images")
     conf = evaluate(state.model, val, num_classes, procs, preset.workers, lambda: progress.advance(eval_task))
     context = {
         "segmenter": {"preset": request.preset_name, **preset.model_dump(mode="json")},

@@ -4,16 +4,15 @@ the evaluation vocabulary by the class names each sample's ``json`` carries (nev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
+from webdataset.autodecode import DecodingError
 
-from pipeline.dataset import DATA_DIR
-from pipeline.reader import open_dataset
-from pipeline.shards import finished_shards
+from pipeline.reader import open_dataset, shard_urls, training_dataset
 from pipeline.zs3.config import Zs3InputError
 from pipeline.zs3.labels import name_index, normalize
 from pipeline.zs3.transforms import Transform
@@ -21,42 +20,48 @@ from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
 
-def shard_urls(spec: str) -> list[str]:
-    """A datagen output folder (its finished ``data/`` shards), a folder of shards, a text file listing
-    shards, or a shard path / URL / brace pattern (``s3://b/shard-{000000..000099}.tar``, ``pipe:...``)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        folder = path / DATA_DIR if (path / DATA_DIR).is_dir() else path
-        urls = [str(p) for p in finished_shards(folder)]
-        if not urls:
-            raise Zs3InputError(f"--synthetic {spec}: no finished shards (shard-*.tar with stats) in {folder}")
-        return urls
-    if path.suffix == ".txt" and path.is_file():
-        urls = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    else:
-        if "://" not in spec and not spec.startswith("pipe:") and "{" not in spec and not path.is_file():
-            raise Zs3InputError(f"--synthetic {spec}: no such folder, shard or shard list")
-        urls = list(braceexpand(spec))
-    if not urls:
-        raise Zs3InputError(f"--synthetic {spec}: lists no shards")
-    return urls
+def synthetic_urls(spec: str) -> list[str]:
+    """``--synthetic`` as shard urls (``pipeline.reader.shard_urls``), its errors as one-line input errors."""
+    try:
+        return shard_urls(spec)
+    except (FileNotFoundError, ValueError) as err:
+        raise Zs3InputError(f"--synthetic: {err}") from err
 
 
-def open_shards(urls: list[str], seed: int) -> wds.WebDataset:
-    """The one place the public reader is opened: shards shuffled by ``seed``, split across processes."""
-    return open_dataset(urls, shardshuffle=len(urls), seed=seed, nodesplitter=wds.split_by_node, empty_check=False)
-
-
-def sample_arrays(sample: dict, names: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) uint8 image and (H, W) mask in vocabulary ids; labels of classes the vocabulary
-    lacks, and any value the sample does not name, become 255."""
-    image = sample["jpg"] if "jpg" in sample else sample["png"]
-    meta = sample["json"]
+def vocabulary_mask(mask: np.ndarray, meta: dict, names: dict[str, int]) -> np.ndarray:
+    """A sample's (H, W) class-id mask in vocabulary ids, matched through the class names of its
+    ``json``; labels of classes the vocabulary lacks, and any value the sample does not name, become 255."""
     table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     table[0] = 0
     for class_id, name in zip(meta["class_ids"], meta["classes"], strict=True):
         table[class_id] = names.get(normalize(name), IGNORE_INDEX)
-    return image, table[sample["seg.png"]]
+    return table[mask]
+
+
+def unreadable_sample(err: Exception) -> bool:
+    """webdataset error handler: a shard or sample that cannot be read stops training with one line
+    naming the shard (and the sample key and member when the decoder got that far)."""
+    if isinstance(err, DecodingError):
+        cause = re.sub(r" <[^>]*>", "", str(err.__cause__))  # no "<_io.BytesIO object at 0x...>"
+        raise Zs3InputError(f"--synthetic: shard {err.url}: sample {err.key} member {err.k} cannot be decoded: "
+                            f"{cause}") from err
+    url = err.args[-1] if len(err.args) > 1 else "?"  # webdataset appends the shard url to the arguments
+    reason = next((str(a) for a in err.args[:-1] if isinstance(a, str)), "").split(" @ ")[0]
+    raise Zs3InputError(f"--synthetic: shard {url} cannot be read: {type(err).__name__} {reason}".rstrip()) from err
+
+
+def synthetic_stream(urls: list[str], vocabulary: Vocabulary, transform: Transform, seed: int,
+                     buffer: int) -> IterableDataset:
+    """Endless augmented (image, mask) tensors: ``pipeline.reader.training_dataset`` (split across
+    processes and workers, ``buffer``-sample shuffle, a new shard order each pass) with ids mapped by name."""
+    names = name_index(vocabulary)
+
+    def pair(sample: tuple) -> tuple:
+        image, mask, meta = sample
+        return transform(image.permute(1, 2, 0).numpy(), vocabulary_mask(mask.numpy(), meta, names))
+
+    return training_dataset(urls, shuffle=buffer, seed=seed, epochs=None,
+                            handler=unreadable_sample).compose(wds.map(pair))
 
 
 def check_synthetic(urls: list[str], vocabulary: Vocabulary, spec: str) -> dict:
@@ -67,6 +72,8 @@ def check_synthetic(urls: list[str], vocabulary: Vocabulary, spec: str) -> dict:
     declared = [c["name"] for c in json.loads(classes_file.read_text())["classes"]] if classes_file.is_file() else []
     try:
         first = next(iter(open_dataset(urls, nodesplitter=None, empty_check=False)), None)
+    except DecodingError as err:
+        unreadable_sample(err)
     except (OSError, ValueError, KeyError) as err:
         raise Zs3InputError(f"--synthetic {spec}: cannot read shards: {err}") from err
     if first is None:
@@ -79,26 +86,3 @@ def check_synthetic(urls: list[str], vocabulary: Vocabulary, spec: str) -> dict:
         raise Zs3InputError(f"--synthetic {spec}: classes {', '.join(unknown)} are not in vocabulary "
                             f"'{vocabulary.name}'")
     return first["json"]
-
-
-class SyntheticStream(IterableDataset):
-    """Endless augmented (image, mask) tensors from the shards, one reshuffled pass after another;
-    ends only if a pass yields nothing (a process or worker that got no shard)."""
-
-    def __init__(self, urls: list[str], vocabulary: Vocabulary, transform: Transform, seed: int, buffer: int):
-        self.urls, self.names, self.transform = urls, name_index(vocabulary), transform
-        self.seed, self.buffer = seed, buffer
-
-    def __iter__(self):
-        epoch = 0
-        while True:
-            samples = open_shards(self.urls, self.seed + epoch)
-            if self.buffer:
-                samples = samples.shuffle(self.buffer, seed=self.seed + epoch)
-            count = 0
-            for sample in samples:
-                count += 1
-                yield self.transform(*sample_arrays(sample, self.names))
-            if not count:
-                return
-            epoch += 1

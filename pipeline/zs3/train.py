@@ -58,6 +58,15 @@ def wrap_for_processes(model: nn.Module, procs: Processes) -> nn.Module:
     return DistributedDataParallel(model)
 
 
+def one_line(err: Zs3InputError) -> Zs3InputError:
+    """The input error as raised, also when it comes from a DataLoader worker: torch re-raises it in the
+    main process with the worker's whole traceback as its message, whose last line is the original one."""
+    message = str(err)
+    if message.startswith("Caught ") and "Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return Zs3InputError(message)
+
+
 def _endless(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
     for epoch in itertools.count():
         if sampler is not None:
@@ -87,9 +96,13 @@ def training_batches(real: Dataset | None, synthetic: IterableDataset | None, pr
     if synthetic is not None:
         streams.append(iter(DataLoader(synthetic, batch_size=per_process - real_size, drop_last=True,
                                        num_workers=preset.workers, pin_memory=procs.device.type == "cuda")))
-    for parts in zip(*streams):
-        yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    raise RuntimeError("the synthetic stream ended: this process received no shard")
+    try:
+        for parts in zip(*streams):
+            yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    except Zs3InputError as err:
+        raise one_line(err) from None
+    raise Zs3InputError(f"the synthetic shards gave process {procs.rank} of {procs.world} no sample "
+                        "(empty shards?)")
 
 
 @dataclass
@@ -160,11 +173,14 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, procs: Proces
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=procs.device)
     share = Subset(dataset, range(procs.rank, len(dataset), procs.world))
-    for image, mask in DataLoader(share, batch_size=1, num_workers=workers):
-        with torch.autocast(procs.device.type, dtype=torch.float16, enabled=procs.device.type == "cuda"):
-            pred = predict(model, image.to(procs.device))
-        conf += confusion_matrix(pred, mask.to(procs.device), num_classes)
-        on_image()
+    try:
+        for image, mask in DataLoader(share, batch_size=1, num_workers=workers):
+            with torch.autocast(procs.device.type, dtype=torch.float16, enabled=procs.device.type == "cuda"):
+                pred = predict(model, image.to(procs.device))
+            conf += confusion_matrix(pred, mask.to(procs.device), num_classes)
+            on_image()
+    except Zs3InputError as err:
+        raise one_line(err) from None
     if procs.world > 1:
         dist.all_reduce(conf)
     return conf.cpu()
