@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -52,7 +53,7 @@ def background_baseline(root: Path, config: RunConfig, timestep: int) -> float:
 
 
 def run(out: Path, n_train: int = 400, n_val: int = 100, steps: int = 600, batch_size: int = 8,
-        lr: float = 1e-3, seed: int = 0, validate_every: int = 100, vae_steps: int = 300) -> dict:
+        lr: float = 1e-3, seed: int = 0, validate_every: int = 100, vae_steps: int = 200) -> dict:
     started, cpu_started = time.time(), cpu_seconds()
     data = write_toy_dataset(out / "toy-voc", n_train, n_val, seed=seed)
     tiny = Runtime(RunConfig(vocab="voc", out=out / "run", preset_name="tiny", preset=load_preset("tiny"), n=1))
@@ -81,9 +82,14 @@ def run(out: Path, n_train: int = 400, n_val: int = 100, steps: int = 600, batch
 def main(out: Annotated[Path, typer.Option(help="Working folder (dataset + run).")] = Path("runs/bench-grounding"),
          steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
          n_train: Annotated[int, typer.Option(help="Training images.")] = 400,
-         n_val: Annotated[int, typer.Option(help="Held-out images.")] = 100):
+         n_val: Annotated[int, typer.Option(help="Held-out images.")] = 100,
+         vae_steps: Annotated[int, typer.Option(help="Steps fitting the tiny VAE.")] = 200,
+         threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None):
     """Train the grounding module on toy shapes and report held-out mIoU and CPU time."""
-    report = run(out, n_train=n_train, n_val=n_val, steps=steps)
+    if threads:
+        torch.set_num_threads(threads)
+    report = run(out, n_train=n_train, n_val=n_val, steps=steps, vae_steps=vae_steps)
+    report["threads"] = torch.get_num_threads()
     table = Table(title="grounding module on toy shapes (held-out images, tiny preset)")
     table.add_column("class")
     table.add_column("IoU", justify="right")
