@@ -97,23 +97,23 @@ class RunConfig(BaseModel):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_file(folder: str, name_or_path: str, what: str) -> Path:
+    """A packaged ``configs/<folder>/<name>.yaml`` or a YAML file path; one clear error otherwise."""
+    packaged = CONFIG_DIR / folder / f"{name_or_path}.yaml"
+    path = packaged if packaged.exists() else Path(name_or_path)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml")))
+        raise ConfigError(f"unknown {what} '{name_or_path}': not one of {names} and no such file")
+    return path
+
+
 def resolve_vocabulary(name_or_path: str) -> Vocabulary:
     """A packaged vocabulary by name (voc, voc-split1, coco) or a user's YAML file."""
-    packaged = CONFIG_DIR / "vocab" / f"{name_or_path}.yaml"
-    path = packaged if packaged.exists() else Path(name_or_path)
-    if not path.exists():
-        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "vocab").glob("*.yaml")))
-        raise ConfigError(f"unknown vocabulary '{name_or_path}': not one of {names} and no such file")
-    return load_vocabulary(path)
+    return load_vocabulary(config_file("vocab", name_or_path, "vocabulary"))
 
 
 def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
-    packaged = CONFIG_DIR / "presets" / f"{name_or_path}.yaml"
-    path = packaged if packaged.exists() else Path(name_or_path)
-    if not path.exists():
-        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml")))
-        raise ConfigError(f"unknown model preset '{name_or_path}': not one of {names} and no such file")
-    raw = yaml.safe_load(path.read_text())
+    raw = yaml.safe_load(config_file("presets", name_or_path, "model preset").read_text())
     for key, value in (overrides or {}).items():  # nested dicts (e.g. train) are merged, None skipped
         if isinstance(value, dict):
             value = {**raw.get(key, {}), **{k: v for k, v in value.items() if v is not None}}

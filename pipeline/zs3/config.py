@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import CONFIG_DIR, ConfigError
+from pipeline.config import ConfigError, config_file
 
 
 class Zs3InputError(ConfigError):
@@ -45,12 +44,7 @@ class SegmenterPreset(BaseModel):
 
 def load_segmenter_preset(name_or_path: str, overrides: dict | None = None) -> SegmenterPreset:
     """A packaged preset (tiny, standard) or a YAML file, with non-None ``overrides`` applied."""
-    packaged = CONFIG_DIR / "segmenter" / f"{name_or_path}.yaml"
-    path = packaged if packaged.exists() else Path(name_or_path)
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "segmenter").glob("*.yaml")))
-        raise ConfigError(f"unknown segmenter preset '{name_or_path}': not one of {names} and no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = yaml.safe_load(config_file("segmenter", name_or_path, "segmenter preset").read_text()) or {}
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return SegmenterPreset(**raw)
