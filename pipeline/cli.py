@@ -131,8 +131,9 @@ def _run_phases(config: RunConfig, phases: set[str], settings: ExecutorSettings)
     runtime = Runtime(config)
     runtime.check_weights(oracle="oracle" in phases, grounding="label" in phases and "train" not in phases)
     console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
-    prepare_output(config, runtime.sd_source(), runtime.oracle_source(), labelling="label" in phases)
     executor = make_executor(settings, worker=ShardWorker(config, runtime))
+    executor.check()
+    prepare_output(config, runtime.sd_source(), runtime.oracle_source(), labelling="label" in phases)
     with progress_bar(console) as progress:
         if "oracle" in phases:
             _stop_on_failed_shards(run_oracle_phase(config, executor, progress), "A")

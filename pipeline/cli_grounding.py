@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.annotated_data import AnnotatedDataError
+from pipeline.annotated_data import AnnotatedDataError, voc_index
 from pipeline.config import ConfigError
 from pipeline.dataset import check_output, output_lock
 from pipeline.progress import progress_bar
@@ -38,11 +38,16 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
         runtime = Runtime(config)
         runtime.check_weights(oracle=False, grounding=False)
+        try:  # a bad folder is one line, before --out exists or a bar is drawn
+            for name in filter(None, (split, val_split)):
+                voc_index(data, name)
+        except AnnotatedDataError as err:
+            raise ConfigError(str(err)) from err
         config.out.mkdir(parents=True, exist_ok=True)
         with output_lock(config), progress_bar(cli.console) as progress:
             try:
                 record = train_on_annotated(config, runtime, data, split, val_split or None, progress)
-            except AnnotatedDataError as err:
+            except AnnotatedDataError as err:  # an image or mask that cannot be read
                 raise ConfigError(str(err)) from err
         last = record["validation"][-1]["miou"] if record["validation"] else None
         cli.console.print(f"grounding module: loss {record['first_loss']:.4f} -> {record['last_loss']:.4f} in "

@@ -52,3 +52,14 @@ def test_eval_grounding_without_a_checkpoint_says_so(tmp_path, cache_dir):
     result = datagen("eval", "grounding", *ARGS, "--out", str(tmp_path / "none"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no grounding checkpoint" in result.stderr
+
+
+def test_train_annotated_on_a_folder_that_is_not_voc_is_one_line_and_leaves_nothing(tmp_path, cache_dir):
+    out = tmp_path / "out"
+    result = datagen("train-annotated", "--data", str(tmp_path / "nope"), "--vocab", "voc", "--models", "tiny",
+                     "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'}/ImageSets/Segmentation/train.txt is missing: not a VOC-layout folder with a "
+        "'train' image set"]
+    assert not out.exists()

@@ -62,8 +62,8 @@ def test_a_killed_driver_resumes_to_the_bytes_of_an_uninterrupted_run(ray_cluste
 
 
 def one_line_error(result) -> str:
-    """The error line that ends the run (the run's header and progress bar come before it: the cluster
-    is checked once the executor starts), with exit 2 and no traceback."""
+    """The error line that ends the run (only the run's header comes before it: the cluster is checked
+    before the output folder is made), with exit 2 and no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and lines[-1].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
@@ -75,7 +75,7 @@ def test_more_workers_than_the_cluster_can_run_beside_encoding_is_one_line(ray_c
     result = subprocess.run(datagen("generate", *ARGS, "--out", str(tmp_path / "out"), "--ray-address", ray_cluster,
                                     "--workers", "2"), capture_output=True, text=True, timeout=300)
     assert "cluster has 2 CPUs and 0 GPUs: 2 workers with 1 CPUs" in one_line_error(result)
-    assert not list(tmp_path.rglob("shard-*"))
+    assert not (tmp_path / "out").exists()  # refused before the output folder is claimed
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path):
@@ -85,3 +85,4 @@ def test_an_unreachable_cluster_is_one_line(tmp_path):
                                     "127.0.0.1:1"), capture_output=True, text=True, timeout=300)
     assert "cannot reach Ray at 127.0.0.1:1: " in one_line_error(result)
     assert time.time() - started < 120
+    assert not (tmp_path / "out").exists()

@@ -26,6 +26,9 @@ class Executor(ABC):
     def __init__(self, retries: int = 2):
         self.retries = retries
 
+    def check(self) -> None:
+        """Fail with one line, before anything is written, when this executor cannot run here."""
+
     @abstractmethod
     def run(self, tasks: list[ShardTask], config: RunConfig, on_samples: ProgressFn) -> ExecutionReport:
         ...

@@ -161,6 +161,11 @@ class RayExecutor(Executor):
                               "--gpus-per-worker/--encode-cpus")
         return workers, gpus
 
+    def check(self) -> None:
+        """Reach the cluster and check that the pool fits it (ConfigError otherwise)."""
+        connect(self.settings.ray_address)
+        self._pool_size()
+
     def run(self, tasks: list[ShardTask], config: RunConfig, on_samples: ProgressFn) -> ExecutionReport:
         if not tasks:
             return ExecutionReport()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from pipeline.config import ConfigError
 from pipeline.progress import progress_bar
@@ -44,20 +45,29 @@ def zs3(
     request = Zs3Request(vocab=vocab, real=real, out=out, preset_name=segmenter, preset=preset,
                          synthetic=synthetic, mode=mode, real_format=real_format, train_split=train_split,
                          val_split=val_split, device=device, seed=seed)
-    progress = progress_bar(console, unit="steps")
+    progress = progress_bar(console, unit="steps")  # run_zs3 starts it once the inputs are usable
     try:
-        with progress:
-            try:
-                report = run_zs3(request, console, progress)
-            except ConfigError:  # the error alone is printed: no half-drawn bar above it
-                for task in list(progress.task_ids):
-                    progress.remove_task(task)
-                raise
+        report = run_zs3(request, console, progress)
+    except ConfigError:  # the error alone is printed: no half-drawn bar above it
+        for task in list(progress.task_ids):
+            progress.remove_task(task)
+        if progress.live.is_started:
+            progress.live.stop()  # not progress.stop(): it would end the empty bar with a blank line
+        raise
     except KeyboardInterrupt:
+        _stop(progress)
         console.print(f"interrupted: the last checkpoint in {out} is kept; rerun the same command to resume")
         raise typer.Exit(130) from None
+    finally:
+        _stop(progress)
     if report is None:  # a torchrun process other than rank 0
         return
     summary = {k: report[k] for k in ("mode", "vocabulary", "metrics")}
     print(json.dumps({"report": str(out / "report.json"), **summary, "training": {
         k: report["training"][k] for k in ("steps", "first_loss", "last_loss")}}))
+
+
+def _stop(progress: Progress) -> None:
+    """Stop the bar if it was started (rich prints a blank line when stopping one that never was)."""
+    if progress.live.is_started:
+        progress.stop()

@@ -140,6 +140,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
                                  preset.shuffle_buffer) if urls is not None else None)
     batches = training_batches(real_train, synthetic, preset, procs, request.seed + state.step)
 
+    progress.start()  # only now: an input error above is printed alone, with no bar around it
     task = progress.add_task("training", total=preset.steps, completed=state.step, visible=procs.main)
 
     def on_step(s):
