@@ -79,6 +79,18 @@ def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError saying what is wrong ("not valid JSON (...)", "not a JSON
+    object") when it is unreadable or not an object, for the caller to name the file and the remedy."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:
     """Write samples (``__key__`` plus encoded members) as one shard, then its stats, atomically."""
     final = shard_path(folder, shard_id)

@@ -7,7 +7,6 @@ a manifest from a newer format and a truncated shard read the same way everywher
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import webdataset as wds
 
 from pipeline.config import ConfigError
 from pipeline.dataset import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
-from pipeline.shards import finished_shards, read_stats
+from pipeline.shards import finished_shards, read_json_object, read_stats
 
 PHASE_DIRS = {"label": DATA_DIR, "oracle": ORACLE_DIR}
 
@@ -35,12 +34,9 @@ class CorruptShard(DatasetError):
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); {what}") from err
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path} is not a JSON object; {what}")
-    return data
+        return read_json_object(path)
+    except ValueError as err:
+        raise DatasetError(f"{path} is {err}; {what}") from err
 
 
 @dataclass

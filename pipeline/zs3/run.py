@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pipeline.config import ConfigError, resolve_vocabulary
-from pipeline.shards import write_json_atomic
+from pipeline.shards import read_json_object, write_json_atomic
 from pipeline.zs3.config import MODES, SegmenterPreset, Zs3InputError
 from pipeline.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.zs3.report import build_report, write_report
@@ -77,12 +77,9 @@ def _check_out(out: Path, fingerprint: str) -> dict | None:
 def _read_json(path: Path, remedy: str) -> dict:
     """A JSON object this command wrote; a damaged one is an input error naming the file and the remedy."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return read_json_object(path)
+    except ValueError as err:
         raise Zs3InputError(f"{path} is damaged ({err}); {remedy}") from err
-    if not isinstance(data, dict):
-        raise Zs3InputError(f"{path} is damaged (not a JSON object); {remedy}")
-    return data
 
 
 def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
