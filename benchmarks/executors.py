@@ -25,11 +25,11 @@ import torch
 import transformers
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.dataset import DATA_DIR
-from pipeline.executors import ExecutorSettings, make_executor
-from pipeline.executors.ray_executor import connect, disconnect
-from pipeline.phases import feature_channels, run_label_phase
-from pipeline.runtime import GROUNDING_DIR, Runtime
+from pipeline.dataset.manifest import DATA_DIR
+from pipeline.run.executors import ExecutorSettings, make_executor
+from pipeline.run.executors.ray_executor import connect, disconnect
+from pipeline.run.phases import feature_channels, run_label_phase
+from pipeline.run.runtime import GROUNDING_DIR, Runtime
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 
 

@@ -47,7 +47,7 @@ def ray_cluster(cache_dir):
     import shutil
     import tempfile
 
-    from pipeline.executors.ray_executor import connect, disconnect
+    from pipeline.run.executors.ray_executor import connect, disconnect
 
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")

@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from pycocotools import mask as mask_utils
 
-from pipeline.reader import open_dataset
+from pipeline.dataset.reader import open_dataset
 
 ARGS = ["--vocab", "voc", "--n", "6", "--models", "tiny", "--bootstrap-n", "4", "--train-steps", "3",
         "--shard-size", "4", "--batch-size", "2", "--seed", "3"]
@@ -156,7 +156,7 @@ def test_samples_that_raised_exit_1_and_a_rerun_retries_them(tmp_path, monkeypat
     from typer.testing import CliRunner
 
     from pipeline.cli import app
-    from pipeline.workers import ShardWorker
+    from pipeline.run.workers import ShardWorker
 
     original = ShardWorker._oracle_batch
 

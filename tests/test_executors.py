@@ -16,11 +16,11 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, load_preset
-from pipeline.executors import ExecutorSettings, make_executor
-from pipeline.faults import FAULTS_ENV
-from pipeline.plan import plan_shards
-from pipeline.shards import shard_path, stats_path
-from pipeline.workers import ShardWorker
+from pipeline.run.executors import ExecutorSettings, make_executor
+from pipeline.run.faults import FAULTS_ENV
+from pipeline.run.plan import plan_shards
+from pipeline.dataset.shards import shard_path, stats_path
+from pipeline.run.workers import ShardWorker
 from stages.weights import WeightsMissingError
 
 N, SHARD = 6, 2
@@ -195,6 +195,6 @@ def test_ray_flags_without_the_ray_executor_are_refused():
 
 def test_the_ray_executor_without_ray_installed_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError
-    monkeypatch.delitem(sys.modules, "pipeline.executors.ray_executor", raising=False)
+    monkeypatch.delitem(sys.modules, "pipeline.run.executors.ray_executor", raising=False)
     with pytest.raises(ConfigError, match=r"^--executor ray needs Ray, .*pip install 'datagen\[ray\]'$"):
         make_executor(ExecutorSettings(kind="ray"))

@@ -13,8 +13,8 @@ from PIL import Image
 from pipeline.inspect.folder import read_shard
 from pipeline.inspect.show import class_colour, pick_samples
 from pipeline.inspect.folder import open_output
-from pipeline.shards import encode_mask, finished_shards, write_shard
-from pipeline.sizing import samples_per_shard
+from pipeline.dataset.shards import encode_mask, finished_shards, write_shard
+from pipeline.dataset.sizing import samples_per_shard
 
 
 @pytest.fixture

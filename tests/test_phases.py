@@ -7,11 +7,11 @@ import time
 import pytest
 
 from pipeline.config import ConfigError, RunConfig, load_preset
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock
-from pipeline.phases import PhaseError, check_earlier_phases, recover_interrupted_training, run_train_phase, \
+from pipeline.dataset.manifest import DATA_DIR, ORACLE_DIR, check_output, output_lock
+from pipeline.run.phases import PhaseError, check_earlier_phases, recover_interrupted_training, run_train_phase, \
     training_is_current
-from pipeline.runtime import GROUNDING_DIR
-from pipeline.shards import STALE_TEMPORARY_SECONDS, temporary_path, write_shard
+from pipeline.run.runtime import GROUNDING_DIR
+from pipeline.dataset.shards import STALE_TEMPORARY_SECONDS, temporary_path, write_shard
 
 
 def make_config(out, n=8) -> RunConfig:
@@ -95,7 +95,7 @@ def test_a_smaller_n_than_the_samples_on_disk_is_refused(tmp_path):
 
 def test_two_runs_racing_for_one_folder_cannot_mix_configs(tmp_path):
     """Runs on two machines (no shared lock) both found the folder free; the second to claim it stops."""
-    from pipeline.dataset import claim_output
+    from pipeline.dataset.manifest import claim_output
 
     mine, theirs = make_config(tmp_path), make_config(tmp_path).model_copy(update={"seed": 9})
     check_output(mine)
@@ -117,7 +117,7 @@ def test_temporary_names_never_collide_across_writers():
 
 def test_reopening_a_folder_removes_stale_temporaries_only(tmp_path):
     """A young temporary may be a concurrent same-config run's shard being written: it is kept."""
-    from pipeline.dataset import prepare_output
+    from pipeline.dataset.manifest import prepare_output
 
     config = make_config(tmp_path / "out").model_copy(update={"cache_dir": tmp_path / "cache"})
     weights = tmp_path / "weights.pth"

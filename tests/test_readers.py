@@ -12,8 +12,8 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.inspect.folder import read_shard
-from pipeline.reader import WIDS_INDEX, open_dataset, safe_decoder, training_dataset, wids_dataset
-from pipeline.shards import finished_shards
+from pipeline.dataset.reader import WIDS_INDEX, open_dataset, safe_decoder, training_dataset, wids_dataset
+from pipeline.dataset.shards import finished_shards
 
 
 def reference(out):

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.reader import open_dataset
-from pipeline.plan import pending, plan_shards
-from pipeline.shards import encode_mask, finished_shards, read_stats, shard_path, stats_path, write_shard
+from pipeline.dataset.reader import open_dataset
+from pipeline.run.plan import pending, plan_shards
+from pipeline.dataset.shards import encode_mask, finished_shards, read_stats, shard_path, stats_path, write_shard
 
 
 def _samples(n):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.samples import encode_sample, instance
-from pipeline.shards import shard_path, write_shard
-from pipeline.training_data import oracle_batches
+from pipeline.dataset.samples import encode_sample, instance
+from pipeline.dataset.shards import shard_path, write_shard
+from pipeline.training.oracle_data import oracle_batches
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule
 from stages.grounding.train import GroundingTrainer, TrainOptions, class_embeddings, fit

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.executors.local import LocalExecutor
-from pipeline.plan import errored_samples, missing, pending, plan_shards
-from pipeline.shards import read_stats
-from pipeline.workers import ShardWorker
+from pipeline.run.executors.local import LocalExecutor
+from pipeline.run.plan import errored_samples, missing, pending, plan_shards
+from pipeline.dataset.shards import read_stats
+from pipeline.run.workers import ShardWorker
 
 
 @pytest.fixture

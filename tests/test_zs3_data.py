@@ -9,12 +9,12 @@ from PIL import Image
 from zs3_fixtures import CLASSES, corrupt_member, make_synthetic, make_voc
 
 from pipeline.config import resolve_vocabulary
-from pipeline.zs3.config import Zs3InputError, load_segmenter_preset
-from pipeline.zs3.labels import name_index
-from pipeline.zs3.real import coco_split, voc_split
-from pipeline.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls, vocabulary_mask
-from pipeline.zs3.train import Processes, training_batches
-from pipeline.zs3.transforms import eval_transform, train_transform
+from pipeline.evaluate.zs3.config import Zs3InputError, load_segmenter_preset
+from pipeline.evaluate.zs3.labels import name_index
+from pipeline.evaluate.zs3.real import coco_split, voc_split
+from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls, vocabulary_mask
+from pipeline.evaluate.zs3.train import Processes, training_batches
+from pipeline.evaluate.zs3.transforms import eval_transform, train_transform
 from stages.vocab import load_vocabulary
 
 VOC_TO_VOCAB = {1: 1, 7: 7, 15: 15, 17: 17}  # the voc vocabulary keeps VOC's order for these four
@@ -153,7 +153,7 @@ def test_empty_or_missing_synthetic_data_is_refused(tmp_path, voc):
     (tmp_path / "empty" / "data").mkdir(parents=True)
     with pytest.raises(Zs3InputError, match="no finished shards"):
         synthetic_urls(str(tmp_path / "empty"))
-    from pipeline.shards import write_shard
+    from pipeline.dataset.shards import write_shard
     write_shard(tmp_path / "empty" / "data", 0, [], {"written": 0})
     with pytest.raises(Zs3InputError, match="hold no samples"):
         check_synthetic(synthetic_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import Progress
 from zs3_fixtures import corrupt_member, make_synthetic, make_voc
 
-import pipeline.zs3.run as zs3_run
-from pipeline.zs3.config import load_segmenter_preset
-from pipeline.zs3.run import Zs3Request, run_zs3
+import pipeline.evaluate.zs3.run as zs3_run
+from pipeline.evaluate.zs3.config import load_segmenter_preset
+from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
 
 
 # One intra-op thread: on a CPU shared with other jobs, torch's thread pool spins and a step can take

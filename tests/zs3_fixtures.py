@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.shards import encode_image, encode_mask, write_shard
+from pipeline.dataset.shards import encode_image, encode_mask, write_shard
 
 # VOC label value -> (name, colour): three seen classes and one unseen (sheep) in the voc vocabulary.
 CLASSES = {1: ("aeroplane", (230, 30, 30)), 7: ("car", (30, 200, 40)), 15: ("person", (40, 60, 230)),

@@ -15,8 +15,8 @@ from pathlib import Path
 import webdataset as wds
 
 from pipeline.config import ConfigError
-from pipeline.dataset import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
-from pipeline.shards import finished_shards, read_json_object, read_stats
+from pipeline.dataset.manifest import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
+from pipeline.dataset.shards import finished_shards, read_json_object, read_stats
 
 PHASE_DIRS = {"label": DATA_DIR, "oracle": ORACLE_DIR}
 

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.inspect.folder import DatasetError, DatasetFolder
-from pipeline.reader import image_member
-from pipeline.shards import write_bytes_atomic
+from pipeline.dataset.reader import image_member
+from pipeline.dataset.shards import write_bytes_atomic
 from stages.metrics import IGNORE_INDEX
 
 TILE = 192  # tile side in pixels; images are resized to it (masks with nearest neighbour)

@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
-from pipeline.plan import plan_shards
+from pipeline.run.plan import plan_shards
 
 UNSAFE = {"pyd", "pickle", "pkl", "pth", "pt"}  # members that load by running code: never allowed
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.plan import ShardTask
-from pipeline.workers import ProgressFn
+from pipeline.run.plan import ShardTask
+from pipeline.run.workers import ProgressFn
 
 
 @dataclass
@@ -61,7 +61,7 @@ def make_executor(settings: ExecutorSettings, worker=None) -> Executor:
     """The executor ``settings`` ask for; ``worker`` is an in-process ShardWorker to reuse."""
     if settings.kind == "ray":
         try:
-            from pipeline.executors.ray_executor import RayExecutor
+            from pipeline.run.executors.ray_executor import RayExecutor
         except ModuleNotFoundError as err:
             if err.name != "ray" and not (err.name or "").startswith("ray."):
                 raise
@@ -69,6 +69,6 @@ def make_executor(settings: ExecutorSettings, worker=None) -> Executor:
                               "pip install 'datagen[ray]'") from None
 
         return RayExecutor(settings)
-    from pipeline.executors.local import LocalExecutor
+    from pipeline.run.executors.local import LocalExecutor
 
     return LocalExecutor(retries=settings.retries, worker=worker)

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from pipeline.zs3.config import Zs3InputError
+from pipeline.evaluate.zs3.config import Zs3InputError
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 

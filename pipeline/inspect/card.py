@@ -7,11 +7,11 @@ from pathlib import Path
 
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
-from pipeline.provenance import file_sha256
-from pipeline.dataset import DATA_DIR
-from pipeline.reader import WIDS_INDEX
-from pipeline.runtime import GROUNDING_DIR
-from pipeline.shards import finished_shards, write_text_atomic
+from pipeline.dataset.provenance import file_sha256
+from pipeline.dataset.manifest import DATA_DIR
+from pipeline.dataset.reader import WIDS_INDEX
+from pipeline.run.runtime import GROUNDING_DIR
+from pipeline.dataset.shards import finished_shards, write_text_atomic
 
 
 def _model(record: dict | None, fallback: str) -> str:
@@ -90,7 +90,7 @@ unseen {stats['splits']['unseen']['pixel_share']:.2%}
 ## How to load it
 
 ```python
-from pipeline.reader import training_dataset, open_dataset, wids_dataset   # datagen's readers
+from pipeline.dataset.reader import training_dataset, open_dataset, wids_dataset   # datagen's readers
 loader = torch.utils.data.DataLoader(training_dataset("."), batch_size=8, num_workers=4)
 for image, mask, meta in training_dataset("."):  # uint8 (3, H, W), int64 (H, W) class ids, dict
     ...

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
-from pipeline.zs3.config import SegmenterPreset, Zs3InputError
+from pipeline.evaluate.zs3.config import SegmenterPreset, Zs3InputError
 from stages.metrics import confusion_matrix
 from stages.segmenter import predict, segmentation_loss
 

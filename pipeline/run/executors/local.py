@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pipeline.config import RunConfig
-from pipeline.executors import ExecutionReport, Executor
-from pipeline.plan import ShardTask
-from pipeline.workers import ProgressFn, ShardWorker
+from pipeline.run.executors import ExecutionReport, Executor
+from pipeline.run.plan import ShardTask
+from pipeline.run.workers import ProgressFn, ShardWorker
 from stages.weights import WeightsMissingError
 
 

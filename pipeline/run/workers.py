@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline import faults
+from pipeline.run import faults
 from pipeline.config import RunConfig
-from pipeline.plan import ERRORED, ShardTask
-from pipeline.runtime import Runtime
-from pipeline.samples import LabelledSample, RawInstance, sample_key
-from pipeline.shards import write_shard
+from pipeline.run.plan import ERRORED, ShardTask
+from pipeline.run.runtime import Runtime
+from pipeline.dataset.samples import LabelledSample, RawInstance, sample_key
+from pipeline.dataset.shards import write_shard
 from stages.grounding.train import class_embeddings
 from stages.label import masks_from_probabilities, semantic_mask
 from stages.prompts import PromptSpec, prompt_specs

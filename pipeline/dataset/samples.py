@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline.shards import encode_array, encode_image, encode_mask
+from pipeline.dataset.shards import encode_array, encode_image, encode_mask
 from stages.prompts import PromptSpec
 
 

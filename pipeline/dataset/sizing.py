@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import tarfile
 
-from pipeline.shards import SHARD_MTIME
+from pipeline.dataset.shards import SHARD_MTIME
 
 BLOCK = tarfile.BLOCKSIZE
 # Per member: a ustar header, the data padded to a whole block (half a block on average) and, because

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from pipeline.annotated_data import annotated_batches, annotated_validation_batches, voc_index
+from pipeline.training.annotated import annotated_batches, annotated_validation_batches, voc_index
 from pipeline.config import RunConfig
-from pipeline.runtime import GROUNDING_DIR, Runtime
-from pipeline.shards import write_json_atomic
+from pipeline.run.runtime import GROUNDING_DIR, Runtime
+from pipeline.dataset.shards import write_json_atomic
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 from stages.grounding.train import GroundingTrainer, TrainOptions, fit
 

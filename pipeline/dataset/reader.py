@@ -18,8 +18,8 @@ import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 
-from pipeline.dataset import DATA_DIR
-from pipeline.shards import finished_shards, read_stats, write_json_atomic
+from pipeline.dataset.manifest import DATA_DIR
+from pipeline.dataset.shards import finished_shards, read_stats, write_json_atomic
 
 WIDS_INDEX = "index.wids.json"  # beside the shards: the wids shard list (urls relative to it)
 

@@ -9,8 +9,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.shards import write_json_atomic, write_text_atomic
-from pipeline.zs3.config import MODES
+from pipeline.dataset.shards import write_json_atomic, write_text_atomic
+from pipeline.evaluate.zs3.config import MODES
 from stages.metrics import zs3_scores
 from stages.vocab import Vocabulary
 

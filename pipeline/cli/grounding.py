@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.annotated_data import AnnotatedDataError, voc_index
+from pipeline.training.annotated import AnnotatedDataError, voc_index
 from pipeline.config import ConfigError
-from pipeline.dataset import check_output, output_lock
-from pipeline.progress import progress_bar
-from pipeline.runtime import Runtime
-from pipeline.shards import write_json_atomic
+from pipeline.dataset.manifest import check_output, output_lock
+from pipeline.cli.progress import progress_bar
+from pipeline.run.runtime import Runtime
+from pipeline.dataset.shards import write_json_atomic
 
 Data = Annotated[Path, typer.Option(help="VOC-layout folder: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/.")]
 
@@ -34,7 +34,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         scored. A killed run resumes from its last checkpoint when rerun with the same flags."""
         config = cli._config(vocab, 1, out, models, seed, sd_path, None, device, None, train_steps, None, None)
         check_output(config, labelling=False)
-        from pipeline.training import train_on_annotated
+        from pipeline.training.job import train_on_annotated
 
         runtime = Runtime(config)
         runtime.check_weights(oracle=False, grounding=False)
@@ -64,7 +64,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
     ):
         """Protocol I: mIoU of the grounding module against the oracle, seen and unseen classes apart."""
-        from pipeline.protocol1 import evaluate_grounding
+        from pipeline.evaluate.protocol1 import evaluate_grounding
 
         config = cli._config(vocab, n, out, models, seed, sd_path, oracle_weights, device, None, None, None, batch_size)
         runtime = Runtime(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.shards import read_stats
+from pipeline.dataset.shards import read_stats
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.provenance import code_version, model_record
-from pipeline.shards import (finished_stats, remove_stale_temporaries, temporary_path, write_json_atomic,
+from pipeline.dataset.provenance import code_version, model_record
+from pipeline.dataset.shards import (finished_stats, remove_stale_temporaries, temporary_path, write_json_atomic,
                              write_text_atomic)
 
 FORMAT_VERSION = 1

@@ -10,13 +10,13 @@ from pathlib import Path
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, summarize
-from pipeline.executors import ExecutionReport, Executor
-from pipeline.plan import ShardTask, missing, pending, plan_shards
-from pipeline.runtime import GROUNDING_DIR, Runtime
-from pipeline.shards import finished_shards, finished_stats, shard_name
-from pipeline.training import TRAINING_RECORD, run_training
-from pipeline.training_data import oracle_batches, oracle_validation_batches
+from pipeline.dataset.manifest import DATA_DIR, ORACLE_DIR, summarize
+from pipeline.run.executors import ExecutionReport, Executor
+from pipeline.run.plan import ShardTask, missing, pending, plan_shards
+from pipeline.run.runtime import GROUNDING_DIR, Runtime
+from pipeline.dataset.shards import finished_shards, finished_stats, shard_name
+from pipeline.training.job import TRAINING_RECORD, run_training
+from pipeline.training.oracle_data import oracle_batches, oracle_validation_batches
 
 
 class PhaseError(RuntimeError):
@@ -90,7 +90,7 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     """Phase B: train the grounding module on the oracle shards; skipped when already current.
 
     A held-out split of the oracle samples (by key, ``train.val_fraction``) is kept for validation; a
-    killed run resumes from its last checkpoint (``pipeline.training``)."""
+    killed run resumes from its last checkpoint (``pipeline.training.job``)."""
     folder = config.out / GROUNDING_DIR
     if training_is_current(config):
         return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}

@@ -14,20 +14,20 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
-from pipeline.card import write_card
-from pipeline.dataset import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize
-from pipeline.executors import ExecutionReport, ExecutorSettings, make_executor
-from pipeline.inspect import commands as inspect_commands
-from pipeline.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
+from pipeline.inspect.card import write_card
+from pipeline.dataset.manifest import DATA_DIR, ORACLE_DIR, check_output, output_lock, prepare_output, summarize
+from pipeline.run.executors import ExecutionReport, ExecutorSettings, make_executor
+from pipeline.cli import inspect as inspect_commands
+from pipeline.run.phases import PhaseError, check_earlier_phases, oracle_tasks, recover_interrupted_training, \
     run_label_phase, run_oracle_phase, run_train_phase, training_is_current
-from pipeline.plan import errored_samples, pending, plan_shards
-from pipeline.progress import progress_bar
-from pipeline.reader import WIDS_INDEX, write_wids_index
-from pipeline.runtime import Runtime
-from pipeline.shards import finished_stats
-from pipeline.sizing import samples_per_shard
-from pipeline.workers import ShardWorker
-from pipeline.zs3.command import zs3
+from pipeline.run.plan import errored_samples, pending, plan_shards
+from pipeline.cli.progress import progress_bar
+from pipeline.dataset.reader import WIDS_INDEX, write_wids_index
+from pipeline.run.runtime import Runtime
+from pipeline.dataset.shards import finished_stats
+from pipeline.dataset.sizing import samples_per_shard
+from pipeline.run.workers import ShardWorker
+from pipeline.cli.zs3 import zs3
 from stages.prompts import prompt_specs
 from stages.vocab import VocabularyError
 from stages.weights import WeightsMissingError
@@ -245,7 +245,7 @@ def prompts(vocab: Vocab = "coco", n: Annotated[int, typer.Option(help="How many
         print(json.dumps(spec.to_dict()))
 
 
-from pipeline.cli_grounding import register as _register_grounding  # noqa: E402 - needs the names above
+from pipeline.cli.grounding import register as _register_grounding  # noqa: E402 - needs the names above
 
 _register_grounding(app, eval_app)
 
@@ -269,5 +269,3 @@ def main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    main()

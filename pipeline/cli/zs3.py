@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pipeline.config import ConfigError
-from pipeline.progress import progress_bar
-from pipeline.zs3.config import MODES, load_segmenter_preset
-from pipeline.zs3.run import Zs3Request, run_zs3
+from pipeline.cli.progress import progress_bar
+from pipeline.evaluate.zs3.config import MODES, load_segmenter_preset
+from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
 
 console = Console(stderr=True, soft_wrap=True)
 

@@ -10,7 +10,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pipeline.zs3.config import SegmenterPreset
+from pipeline.evaluate.zs3.config import SegmenterPreset
 from stages.metrics import IGNORE_INDEX
 from stages.segmenter import MEAN, STD
 

@@ -22,11 +22,11 @@ from collections import Counter, deque
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from pipeline import faults
+from pipeline.run import faults
 from pipeline.config import ConfigError, RunConfig
-from pipeline.executors import ExecutionReport, Executor, ExecutorSettings
-from pipeline.plan import ShardTask
-from pipeline.workers import ProgressFn, ShardWorker, commit_shard
+from pipeline.run.executors import ExecutionReport, Executor, ExecutorSettings
+from pipeline.run.plan import ShardTask
+from pipeline.run.workers import ProgressFn, ShardWorker, commit_shard
 from stages.weights import WeightsMissingError
 
 FORWARDED_ENV = ("DATAGEN_", "HF_")  # cache, offline mode and test hooks reach the workers

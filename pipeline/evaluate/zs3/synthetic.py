@@ -12,16 +12,16 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 from webdataset.autodecode import DecodingError
 
-from pipeline.reader import open_dataset, shard_urls, training_dataset
-from pipeline.zs3.config import Zs3InputError
-from pipeline.zs3.labels import name_index, normalize
-from pipeline.zs3.transforms import Transform
+from pipeline.dataset.reader import open_dataset, shard_urls, training_dataset
+from pipeline.evaluate.zs3.config import Zs3InputError
+from pipeline.evaluate.zs3.labels import name_index, normalize
+from pipeline.evaluate.zs3.transforms import Transform
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
 
 def synthetic_urls(spec: str) -> list[str]:
-    """``--synthetic`` as shard urls (``pipeline.reader.shard_urls``), its errors as one-line input errors."""
+    """``--synthetic`` as shard urls (``pipeline.dataset.reader.shard_urls``), its errors as one-line input errors."""
     try:
         return shard_urls(spec)
     except (FileNotFoundError, ValueError) as err:
@@ -52,7 +52,7 @@ def unreadable_sample(err: Exception) -> bool:
 
 def synthetic_stream(urls: list[str], vocabulary: Vocabulary, transform: Transform, seed: int,
                      buffer: int) -> IterableDataset:
-    """Endless augmented (image, mask) tensors: ``pipeline.reader.training_dataset`` (split across
+    """Endless augmented (image, mask) tensors: ``pipeline.dataset.reader.training_dataset`` (split across
     processes and workers, ``buffer``-sample shuffle, a new shard order each pass) with ids mapped by name."""
     names = name_index(vocabulary)
 

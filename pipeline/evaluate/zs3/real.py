@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipeline.zs3.config import Zs3InputError
-from pipeline.zs3.labels import label_table
-from pipeline.zs3.transforms import Transform
+from pipeline.evaluate.zs3.config import Zs3InputError
+from pipeline.evaluate.zs3.labels import label_table
+from pipeline.evaluate.zs3.transforms import Transform
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 

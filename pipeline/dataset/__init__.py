@@ -1,0 +1,1 @@
+"""The on-disk contract: folder layout, atomic writes, shards, samples, manifest, provenance, readers."""

@@ -1,0 +1,1 @@
+"""Evaluation: Protocol I (grounding vs oracle) and the zero-shot segmentation benchmark (ZS3)."""

@@ -1,0 +1,1 @@
+"""Training the grounding module: on phase A's oracle shards, or on real annotated images."""
