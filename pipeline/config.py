@@ -6,43 +6,40 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stages.errors import DatagenError
+from stages.grounding.model import GroundingArchitecture
+from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(DatagenError, ValueError):
     """A config or flag that cannot be used; its message is one line for the user."""
 
 
-class TrainSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    steps: int = Field(gt=0)  # optimizer steps
+def one_line(err: ValidationError, name: Callable[[str], str]) -> ConfigError:
+    """The first problem pydantic found, as one line: ``name(location)``, then what is wrong. The
+    location joins the field path with dots (``train.steps``); ``name`` turns it into what the user
+    typed (a flag, a file's key)."""
+    first = err.errors()[0]
+    return ConfigError(f"{name('.'.join(str(p) for p in first['loc']))}: {first['msg']}")
+
+
+class TrainSettings(TrainOptions):
+    """The trainer's options plus what the training jobs feed it (``stages.grounding.train.TrainOptions``)."""
+
     batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    accumulate: int = Field(1, gt=0)  # batches per optimizer step
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 autocast on CUDA
     checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = none
     validate_every: int = Field(0, ge=0)  # steps between validations; the last step always validates
     val_fraction: float = Field(0.1, ge=0, lt=1)  # oracle samples held out (by key) for validation
-
-
-class GroundingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reduce_channels: tuple[int, ...]
-    width: int = 512
-    heads: int = 8
-    layers: int = 3
-    patch_size: int = 4
-    conditional_bn: bool = False
 
 
 class Preset(BaseModel):
@@ -57,7 +54,7 @@ class Preset(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"]
     oracle_weights: str
     oracle_score_threshold: float = Field(ge=0, le=1)
-    grounding: GroundingSettings
+    grounding: GroundingArchitecture = GroundingArchitecture()
     train: TrainSettings
     bootstrap_n: int = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -122,6 +119,4 @@ def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
     try:
         return Preset(**raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"model preset '{name_or_path}': {where}: {first['msg']}") from err
+        raise one_line(err, lambda where: f"model preset '{name_or_path}': {where}") from err

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -64,16 +63,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
-    """Folder of the tiny preset for this architecture and seed; built on first use."""
+def tiny_preset_name(seed: int, image_size: int) -> str:
+    """The tiny preset's folder name in a cache: keyed by its architecture, seed and image size."""
     spec = json.dumps({"arch": TINY_SD, "seed": seed, "image_size": image_size}, sort_keys=True)
-    folder = Path(cache_dir) / f"tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
-    if not (folder / "model_index.json").exists():
-        _build_tiny(folder, seed, image_size)
-    return folder
+    return f"tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
-def _build_tiny(folder: Path, seed: int, image_size: int) -> None:
+def build_tiny_preset(folder: Path, seed: int, image_size: int) -> None:
+    """Write the tiny preset (diffusers folder + Mask R-CNN weights) into the empty ``folder``."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -90,16 +87,14 @@ def _build_tiny(folder: Path, seed: int, image_size: int) -> None:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    pipe.save_pretrained(tmp)
+    pipe.save_pretrained(folder)
     detector = build_maskrcnn(image_size)
     # Random class logits favour a few categories; shrinking them spreads the random detections over
     # all 91, so the oracle's per-class matching has something to match for every class.
     with torch.no_grad():
         detector.roi_heads.box_predictor.cls_score.weight.mul_(0.01)
         detector.roi_heads.box_predictor.cls_score.bias.zero_()
-    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, tmp / MASKRCNN_FILE)
-    tmp.rename(folder)  # atomic: a half-built preset is never visible
+    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, Path(folder) / MASKRCNN_FILE)
 
 
 def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from stages.errors import DatagenError
+
 
 @dataclass(frozen=True)
 class ClassInfo:
@@ -61,7 +63,7 @@ class Vocabulary:
         }
 
 
-class VocabularyError(ValueError):
+class VocabularyError(DatagenError, ValueError):
     """A vocabulary file that cannot be used."""
 
 

@@ -6,8 +6,10 @@ import os
 
 from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
 
+from stages.errors import DatagenError
 
-class WeightsMissingError(RuntimeError):
+
+class WeightsMissingError(DatagenError, RuntimeError):
     """Weights that are neither on this machine nor downloadable; the message is one line for the user."""
 
 

@@ -10,10 +10,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from benchmarks.toy_shapes import write_toy_dataset
-from pipeline.training.annotated import AnnotatedDataError, annotated_batches, load_annotated, prompt_for, voc_index
+from stages.errors import DataError
+from pipeline.dataset.voc import voc_images
+from pipeline.training.annotated import annotated_batches, load_annotated, prompt_for
 from pipeline.config import RunConfig, load_preset
-from pipeline.run.runtime import Runtime
-from pipeline.training.job import RESUME_DIR, train_on_annotated
+from pipeline.runtime import Runtime
+from pipeline.training.job import train_on_annotated
+from pipeline.dataset.layout import RESUME_DIR
 from stages.generate import Diffusion
 from stages.grounding.metrics import BACKGROUND, IoU, add_predictions
 from stages.grounding.train import GroundingTrainer, TrainOptions, autocast_dtype
@@ -52,7 +55,7 @@ def test_voc_folder_is_read_with_classes_prompts_and_ignore(toy, voc):
     from pipeline.config import resolve_vocabulary
 
     vocab = resolve_vocabulary(str(toy / "vocab.yaml"))
-    items = voc_index(toy, "train")
+    items = voc_images(toy, "train")
     assert len(items) == 48 and items[0].image.name == "toy_000000.jpg"
     sample = load_annotated(items[0], vocab, 32)  # resized
     seg = np.array(Image.open(items[0].mask))
@@ -66,17 +69,17 @@ def test_voc_folder_is_read_with_classes_prompts_and_ignore(toy, voc):
     Image.fromarray(seg).save(toy / "SegmentationClass" / "edited.png")
     Image.open(items[0].image).save(toy / "JPEGImages" / "edited.jpg")
     (toy / "ImageSets" / "Segmentation" / "edited.txt").write_text("edited\n")
-    edited = load_annotated(voc_index(toy, "edited")[0], vocab, 64)
+    edited = load_annotated(voc_images(toy, "edited")[0], vocab, 64)
     assert edited["ignore"][:4].all() and not edited["ignore"][4:].any() and not edited["targets"][:, :4].any()
 
-    with pytest.raises(AnnotatedDataError, match="test.txt is missing"):
-        voc_index(toy, "test")
+    with pytest.raises(DataError, match="test.txt is missing"):
+        voc_images(toy, "test")
     (toy / "ImageSets" / "Segmentation" / "broken.txt").write_text("nope\n")
-    with pytest.raises(AnnotatedDataError, match="nope.jpg is missing"):
-        voc_index(toy, "broken")
+    with pytest.raises(DataError, match="nope.jpg is missing"):
+        voc_images(toy, "broken")
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(toy / "SegmentationClass" / "edited.png")
-    with pytest.raises(AnnotatedDataError, match="class index 7 but the vocabulary 'toy-shapes' has 5"):
-        load_annotated(voc_index(toy, "edited")[0], vocab, 64)
+    with pytest.raises(DataError, match="class index 7 but the vocabulary 'toy-shapes' has 5"):
+        load_annotated(voc_images(toy, "edited")[0], vocab, 64)
 
 
 def test_real_images_are_encoded_and_noised_to_the_capture_step(tiny_pipe):
@@ -155,7 +158,7 @@ def test_annotated_training_learns_the_toy_shapes(toy, tmp_path, cache_dir):
     record = train_on_annotated(config, Runtime(config), toy, "train", "val")
     assert np.mean(record["losses"][-5:]) < 0.6 * np.mean(record["losses"][:5]), record["losses"]
     background = IoU()
-    for item in voc_index(toy, "val"):
+    for item in voc_images(toy, "val"):
         seg = np.array(Image.open(item.mask))
         background.add(BACKGROUND, np.ones(seg.shape, bool), seg == 0)
         for i in set(np.unique(seg)) - {0}:

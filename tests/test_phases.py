@@ -7,11 +7,13 @@ import time
 import pytest
 
 from pipeline.config import ConfigError, RunConfig, load_preset
-from pipeline.dataset.manifest import DATA_DIR, ORACLE_DIR, check_output, output_lock
-from pipeline.run.phases import PhaseError, check_earlier_phases, recover_interrupted_training, run_train_phase, \
-    training_is_current
-from pipeline.run.runtime import GROUNDING_DIR
-from pipeline.dataset.shards import STALE_TEMPORARY_SECONDS, temporary_path, write_shard
+from pipeline.dataset.manifest import check_output, output_lock
+from pipeline.dataset.layout import DATA_DIR, ORACLE_DIR
+from pipeline.run.phases import PhaseError, check_earlier_phases, run_train_phase, training_is_current
+from pipeline.training.job import recover_interrupted_training
+from pipeline.dataset.layout import GROUNDING_DIR
+from pipeline.dataset.shards import write_shard
+from pipeline.dataset.atomic import STALE_TEMPORARY_SECONDS, temporary_path
 
 
 def make_config(out, n=8) -> RunConfig:

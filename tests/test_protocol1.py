@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.run.runtime import Runtime
+from pipeline.runtime import Runtime
 from pipeline.training.job import install, new_trainer
 
 ARGS = ["--vocab", "voc", "--models", "tiny", "--n", "8", "--batch-size", "4", "--seed", "3"]

@@ -12,7 +12,8 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.inspect.folder import read_shard
-from pipeline.dataset.reader import WIDS_INDEX, open_dataset, safe_decoder, training_dataset, wids_dataset
+from pipeline.dataset.reader import open_dataset, safe_decoder, training_dataset, wids_dataset
+from pipeline.dataset.layout import WIDS_INDEX
 from pipeline.dataset.shards import finished_shards
 
 

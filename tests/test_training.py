@@ -9,7 +9,8 @@ from pipeline.dataset.shards import shard_path, write_shard
 from pipeline.training.oracle_data import oracle_batches
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule
-from stages.grounding.train import GroundingTrainer, TrainOptions, class_embeddings, fit
+from stages.grounding.model import class_embeddings
+from stages.grounding.train import GroundingTrainer, TrainOptions, fit
 from stages.prompts import PromptSpec
 
 SIZE, TIMESTEP = 64, 1

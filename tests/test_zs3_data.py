@@ -9,8 +9,9 @@ from PIL import Image
 from zs3_fixtures import CLASSES, corrupt_member, make_synthetic, make_voc
 
 from pipeline.config import resolve_vocabulary
-from pipeline.evaluate.zs3.config import Zs3InputError, load_segmenter_preset
-from pipeline.evaluate.zs3.labels import name_index
+from pipeline.evaluate.zs3.config import load_segmenter_preset
+from stages.errors import DataError
+from pipeline.dataset.labels import name_index
 from pipeline.evaluate.zs3.real import coco_split, voc_split
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls, vocabulary_mask
 from pipeline.evaluate.zs3.train import Processes, training_batches
@@ -61,16 +62,16 @@ def test_classes_are_matched_by_name_not_position(voc_root, tmp_path):
 def test_vocabulary_class_missing_from_the_dataset_is_refused(voc_root, tmp_path):
     path = tmp_path / "odd.yaml"
     path.write_text("classes: [sheep, unicorn]\n")
-    with pytest.raises(Zs3InputError, match="no class named unicorn"):
+    with pytest.raises(DataError, match="no class named unicorn"):
         voc_split(voc_root, "val", load_vocabulary(path), eval_transform())
 
 
 def test_missing_split_and_files_are_refused(voc_root, voc, tmp_path):
-    with pytest.raises(Zs3InputError, match="no list file"):
+    with pytest.raises(DataError, match="no list file"):
         voc_split(voc_root, "trainval", voc, eval_transform())
     broken = make_voc(tmp_path / "VOC", n_train=2, n_val=1)
     (broken / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
-    with pytest.raises(Zs3InputError, match="lists no images"):
+    with pytest.raises(DataError, match="lists no images"):
         voc_split(broken, "val", voc, eval_transform())
 
 
@@ -127,7 +128,7 @@ def test_a_corrupt_synthetic_sample_stops_training_with_one_line_naming_shard_an
     preset = load_segmenter_preset("tiny", {"workers": 1, "batch_size": 2})  # read in a DataLoader worker
     stream = synthetic_stream(urls, voc, train_transform(preset), seed=0, buffer=0)
     batches = training_batches(None, stream, preset, Processes(0, 1, torch.device("cpu")), seed=0)
-    with pytest.raises(Zs3InputError) as err:
+    with pytest.raises(DataError) as err:
         for _ in range(4):
             next(batches)
     assert len(str(err.value).splitlines()) == 1
@@ -143,19 +144,19 @@ def test_synthetic_shards_can_be_listed_in_a_text_file_or_a_brace_pattern(tmp_pa
     pattern = shards[0].replace("shard-000000", "shard-{000000..000001}")
     assert synthetic_urls(pattern) == shards
     listing.write_text("")
-    with pytest.raises(Zs3InputError, match="lists no shards"):
+    with pytest.raises(DataError, match="lists no shards"):
         synthetic_urls(str(listing))
 
 
 def test_empty_or_missing_synthetic_data_is_refused(tmp_path, voc):
-    with pytest.raises(Zs3InputError, match="no such folder"):
+    with pytest.raises(DataError, match="no such folder"):
         synthetic_urls(str(tmp_path / "nothing"))
     (tmp_path / "empty" / "data").mkdir(parents=True)
-    with pytest.raises(Zs3InputError, match="no finished shards"):
+    with pytest.raises(DataError, match="no finished shards"):
         synthetic_urls(str(tmp_path / "empty"))
     from pipeline.dataset.shards import write_shard
     write_shard(tmp_path / "empty" / "data", 0, [], {"written": 0})
-    with pytest.raises(Zs3InputError, match="hold no samples"):
+    with pytest.raises(DataError, match="hold no samples"):
         check_synthetic(synthetic_urls(str(tmp_path / "empty")), voc, str(tmp_path / "empty"))
 
 

@@ -1,4 +1,4 @@
-"""The inspection commands (`datagen show`, `validate`, `stats`); cli.py registers them."""
+"""The inspection commands: `datagen show`, `validate`, `stats`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipeline.cli.app import app
 from pipeline.inspect.folder import open_output
 from pipeline.inspect.show import show as write_sheet
 from pipeline.inspect.stats import dataset_stats, print_stats
@@ -18,6 +19,7 @@ DatasetDir = Annotated[Path, typer.Argument(help="A datagen output folder (the -
 MAX_LISTED = 50  # problems printed by validate; the count says how many more
 
 
+@app.command()
 def show(out: DatasetDir,
          n: Annotated[int, typer.Option(help="Samples on the sheet (the first ones, in shard order).")] = 16,
          class_name: Annotated[str | None, typer.Option("--class", help="Only samples whose mask labels this class.")] = None,
@@ -26,6 +28,7 @@ def show(out: DatasetDir,
     print(write_sheet(open_output(out), n, class_name, save or out / "show.png"))
 
 
+@app.command()
 def validate(out: DatasetDir):
     """Check every shard against the format, its stats and the manifest; exit 1 naming shard and key."""
     problems, checked = validate_output(out)
@@ -41,6 +44,7 @@ def validate(out: DatasetDir):
     console.print(f"[green]valid:[/] {read}; manifest, classes and stats agree with the shards")
 
 
+@app.command()
 def stats(out: DatasetDir, json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False):
     """Samples, per-class pixel share and instances, seen vs unseen, failures, image and shard sizes."""
     print_stats(dataset_stats(open_output(out)), Console(soft_wrap=True), as_json=json)

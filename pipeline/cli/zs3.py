@@ -1,4 +1,4 @@
-"""``datagen eval zs3``: the command line of the ZS3 evaluation (see pipeline/zs3/run.py)."""
+"""``datagen eval zs3``: the command line of the ZS3 evaluation (see pipeline/evaluate/zs3/run.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 
-from pipeline.config import ConfigError
+from pipeline.cli.app import console, eval_app
 from pipeline.cli.progress import progress_bar
 from pipeline.evaluate.zs3.config import MODES, load_segmenter_preset
 from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
+from stages.errors import DatagenError
 
-console = Console(stderr=True, soft_wrap=True)
-
-
+@eval_app.command("zs3")
 def zs3(
     real: Annotated[Path, typer.Option(help="Real data with ground truth: a VOC folder (VOCdevkit/VOC2012) or a "
                                             "COCO folder (annotations/, train2017/, val2017/).")],
@@ -48,7 +46,7 @@ def zs3(
     progress = progress_bar(console, unit="steps")  # run_zs3 starts it once the inputs are usable
     try:
         report = run_zs3(request, console, progress)
-    except ConfigError:  # the error alone is printed: no half-drawn bar above it
+    except DatagenError:  # the error alone is printed: no half-drawn bar above it
         for task in list(progress.task_ids):
             progress.remove_task(task)
         if progress.live.is_started:

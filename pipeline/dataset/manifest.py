@@ -1,13 +1,12 @@
-"""The output folder: manifest, classes file and the summary of its shards' stats."""
+"""The output folder: refusing a folder that holds something else, the per-machine lock, the manifest
+and the classes file."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
-import os
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -15,11 +14,11 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.provenance import code_version, model_record
-from pipeline.dataset.shards import (finished_stats, remove_stale_temporaries, temporary_path, write_json_atomic,
-                             write_text_atomic)
+from pipeline.dataset.atomic import create_exclusive, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from pipeline.dataset.layout import CLASSES, DATA_DIR, FORMAT_VERSION, MANIFEST, ORACLE_DIR
+from pipeline.dataset.shards import finished_stats
+from stages.metrics import IGNORE_INDEX
 
-FORMAT_VERSION = 1
-ORACLE_DIR, DATA_DIR = "oracle", "data"
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
 
 
@@ -41,7 +40,7 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
     out = config.out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
-    manifest_path = out / "manifest.json"
+    manifest_path = out / MANIFEST
     if manifest_path.exists():
         try:
             old = json.loads(manifest_path.read_text())
@@ -79,18 +78,10 @@ def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
     this config already owns. Two runs started at once on one shared folder (the lock is per
     machine) cannot both claim it: the loser finds the winner's manifest and its fingerprint check
     refuses a different config (the same config writes the same bytes, so it may share the folder)."""
-    path = config.out / "manifest.json"
+    path = config.out / MANIFEST
     text = json.dumps(manifest, indent=1, sort_keys=True)
-    if not path.exists():
-        tmp = temporary_path(path)
-        tmp.write_text(text)
-        try:
-            os.link(tmp, path)  # atomic, and fails if another run created the manifest meanwhile
-            return
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+    if create_exclusive(path, text.encode()):
+        return
     check_output(config, labelling)  # a manifest is there: only the config that owns it goes on
     write_text_atomic(path, text)
 
@@ -112,24 +103,6 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
     for sub in (ORACLE_DIR, DATA_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out / sub)
-    write_json_atomic(out / "classes.json", {
-        "background": 0, "ignore": 255,
+    write_json_atomic(out / CLASSES, {
+        "background": 0, "ignore": IGNORE_INDEX,
         "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
-
-
-def summarize(folder: Path) -> dict:
-    """Totals over every finished shard's stats in a folder."""
-    return sum_stats(finished_stats(folder))
-
-
-def sum_stats(shard_stats: list[dict]) -> dict:
-    """Totals over shards' stats: shards, planned, written, failures by reason, per-class instances and pixels."""
-    written, planned, failed, instances, pixels = 0, 0, Counter(), Counter(), Counter()
-    for stats in shard_stats:
-        written += stats["written"]
-        planned += stats["planned"]
-        failed.update(stats.get("failed", {}))
-        instances.update(stats.get("class_instances", {}))
-        pixels.update(stats.get("class_pixels", {}))
-    return {"shards": len(shard_stats), "planned": planned, "written": written, "failed": dict(sorted(failed.items())),
-            "class_instances": dict(sorted(instances.items())), "class_pixels": dict(sorted(pixels.items()))}

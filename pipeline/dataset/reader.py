@@ -18,10 +18,10 @@ import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 
-from pipeline.dataset.manifest import DATA_DIR
-from pipeline.dataset.shards import finished_shards, read_stats, write_json_atomic
+from pipeline.dataset.layout import DATA_DIR
+from pipeline.dataset.shards import finished_shards, read_stats
+from pipeline.dataset.atomic import write_json_atomic
 
-WIDS_INDEX = "index.wids.json"  # beside the shards: the wids shard list (urls relative to it)
 
 
 IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)

@@ -1,25 +1,23 @@
 """Shard files: atomic WebDataset writing, per-shard stats, and finding finished shards.
 
-A shard is written to a temporary name and renamed into place; its ``.stats.json`` is written
-last. A shard without stats does not exist: a rerun redoes it. Temporary names end in
-``.tmp<uuid4>``: writers on many machines share one folder, where process ids collide.
+A shard is written to a temporary name and renamed into place (``atomic``); its ``.stats.json`` is
+written last. A shard without stats does not exist: a rerun redoes it.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 import json
-import os
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from pipeline.dataset.atomic import replacing, write_json_atomic
+
 SHARD_MTIME = 0.0  # fixed tar member times: same config and seed give byte-identical shards
-STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live writer
 
 
 def shard_name(shard_id: int) -> str:
@@ -56,29 +54,6 @@ def encode_array(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def temporary_path(path: Path) -> Path:
-    """A name to write ``path``'s content under before renaming it into place, unique across machines."""
-    return Path(f"{path}.tmp{uuid.uuid4().hex}")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write bytes under a temporary name and rename it into place; no temporary is left on failure."""
-    tmp = temporary_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
-
-
 def read_json_object(path: Path) -> dict:
     """A JSON object from ``path``; ValueError saying what is wrong ("not valid JSON (...)", "not a JSON
     object") when it is unreadable or not an object, for the caller to name the file and the remedy."""
@@ -93,18 +68,10 @@ def read_json_object(path: Path) -> dict:
 
 def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:
     """Write samples (``__key__`` plus encoded members) as one shard, then its stats, atomically."""
-    final = shard_path(folder, shard_id)
-    tmp = temporary_path(final)
-    try:
-        with open(tmp, "wb") as stream:
-            with wds.TarWriter(stream, encoder=False, mtime=SHARD_MTIME) as writer:
-                for sample in samples:
-                    writer.write(sample)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(shard_path(folder, shard_id)) as tmp, open(tmp, "wb") as stream, \
+            wds.TarWriter(stream, encoder=False, mtime=SHARD_MTIME) as writer:
+        for sample in samples:
+            writer.write(sample)
     write_json_atomic(stats_path(folder, shard_id), stats)
 
 
@@ -136,15 +103,19 @@ def finished_stats(folder: Path) -> list[dict]:
     return [s for s in stats if s is not None]
 
 
-def remove_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> None:
-    """Delete temporaries left by a killed run (never a finished shard): those not modified for
-    ``max_age`` seconds. A younger one may belong to a run of the same config writing to this folder
-    now (from another machine, too: the per-machine lock cannot tell), and a writer finishes a
-    temporary within seconds, so age alone tells a stale temporary from a live one."""
-    cutoff = time.time() - max_age
-    for tmp in Path(folder).glob("*.tmp*"):
-        try:
-            if tmp.stat().st_mtime < cutoff:
-                tmp.unlink(missing_ok=True)
-        except FileNotFoundError:  # renamed into place or removed by its writer meanwhile
-            pass
+def summarize(folder: Path) -> dict:
+    """Totals over every finished shard's stats in a folder."""
+    return sum_stats(finished_stats(folder))
+
+
+def sum_stats(shard_stats: list[dict]) -> dict:
+    """Totals over shards' stats: shards, planned, written, failures by reason, per-class instances and pixels."""
+    written, planned, failed, instances, pixels = 0, 0, Counter(), Counter(), Counter()
+    for stats in shard_stats:
+        written += stats["written"]
+        planned += stats["planned"]
+        failed.update(stats.get("failed", {}))
+        instances.update(stats.get("class_instances", {}))
+        pixels.update(stats.get("class_pixels", {}))
+    return {"shards": len(shard_stats), "planned": planned, "written": written, "failed": dict(sorted(failed.items())),
+            "class_instances": dict(sorted(instances.items())), "class_pixels": dict(sorted(pixels.items()))}

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig
-from pipeline.run.runtime import Runtime
+from pipeline.runtime import Runtime
 from stages.grounding.metrics import IoU
-from stages.grounding.train import class_embeddings
+from stages.grounding.model import class_embeddings
 from stages.label import masks_from_probabilities
 from stages.prompts import prompt_specs
 

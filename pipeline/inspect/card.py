@@ -8,10 +8,11 @@ from pathlib import Path
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
 from pipeline.dataset.provenance import file_sha256
-from pipeline.dataset.manifest import DATA_DIR
-from pipeline.dataset.reader import WIDS_INDEX
-from pipeline.run.runtime import GROUNDING_DIR
-from pipeline.dataset.shards import finished_shards, write_text_atomic
+from pipeline.dataset.layout import DATA_DIR
+from pipeline.dataset.layout import WIDS_INDEX
+from pipeline.dataset.layout import GROUNDING_DIR
+from pipeline.dataset.shards import finished_shards
+from pipeline.dataset.atomic import write_text_atomic
 
 
 def _model(record: dict | None, fallback: str) -> str:

@@ -15,17 +15,15 @@ from pathlib import Path
 import webdataset as wds
 
 from pipeline.config import ConfigError
-from pipeline.dataset.manifest import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
+from pipeline.dataset.layout import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
 from pipeline.dataset.shards import finished_shards, read_json_object, read_stats
+from stages.errors import DataError
 
 PHASE_DIRS = {"label": DATA_DIR, "oracle": ORACLE_DIR}
 
 
-class DatasetError(ConfigError):
-    """A dataset folder or shard that cannot be read; the message is one line for the user."""
 
-
-class CorruptShard(DatasetError):
+class CorruptShard(DataError):
     def __init__(self, shard: Path, key: str | None, problem: str):
         where = f"at key {key}" if key else "at its start"
         super().__init__(f"{shard} is truncated or corrupt ({where}): {problem}; run `datagen validate`")
@@ -36,7 +34,7 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return read_json_object(path)
     except ValueError as err:
-        raise DatasetError(f"{path} is {err}; {what}") from err
+        raise DataError(f"{path} is {err}; {what}") from err
 
 
 @dataclass
@@ -64,10 +62,10 @@ class DatasetFolder:
         return stats if isinstance(stats, dict) else {}
 
     def counted_stats(self, shard: Path) -> dict:
-        """The shard's stats, or DatasetError when they lack the counts summaries add up."""
+        """The shard's stats, or DataError when they lack the counts summaries add up."""
         stats = self.stats(shard)
         if missing := [k for k in ("planned", "written") if not isinstance(stats.get(k), int)]:
-            raise DatasetError(f"{shard.with_suffix('.stats.json')} has no {' or '.join(missing)} count: "
+            raise DataError(f"{shard.with_suffix('.stats.json')} has no {' or '.join(missing)} count: "
                                "not a finished datagen shard; run `datagen validate`")
         return stats
 
@@ -85,29 +83,29 @@ class DatasetFolder:
 
 
 def open_output(out: Path | str, phase: str = "label") -> DatasetFolder:
-    """Open a datagen output folder for reading, or raise DatasetError with one line saying why not."""
+    """Open a datagen output folder for reading, or raise DataError with one line saying why not."""
     out = Path(out)
     if not out.exists():
-        raise DatasetError(f"{out}: no such folder")
+        raise DataError(f"{out}: no such folder")
     if not out.is_dir():
-        raise DatasetError(f"{out} is a file, not a datagen dataset folder")
+        raise DataError(f"{out} is a file, not a datagen dataset folder")
     if not (out / "manifest.json").exists():
-        raise DatasetError(f"{out} is not a datagen dataset (no manifest.json)")
+        raise DataError(f"{out} is not a datagen dataset (no manifest.json)")
     manifest = _read_json(out / "manifest.json", "the dataset's manifest is damaged")
     version = manifest.get("format_version")
     if not isinstance(version, int) or "vocabulary" not in manifest:
-        raise DatasetError(f"{out}/manifest.json is not a datagen manifest (no format_version or vocabulary)")
+        raise DataError(f"{out}/manifest.json is not a datagen manifest (no format_version or vocabulary)")
     if version > FORMAT_VERSION:
-        raise DatasetError(f"{out} was written in dataset format {version}; this datagen reads format "
+        raise DataError(f"{out} was written in dataset format {version}; this datagen reads format "
                            f"{FORMAT_VERSION} and older: upgrade datagen to read it")
     classes = _read_json(out / "classes.json", "rewrite it by rerunning the run command") \
         if (out / "classes.json").exists() else None
     if not classes or not isinstance(classes.get("classes"), list):
-        raise DatasetError(f"{out} has no valid classes.json: not a complete datagen dataset")
+        raise DataError(f"{out} has no valid classes.json: not a complete datagen dataset")
     folder = out / PHASE_DIRS[phase]
     shards = finished_shards(folder) if folder.is_dir() else []
     if not shards:
-        raise DatasetError(f"{folder} holds no finished shards: run `datagen "
+        raise DataError(f"{folder} holds no finished shards: run `datagen "
                            f"{'label' if phase == 'label' else 'generate'}` first")
     return DatasetFolder(out, manifest, classes["classes"], folder, phase, shards)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.inspect.folder import DatasetError, DatasetFolder
+from pipeline.inspect.folder import DatasetFolder
 from pipeline.dataset.reader import image_member
-from pipeline.dataset.shards import write_bytes_atomic
+from pipeline.dataset.atomic import write_bytes_atomic
+from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 
 TILE = 192  # tile side in pixels; images are resized to it (masks with nearest neighbour)
@@ -36,7 +37,7 @@ def pick_samples(ds: DatasetFolder, n: int, class_name: str | None) -> list[dict
     """The first n samples in shard order (those whose mask labels pixels ``class_name`` if given), decoded."""
     ids = {name: cid for cid, name in ds.names.items()}
     if class_name is not None and class_name not in ids:
-        raise DatasetError(f"--class {class_name}: not in this dataset's vocabulary ({', '.join(ids)})")
+        raise DataError(f"--class {class_name}: not in this dataset's vocabulary ({', '.join(ids)})")
     picked = []
     for shard in ds.shards:
         for sample in ds.samples(shard):
@@ -47,7 +48,7 @@ def pick_samples(ds: DatasetFolder, n: int, class_name: str | None) -> list[dict
                 if len(picked) == n:
                     return picked
     if not picked:
-        raise DatasetError(f"no sample in {ds.out} has pixels labelled {class_name}")
+        raise DataError(f"no sample in {ds.out} has pixels labelled {class_name}")
     return picked
 
 
@@ -94,7 +95,7 @@ def contact_sheet(ds: DatasetFolder, samples: list[dict], title: str) -> Image.I
 def show(ds: DatasetFolder, n: int, class_name: str | None, save: Path) -> Path:
     """Write the contact sheet PNG to ``save`` (atomically) and return its path."""
     if n < 1:
-        raise DatasetError(f"--n {n}: show at least one sample")
+        raise DataError(f"--n {n}: show at least one sample")
     samples = pick_samples(ds, n, class_name)
     preset = ds.manifest.get("config", {}).get("preset_name", "?")
     title = f"{ds.out.name}: {len(samples)} samples{f' with {class_name}' if class_name else ''}, preset {preset}"

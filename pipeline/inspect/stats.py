@@ -10,7 +10,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.dataset.manifest import sum_stats
+from pipeline.dataset.shards import sum_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder
 from pipeline.run.plan import ERRORED
 from pipeline.dataset.reader import image_member

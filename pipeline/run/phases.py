@@ -3,85 +3,82 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
-from pipeline.dataset.manifest import DATA_DIR, ORACLE_DIR, summarize
+from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD, Phase
+from pipeline.dataset.shards import finished_shards, finished_stats, shard_name, summarize
 from pipeline.run.executors import ExecutionReport, Executor
 from pipeline.run.plan import ShardTask, missing, pending, plan_shards
-from pipeline.run.runtime import GROUNDING_DIR, Runtime
-from pipeline.dataset.shards import finished_shards, finished_stats, shard_name
-from pipeline.training.job import TRAINING_RECORD, run_training
-from pipeline.training.oracle_data import oracle_batches, oracle_validation_batches
+from pipeline.runtime import Runtime
+from pipeline.training.job import run_training
+from pipeline.training.oracle_data import NoTrainingSamples, oracle_batches, oracle_validation_batches
+from stages.errors import DatagenError
 
 
-class PhaseError(RuntimeError):
+class PhaseError(DatagenError):
     """A phase that cannot run with what the earlier phases produced; one line for the user."""
 
 
-def _run_shards(phase: str, n: int, folder: Path, config: RunConfig, executor: Executor,
-                progress: Progress | None, description: str) -> ExecutionReport:
-    todo = pending(plan_shards(phase, n, config.preset.shard_size, folder))
+def shard_tasks(config: RunConfig, phase: Phase) -> list[ShardTask]:
+    """Every shard of a shard-writing phase (A: ``bootstrap_n`` samples, C: ``n``)."""
+    n = config.preset.bootstrap_n if phase is Phase.ORACLE else config.n
+    return plan_shards(phase, n, config.preset.shard_size, config.out / phase.folder)
+
+
+def run_shard_phase(config: RunConfig, phase: Phase, executor: Executor,
+                    progress: Progress | None = None) -> ExecutionReport:
+    """Phase A (seen-class prompts -> images + latents at the capture step -> Mask R-CNN labels) or
+    phase C (prompts over all classes -> images + features in flight -> grounding labels): the
+    shards not yet finished, on ``executor``."""
+    todo = pending(shard_tasks(config, phase))
     total = sum(t.end - t.start for t in todo)
+    description = {Phase.ORACLE: "A oracle bootstrap", Phase.LABEL: "C label"}[phase]
     bar = progress.add_task(description, total=total) if progress and todo else None
     return executor.run(todo, config, lambda k: progress.advance(bar, k) if bar is not None else None)
 
 
-def run_oracle_phase(config: RunConfig, executor: Executor, progress: Progress | None = None):
-    """Phase A: seen-class prompts -> images + latents at the capture step -> Mask R-CNN labels."""
-    return _run_shards("oracle", config.preset.bootstrap_n, config.out / ORACLE_DIR, config, executor,
-                       progress, "A oracle bootstrap")
-
-
-def run_label_phase(config: RunConfig, executor: Executor, progress: Progress | None = None):
-    """Phase C: prompts over all classes -> images + features in flight -> grounding labels."""
-    return _run_shards("label", config.n, config.out / DATA_DIR, config, executor, progress,
-                       "C label")
-
-
-def oracle_tasks(config: RunConfig) -> list[ShardTask]:
-    return plan_shards("oracle", config.preset.bootstrap_n, config.preset.shard_size, config.out / ORACLE_DIR)
-
-
 def oracle_data(config: RunConfig) -> dict[str, int]:
     """The finished oracle shards and how many samples each holds: what a checkpoint was trained on."""
-    return {shard_name(s["shard"]): s["written"] for s in finished_stats(config.out / ORACLE_DIR)}
+    return {shard_name(s["shard"]): s["written"] for s in finished_stats(config.out / Phase.ORACLE.folder)}
+
+
+def _training_record(config: RunConfig) -> dict | None:
+    record = config.out / GROUNDING_DIR / TRAINING_RECORD
+    return json.loads(record.read_text()) if record.exists() else None
 
 
 def training_is_current(config: RunConfig) -> bool:
     """A checkpoint exists for this config, trained on exactly the oracle samples now on disk."""
-    record = config.out / GROUNDING_DIR / TRAINING_RECORD
-    if not record.exists():
-        return False
-    trained = json.loads(record.read_text())
-    return trained.get("source") == "oracle" and trained.get("fingerprint") == config.fingerprint() \
-        and trained.get("oracle_shards") == oracle_data(config)
+    trained = _training_record(config)
+    return trained is not None and trained.get("source") == "oracle" \
+        and trained.get("fingerprint") == config.fingerprint() and trained.get("oracle_shards") == oracle_data(config)
 
 
-def _training_source(config: RunConfig) -> str | None:
-    """What the checkpoint was trained on: "oracle" (phase B) or "annotated" (real annotated images,
-    which the user chose on purpose and label may use)."""
-    record = config.out / GROUNDING_DIR / TRAINING_RECORD
-    return json.loads(record.read_text()).get("source") if record.exists() else None
+def has_pending_work(config: RunConfig, phases: frozenset[Phase]) -> bool:
+    return (Phase.ORACLE in phases and bool(pending(shard_tasks(config, Phase.ORACLE)))) \
+        or (Phase.TRAIN in phases and not training_is_current(config)) \
+        or (Phase.LABEL in phases and bool(pending(shard_tasks(config, Phase.LABEL))))
 
 
 def check_phase_a_finished(config: RunConfig) -> None:
-    if todo := missing(oracle_tasks(config)):
+    if todo := missing(shard_tasks(config, Phase.ORACLE)):
         raise PhaseError(f"phase A is unfinished ({len(todo)} oracle shards missing in {config.out}): run "
                          "`datagen generate` with the same flags first, so the grounding module trains on all "
                          "its data")
 
 
-def check_earlier_phases(config: RunConfig, phases: set[str]) -> None:
-    """A phase command run on its own needs what the earlier phases made; say which to run."""
-    if "train" in phases and "oracle" not in phases:
+def check_earlier_phases(config: RunConfig, phases: frozenset[Phase]) -> None:
+    """A phase command run on its own needs what the earlier phases made; say which to run.
+
+    Phase C may use a checkpoint trained on real annotated images (``datagen train-annotated``): the
+    user chose it on purpose."""
+    if Phase.TRAIN in phases and Phase.ORACLE not in phases:
         check_phase_a_finished(config)
-    if "label" in phases and "train" not in phases and (config.out / GROUNDING_DIR).exists() \
-            and not training_is_current(config) and _training_source(config) != "annotated":
+    trained = _training_record(config)
+    if Phase.LABEL in phases and Phase.TRAIN not in phases and (config.out / GROUNDING_DIR).exists() \
+            and not training_is_current(config) and (trained or {}).get("source") != "annotated":
         raise PhaseError(f"the grounding checkpoint in {config.out} was trained on other oracle samples than "
                          "those now on disk: run `datagen train` with the same flags first")
 
@@ -91,12 +88,11 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
 
     A held-out split of the oracle samples (by key, ``train.val_fraction``) is kept for validation; a
     killed run resumes from its last checkpoint (``pipeline.training.job``)."""
-    folder = config.out / GROUNDING_DIR
     if training_is_current(config):
-        return json.loads((folder / TRAINING_RECORD).read_text()) | {"skipped": True}
+        return _training_record(config) | {"skipped": True}
     check_phase_a_finished(config)
-    shards = finished_shards(config.out / ORACLE_DIR)
-    oracle = summarize(config.out / ORACLE_DIR)
+    oracle_dir = config.out / Phase.ORACLE.folder
+    shards, oracle = finished_shards(oracle_dir), summarize(oracle_dir)
     if not oracle["written"]:
         raise PhaseError(f"phase A wrote no oracle samples ({oracle['failed'] or 'no shards'}): nothing to "
                          "train the grounding module on; run `datagen generate` with a larger --bootstrap-n")
@@ -109,21 +105,6 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
     try:
         return run_training(config, runtime, job, lambda skip: oracle_batches(
             shards, vocab, train.batch_size, config.seed, train.val_fraction, skip), validation, progress)
-    except ValueError as err:
-        if "no training samples" in str(err):
-            raise PhaseError(f"every oracle sample is in the validation split (val_fraction "
-                             f"{train.val_fraction}): generate more with --bootstrap-n") from err
-        raise
-
-
-def recover_interrupted_training(out: Path) -> None:
-    """After a kill during the checkpoint swap: put the previous checkpoint back, drop temporaries."""
-    folder = out / GROUNDING_DIR
-    for old in sorted(out.glob(f"{GROUNDING_DIR}.old*")):
-        if not folder.exists():
-            os.replace(old, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    for tmp in out.glob(f"{GROUNDING_DIR}.tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
+    except NoTrainingSamples as err:
+        raise PhaseError(f"every oracle sample is in the validation split (val_fraction "
+                         f"{train.val_fraction}): generate more with --bootstrap-n") from err

@@ -21,10 +21,10 @@ import torch
 from pipeline.run import faults
 from pipeline.config import RunConfig
 from pipeline.run.plan import ERRORED, ShardTask
-from pipeline.run.runtime import Runtime
+from pipeline.runtime import Runtime
 from pipeline.dataset.samples import LabelledSample, RawInstance, sample_key
 from pipeline.dataset.shards import write_shard
-from stages.grounding.train import class_embeddings
+from stages.grounding.model import class_embeddings
 from stages.label import masks_from_probabilities, semantic_mask
 from stages.prompts import PromptSpec, prompt_specs
 

@@ -1,55 +1,28 @@
 """Real annotated images in the PASCAL VOC layout as grounding-training batches (the paper's appendix).
 
-Layout: ``ROOT/JPEGImages/<id>.jpg``, ``ROOT/SegmentationClass/<id>.png`` (one class index per pixel:
-0 background, 1..K the vocabulary's classes in file order, 255 not scored) and
-``ROOT/ImageSets/Segmentation/<split>.txt`` (one id per line). Each image is resized (shorter side) and
-centre-cropped to the preset's size; its prompt names the classes it shows; the trainer VAE-encodes it
-and noises it to the capture step with the sample's own seeded noise.
+The folder is read by ``pipeline.dataset.voc`` as the ZS3 benchmark reads it: mask values name classes
+(VOC's own, or the folder's ``labels.txt``) and become vocabulary ids by name; 255 is not scored.
+Each image is resized (shorter side) and centre-cropped to the preset's size; its prompt names the
+classes it shows; the trainer VAE-encodes it and noises it to the capture step with the sample's own
+seeded noise.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.dataset.labels import label_table
+from pipeline.dataset.voc import VocImage, label_names, read_image, read_mask
+from stages.errors import DataError
+from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
-IGNORE = 255
-
-
-@dataclass(frozen=True)
-class AnnotatedImage:
-    id: str
-    image: Path
-    mask: Path
-
-
-class AnnotatedDataError(ValueError):
-    """An annotated-images folder that cannot be used; one line for the user."""
-
-
-def voc_index(root: Path, split: str) -> list[AnnotatedImage]:
-    """The images listed in ``ImageSets/Segmentation/<split>.txt``, checked to exist."""
-    root = Path(root)
-    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    if not listing.is_file():
-        raise AnnotatedDataError(f"{listing} is missing: not a VOC-layout folder with a '{split}' image set")
-    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise AnnotatedDataError(f"{listing} lists no images")
-    items = [AnnotatedImage(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
-             for i in ids]
-    for item in items:
-        for path in (item.image, item.mask):
-            if not path.is_file():
-                raise AnnotatedDataError(f"{path} is missing (listed in {listing})")
-    return items
 
 
 def _resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:
@@ -69,23 +42,24 @@ def prompt_for(vocab: Vocabulary, names: list[str]) -> str:
     return vocab.templates[0].format(" and a ".join(names))
 
 
-def load_annotated(item: AnnotatedImage, vocab: Vocabulary, size: int) -> dict | None:
+def load_annotated(item: VocImage, vocab: Vocabulary, size: int) -> dict | None:
     """One image as a training sample; None when it shows no vocabulary class."""
-    image = _resize_crop(Image.open(item.image).convert("RGB"), size, Image.BICUBIC)
-    seg = Image.open(item.mask)
-    if seg.mode not in ("P", "L"):
-        raise AnnotatedDataError(f"{item.mask} is a {seg.mode} image; expected one class index per pixel (P or L)")
-    seg = _resize_crop(seg, size, Image.NEAREST)
-    ids = sorted(int(v) for v in np.unique(seg) if v not in (0, IGNORE))
-    if ids and ids[-1] > len(vocab.classes):
-        raise AnnotatedDataError(f"{item.mask} holds class index {ids[-1]} but the vocabulary '{vocab.name}' "
-                                 f"has {len(vocab.classes)} classes")
+    names, source = label_names(item.image.parent.parent)
+    table = label_table(names, vocab, source)
+    image = _resize_crop(Image.fromarray(read_image(item.image)), size, Image.BICUBIC)
+    raw = _resize_crop(Image.fromarray(read_mask(item.mask)), size, Image.NEAREST)
+    if unnamed := sorted(set(np.unique(raw).tolist()) - set(names) - {IGNORE_INDEX}):
+        raise DataError(f"{item.mask} holds class index {unnamed[-1]} but the vocabulary '{vocab.name}' has "
+                        f"{len(vocab.classes)} classes and {source} names no class {unnamed[-1]}")
+    seg = table[raw]
+    ids = sorted(int(v) for v in np.unique(seg) if v not in (0, IGNORE_INDEX))
     if not ids:
         return None
-    classes = [vocab.classes[i - 1] for i in ids]
+    by_id = {c.id: c for c in vocab.classes}
+    classes = [by_id[i] for i in ids]
     names = [c.prompt_name for c in classes]
     return {"id": item.id, "image": image, "prompt": prompt_for(vocab, names), "names": names,
-            "targets": np.stack([seg == i for i in ids]).astype(np.float32), "ignore": seg == IGNORE}
+            "targets": np.stack([seg == i for i in ids]).astype(np.float32), "ignore": seg == IGNORE_INDEX}
 
 
 def _collate(items: list[dict], timestep: int, seeds: list[int]) -> dict:
@@ -107,7 +81,7 @@ def noise_seed(seed: int, epoch: str, image_id: str) -> int:
     return zlib.crc32(f"{seed}/{epoch}/{image_id}".encode())
 
 
-def annotated_batches(items: list[AnnotatedImage], vocab: Vocabulary, size: int, timestep: int,
+def annotated_batches(items: list[VocImage], vocab: Vocabulary, size: int, timestep: int,
                       batch_size: int, seed: int, skip: int = 0) -> Iterator[dict]:
     """Endless, deterministic training stream: each epoch reshuffles the images and draws new noise.
 
@@ -126,10 +100,10 @@ def annotated_batches(items: list[AnnotatedImage], vocab: Vocabulary, size: int,
             if produced > skip:
                 yield _collate(samples, timestep, [noise_seed(seed, str(epoch), s["id"]) for s in samples])
         if not epoch_batches:
-            raise AnnotatedDataError("the annotated images show no class of the vocabulary")
+            raise DataError("the annotated images show no class of the vocabulary")
 
 
-def annotated_validation_batches(items: list[AnnotatedImage], vocab: Vocabulary, size: int, timestep: int,
+def annotated_validation_batches(items: list[VocImage], vocab: Vocabulary, size: int, timestep: int,
                                  batch_size: int, seed: int) -> Iterator[dict]:
     """One pass over ``items`` in order, with fixed noise."""
     for start in range(0, len(items), batch_size):

@@ -1,16 +1,15 @@
 """Runs a grounding training job: resumable checkpoints, validation, progress, the final checkpoint.
 
-Both training sources use it: phase B (oracle shards, ``phases.run_train_phase``) and real annotated
+Both training sources use it: phase B (oracle shards, ``pipeline.run.phases.run_train_phase``) and real annotated
 images (``train_on_annotated``). While training, ``OUT/grounding-resume/`` holds the latest resumable
 checkpoint (module, optimizer, schedule, losses, validation history, and what the job trains on); a
 rerun of the same job continues from it, a different job discards it. The finished module replaces
-``OUT/grounding/`` in one rename pair, and the resume folder is removed.
+``OUT/grounding/`` whole (``atomic.replace_folder``), and the resume folder is removed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -19,15 +18,15 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from pipeline.training.annotated import annotated_batches, annotated_validation_batches, voc_index
+from pipeline.dataset.voc import voc_images
+from pipeline.training.annotated import annotated_batches, annotated_validation_batches
 from pipeline.config import RunConfig
-from pipeline.run.runtime import GROUNDING_DIR, Runtime
-from pipeline.dataset.shards import write_json_atomic
+from pipeline.runtime import Runtime
+from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
+from pipeline.dataset.atomic import recover_folder, replace_folder, write_json_atomic
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 from stages.grounding.train import GroundingTrainer, TrainOptions, fit
 
-RESUME_DIR = "grounding-resume"
-TRAINING_RECORD = "training.json"
 
 
 def feature_channels(runtime: Runtime) -> dict[int, int]:
@@ -62,10 +61,8 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
     """
     train = config.preset.train
     trainer = new_trainer(config, runtime)
+    recover_interrupted_training(config.out)
     resume = config.out / RESUME_DIR
-    interrupted_swap = resume.with_name(resume.name + ".old")  # killed inside GroundingTrainer.save
-    if interrupted_swap.exists() and not resume.exists():
-        os.replace(interrupted_swap, resume)
     if resume.exists() and _resumable(resume, job):
         trainer.restore(resume)
     else:
@@ -81,7 +78,7 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
 
     started = time.time()
     fit(trainer, batches(trainer.step * train.accumulate), validate=validation,
-        validate_every=train.validate_every, checkpoint=lambda: trainer.save(resume, {"job": job}),
+        validate_every=train.validate_every, checkpoint=lambda: replace_folder(resume, lambda tmp: trainer.save(tmp, {"job": job})),
         checkpoint_every=train.checkpoint_every, on_step=on_step)
     record = {**job, "steps": trainer.step, "resumed_at": resumed_at, "first_loss": trainer.losses[0],
               "last_loss": trainer.losses[-1], "losses": trainer.losses, "validation": trainer.validation,
@@ -100,24 +97,27 @@ def _resumable(folder: Path, job: dict) -> bool:
 
 
 def install(out: Path, module: GroundingModule, record: dict) -> None:
-    """Put a trained module and its record at ``OUT/grounding``; a checkpoint is in place at every
-    moment but the rename pair (``phases.recover_interrupted_training`` repairs a kill there)."""
-    folder = out / GROUNDING_DIR
-    tmp, old = (folder.with_name(f"{GROUNDING_DIR}.{kind}{os.getpid()}") for kind in ("tmp", "old"))
-    save_grounding(module, tmp)
-    write_json_atomic(tmp / TRAINING_RECORD, record)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    """Put a trained module and its record at ``OUT/grounding``, replacing the previous one whole."""
+    def fill(folder: Path) -> None:
+        save_grounding(module, folder)
+        write_json_atomic(folder / TRAINING_RECORD, record)
+
+    replace_folder(out / GROUNDING_DIR, fill)
+
+
+def recover_interrupted_training(out: Path) -> None:
+    """After a kill while a checkpoint was swapped in (``install`` or a resumable checkpoint): the
+    previous one back in place, temporaries gone. Runs under the output lock."""
+    for name in (GROUNDING_DIR, RESUME_DIR):
+        recover_folder(out / name)
 
 
 def train_on_annotated(config: RunConfig, runtime: Runtime, root: Path, split: str = "train",
                        val_split: str | None = "val", progress: Progress | None = None) -> dict:
     """Train the grounding module on real annotated images (VOC layout), validating on ``val_split``."""
     vocab, train = config.vocabulary(), config.preset.train
-    items = voc_index(root, split)
-    held_out = voc_index(root, val_split) if val_split else None
+    items = voc_images(root, split)
+    held_out = voc_images(root, val_split) if val_split else None
     timestep = runtime.diffusion.capture_timestep
     size = config.preset.image_size
     job = {"fingerprint": config.fingerprint(), "source": "annotated", "root": str(Path(root).resolve()),

@@ -15,7 +15,12 @@ import torch
 import webdataset as wds
 from pycocotools import mask as mask_utils
 
+from stages.errors import DataError
 from stages.vocab import Vocabulary
+
+
+class NoTrainingSamples(DataError):
+    """Every oracle sample fell into the validation split (or there are none)."""
 
 
 def _decode(sample: dict, vocab: Vocabulary) -> dict:
@@ -88,7 +93,7 @@ def oracle_batches(shards: list[Path], vocab: Vocabulary, batch_size: int, seed:
             if produced > skip:
                 yield _collate([_decode(r, vocab) for r in raw])
         if not seen:
-            raise ValueError("the oracle shards hold no training samples")
+            raise NoTrainingSamples("the oracle shards hold no training samples")
 
 
 def oracle_validation_batches(shards: list[Path], vocab: Vocabulary, batch_size: int,

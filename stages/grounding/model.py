@@ -22,7 +22,7 @@ Departures from the paper and its public code (also listed in the README):
 - Each class query is decoded on its own (the K queries are folded into the batch axis). The official
   code segments one class per pass, so this is the same function for K > 1 at once.
 - No spectral norm on the mixing convs (the official code wraps them in spectral norm).
-- Sizes come from ``GroundingConfig`` so a tiny module runs in tests; the defaults are the paper's.
+- Sizes come from ``GroundingConfig`` (``GroundingArchitecture`` is a preset's part of it) so a tiny module runs in tests; the defaults are the paper's.
   The decoder's feed-forward width is 4 x width (2048 at the paper size) and dropout is 0, as in the
   official code; PyTorch's decoder layer keeps biases in its attention projections.
 - Checkpoints are safetensors + config.json instead of pickled state dicts.
@@ -31,50 +31,58 @@ Departures from the paper and its public code (also listed in the README):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from itertools import accumulate
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-@dataclass(frozen=True)
-class GroundingConfig:
-    """Sizes of a grounding module; ``reduce_channels`` pair with resolutions from coarse to fine."""
+class GroundingArchitecture(BaseModel):
+    """The grounding module's free sizes (a model preset's ``grounding:`` section); defaults are the
+    paper's. ``reduce_channels`` pair with the feature resolutions from coarse to fine."""
 
-    feature_channels: dict[int, int]  # resolution -> input channels (uncond + cond concatenated)
-    text_dim: int  # CLIP hidden size (768 for SD 1.5)
-    image_size: int  # output mask size (512 for SD 1.5)
-    reduce_channels: tuple[int, ...] = (16, 32, 64, 128)
-    width: int = 512
-    heads: int = 8
-    layers: int = 3
-    patch_size: int = 4
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reduce_channels: tuple[PositiveInt, ...] = (16, 32, 64, 128)
+    width: PositiveInt = 512
+    heads: PositiveInt = 8
+    layers: PositiveInt = 3
+    patch_size: PositiveInt = 4
     conditional_bn: bool = False  # BN gain/bias from the class embedding (one visual map per class)
 
-    def __post_init__(self):
-        channels = {int(r): int(c) for r, c in sorted(self.feature_channels.items(), key=lambda kv: int(kv[0]))}
-        object.__setattr__(self, "feature_channels", channels)
-        object.__setattr__(self, "reduce_channels", tuple(int(c) for c in self.reduce_channels))
+
+class GroundingConfig(GroundingArchitecture):
+    """Every size of a grounding module: the architecture plus what the models it reads fix."""
+
+    feature_channels: dict[PositiveInt, PositiveInt]  # resolution -> input channels (uncond + cond concatenated)
+    text_dim: PositiveInt  # CLIP hidden size (768 for SD 1.5)
+    image_size: PositiveInt  # output mask size (512 for SD 1.5)
+
+    @field_validator("feature_channels")
+    @classmethod
+    def _coarse_to_fine(cls, channels: dict[int, int]) -> dict[int, int]:
         if not channels:
             raise ValueError("GroundingConfig.feature_channels is empty: need at least one resolution")
-        if len(self.reduce_channels) != len(channels):
+        return dict(sorted(channels.items()))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GroundingConfig":
+        if len(self.reduce_channels) != len(self.feature_channels):
             raise ValueError(
                 f"GroundingConfig.reduce_channels has {len(self.reduce_channels)} entries "
-                f"{self.reduce_channels} but feature_channels has {len(channels)} resolutions "
-                f"{list(channels)}: give one reduce width per resolution, coarse to fine")
-        if any(c <= 0 for c in (*channels.values(), *self.reduce_channels)) or min(channels) <= 0:
-            raise ValueError("GroundingConfig channel counts and resolutions must be positive")
+                f"{self.reduce_channels} but feature_channels has {len(self.feature_channels)} resolutions "
+                f"{list(self.feature_channels)}: give one reduce width per resolution, coarse to fine")
         if self.width % self.heads:
             raise ValueError(f"GroundingConfig.width {self.width} is not divisible by heads {self.heads}")
         if self.finest % self.patch_size:
             raise ValueError(f"GroundingConfig.patch_size {self.patch_size} does not divide the finest "
                              f"resolution {self.finest}")
+        return self
 
     @property
     def resolutions(self) -> list[int]:
@@ -91,18 +99,11 @@ class GroundingConfig:
         return sum(self.reduce_channels)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["feature_channels"] = {str(r): c for r, c in self.feature_channels.items()}
-        d["reduce_channels"] = list(self.reduce_channels)
-        return d
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: dict) -> "GroundingConfig":
-        d = dict(d)
-        d["feature_channels"] = {int(r): int(c) for r, c in d["feature_channels"].items()}
-        if "reduce_channels" in d:
-            d["reduce_channels"] = tuple(d["reduce_channels"])
-        return cls(**d)
+        return cls.model_validate(d)
 
 
 class ClassTextEncoder:
@@ -159,6 +160,19 @@ class ClassTextEncoder:
         if not names:
             return torch.zeros(0, self.text_encoder.config.hidden_size, device=self.device)
         return torch.stack([self._cache[(template, n)] for n in names])
+
+
+def class_embeddings(text: ClassTextEncoder, names: list[list[str]], template: str,
+                     device) -> tuple[Tensor, Tensor]:
+    """(B, K, D) embeddings of each sample's class names, padded to the batch's largest K, and
+    the (B, K) mask of real (unpadded) entries."""
+    k = max(len(n) for n in names)
+    rows, valid = [], torch.zeros(len(names), k, dtype=torch.bool)
+    for i, sample_names in enumerate(names):
+        padded = list(sample_names) + [sample_names[0]] * (k - len(sample_names))
+        rows.append(text.encode(padded, template))
+        valid[i, : len(sample_names)] = True
+    return torch.stack(rows).to(device), valid.to(device)
 
 
 class ConditionalBatchNorm(nn.Module):

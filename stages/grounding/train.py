@@ -16,53 +16,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from stages.generate import Diffusion
 from stages.grounding.metrics import IoU, add_predictions
-from stages.grounding.model import ClassTextEncoder, GroundingModule, grounding_loss, load_grounding, \
-    save_grounding
+from stages.grounding.model import ClassTextEncoder, GroundingModule, class_embeddings, grounding_loss, \
+    load_grounding, save_grounding
 
 TRAINER_STATE = "trainer.pt"
 PROGRESS = "progress.json"
 
 
-def class_embeddings(text: ClassTextEncoder, names: list[list[str]], template: str,
-                     device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K, D) embeddings of each sample's class names, padded to the batch's largest K, and
-    the (B, K) mask of real (unpadded) entries."""
-    k = max(len(n) for n in names)
-    rows, valid = [], torch.zeros(len(names), k, dtype=torch.bool)
-    for i, sample_names in enumerate(names):
-        padded = list(sample_names) + [sample_names[0]] * (k - len(sample_names))
-        rows.append(text.encode(padded, template))
-        valid[i, : len(sample_names)] = True
-    return torch.stack(rows).to(device), valid.to(device)
+class TrainOptions(BaseModel):
+    """How the trainer optimises (a model preset's ``train:`` section extends it with the data side)."""
 
-
-@dataclass(frozen=True)
-class TrainOptions:
-    steps: int  # optimizer steps
-    lr: float
-    accumulate: int = 1  # batches per optimizer step
-    warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine (after warm-up)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (or fp16) on CUDA, fp32 elsewhere
-
-    def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be constant or cosine, not {self.schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
-        if self.steps < 1 or self.accumulate < 1 or self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("steps and accumulate must be >= 1, warmup_steps >= 0 and lr > 0")
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(gt=0)  # optimizer steps
+    lr: float = Field(gt=0)
+    accumulate: int = Field(1, gt=0)  # batches per optimizer step
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
@@ -152,19 +132,13 @@ class GroundingTrainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
 
     def save(self, folder: Path, record: dict | None = None) -> None:
-        """Module, optimizer, schedule and progress into ``folder``, replacing it whole (never half)."""
+        """Module, optimizer, schedule and progress into ``folder`` (the caller makes it appear whole)."""
         folder = Path(folder)
-        tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_grounding(self.module, tmp)
-        torch.save(self.state_dict(), tmp / TRAINER_STATE)
+        save_grounding(self.module, folder)
+        torch.save(self.state_dict(), folder / TRAINER_STATE)
         progress = {"step": self.step, "losses": self.losses, "validation": self.validation,
-                    "options": asdict(self.options), **(record or {})}
-        (tmp / PROGRESS).write_text(json.dumps(progress, indent=1))
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+                    "options": self.options.model_dump(), **(record or {})}
+        (folder / PROGRESS).write_text(json.dumps(progress, indent=1))
 
     def restore(self, folder: Path) -> dict:
         """Continue from a folder written by ``save``; returns its progress record."""

@@ -7,11 +7,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import ConfigError, config_file
+from pipeline.config import config_file, one_line
 
-
-class Zs3InputError(ConfigError):
-    """Evaluation input that cannot be used (missing folder, no images, unknown classes); one line."""
 
 
 MODES = {
@@ -49,6 +46,4 @@ def load_segmenter_preset(name_or_path: str, overrides: dict | None = None) -> S
     try:
         return SegmenterPreset(**raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        raise ConfigError(f"segmenter preset '{name_or_path}': {'.'.join(map(str, first['loc']))}: "
-                          f"{first['msg']}") from err
+        raise one_line(err, lambda where: f"segmenter preset '{name_or_path}': {where}") from err

@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.dataset.shards import write_json_atomic, write_text_atomic
+from pipeline.dataset.atomic import write_json_atomic, write_text_atomic
 from pipeline.evaluate.zs3.config import MODES
 from stages.metrics import zs3_scores
 from stages.vocab import Vocabulary

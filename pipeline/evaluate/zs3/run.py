@@ -17,14 +17,16 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pipeline.config import ConfigError, resolve_vocabulary
-from pipeline.dataset.shards import read_json_object, write_json_atomic
-from pipeline.evaluate.zs3.config import MODES, SegmenterPreset, Zs3InputError
+from pipeline.dataset.shards import read_json_object
+from pipeline.dataset.atomic import write_json_atomic
+from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
 from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.evaluate.zs3.report import build_report, write_report
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.evaluate.zs3.train import evaluate, new_train_state, save_checkpoint, setup_processes, train, \
     training_batches, wrap_for_processes
 from pipeline.evaluate.zs3.transforms import eval_transform, train_transform
+from stages.errors import DataError
 from stages.segmenter import build_segmenter
 
 SETTINGS, CHECKPOINT, REPORT = "settings.json", "checkpoint.pt", "report.json"
@@ -79,7 +81,7 @@ def _read_json(path: Path, remedy: str) -> dict:
     try:
         return read_json_object(path)
     except ValueError as err:
-        raise Zs3InputError(f"{path} is damaged ({err}); {remedy}") from err
+        raise DataError(f"{path} is damaged ({err}); {remedy}") from err
 
 
 def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
@@ -96,7 +98,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     train_name = request.train_split or DEFAULT_SPLITS[fmt][0]
     val_name = request.val_split or DEFAULT_SPLITS[fmt][1]
     if not root.is_dir():
-        raise Zs3InputError(f"--real {root}: no such folder")
+        raise DataError(f"--real {root}: no such folder")
 
     unseen = frozenset(c.id for c in vocabulary.unseen)
     val = real_split(root, fmt, val_name, vocabulary, eval_transform())
@@ -118,7 +120,7 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
 
     procs = setup_processes(request.device)
     if urls is not None and len(urls) < procs.world:
-        raise Zs3InputError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
+        raise DataError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
     torch.manual_seed(request.seed)
     num_classes = len(vocabulary.classes) + 1
     model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)

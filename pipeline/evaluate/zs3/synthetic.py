@@ -13,9 +13,9 @@ from torch.utils.data import IterableDataset
 from webdataset.autodecode import DecodingError
 
 from pipeline.dataset.reader import open_dataset, shard_urls, training_dataset
-from pipeline.evaluate.zs3.config import Zs3InputError
-from pipeline.evaluate.zs3.labels import name_index, normalize
+from pipeline.dataset.labels import name_index, normalize
 from pipeline.evaluate.zs3.transforms import Transform
+from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
@@ -25,7 +25,7 @@ def synthetic_urls(spec: str) -> list[str]:
     try:
         return shard_urls(spec)
     except (FileNotFoundError, ValueError) as err:
-        raise Zs3InputError(f"--synthetic: {err}") from err
+        raise DataError(f"--synthetic: {err}") from err
 
 
 def vocabulary_mask(mask: np.ndarray, meta: dict, names: dict[str, int]) -> np.ndarray:
@@ -43,11 +43,11 @@ def unreadable_sample(err: Exception) -> bool:
     naming the shard (and the sample key and member when the decoder got that far)."""
     if isinstance(err, DecodingError):
         cause = re.sub(r" <[^>]*>", "", str(err.__cause__))  # no "<_io.BytesIO object at 0x...>"
-        raise Zs3InputError(f"--synthetic: shard {err.url}: sample {err.key} member {err.k} cannot be decoded: "
+        raise DataError(f"--synthetic: shard {err.url}: sample {err.key} member {err.k} cannot be decoded: "
                             f"{cause}") from err
     url = err.args[-1] if len(err.args) > 1 else "?"  # webdataset appends the shard url to the arguments
     reason = next((str(a) for a in err.args[:-1] if isinstance(a, str)), "").split(" @ ")[0]
-    raise Zs3InputError(f"--synthetic: shard {url} cannot be read: {type(err).__name__} {reason}".rstrip()) from err
+    raise DataError(f"--synthetic: shard {url} cannot be read: {type(err).__name__} {reason}".rstrip()) from err
 
 
 def synthetic_stream(urls: list[str], vocabulary: Vocabulary, transform: Transform, seed: int,
@@ -75,14 +75,14 @@ def check_synthetic(urls: list[str], vocabulary: Vocabulary, spec: str) -> dict:
     except DecodingError as err:
         unreadable_sample(err)
     except (OSError, ValueError, KeyError) as err:
-        raise Zs3InputError(f"--synthetic {spec}: cannot read shards: {err}") from err
+        raise DataError(f"--synthetic {spec}: cannot read shards: {err}") from err
     if first is None:
-        raise Zs3InputError(f"--synthetic {spec}: the shards hold no samples")
+        raise DataError(f"--synthetic {spec}: the shards hold no samples")
     if "seg.png" not in first or "json" not in first:
-        raise Zs3InputError(f"--synthetic {spec}: samples carry no seg.png/json (phase A oracle shards? "
+        raise DataError(f"--synthetic {spec}: samples carry no seg.png/json (phase A oracle shards? "
                             "point at the dataset's data/ shards)")
     unknown = sorted({n for n in [*declared, *first["json"]["classes"]] if normalize(n) not in names})
     if unknown:
-        raise Zs3InputError(f"--synthetic {spec}: classes {', '.join(unknown)} are not in vocabulary "
+        raise DataError(f"--synthetic {spec}: classes {', '.join(unknown)} are not in vocabulary "
                             f"'{vocabulary.name}'")
     return first["json"]

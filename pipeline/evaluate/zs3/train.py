@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
-from pipeline.evaluate.zs3.config import SegmenterPreset, Zs3InputError
+from pipeline.evaluate.zs3.config import SegmenterPreset
+from stages.errors import DataError
 from stages.metrics import confusion_matrix
 from stages.segmenter import predict, segmentation_loss
 
@@ -58,13 +59,13 @@ def wrap_for_processes(model: nn.Module, procs: Processes) -> nn.Module:
     return DistributedDataParallel(model)
 
 
-def one_line(err: Zs3InputError) -> Zs3InputError:
+def one_line(err: DataError) -> DataError:
     """The input error as raised, also when it comes from a DataLoader worker: torch re-raises it in the
     main process with the worker's whole traceback as its message, whose last line is the original one."""
     message = str(err)
     if message.startswith("Caught ") and "Traceback" in message:
         message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-    return Zs3InputError(message)
+    return DataError(message)
 
 
 def _endless(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
@@ -80,13 +81,13 @@ def training_batches(real: Dataset | None, synthetic: IterableDataset | None, pr
     sources, half of each batch (rounded up) is real and the rest synthetic."""
     per_process = preset.batch_size // procs.world
     if per_process < 2:
-        raise Zs3InputError(f"batch size {preset.batch_size} over {procs.world} processes leaves fewer than 2 "
+        raise DataError(f"batch size {preset.batch_size} over {procs.world} processes leaves fewer than 2 "
                             "images per process (batch norm needs 2)")
     real_size = 0 if real is None else per_process if synthetic is None else (per_process + 1) // 2
     streams = []
     if real is not None:
         if len(real) // procs.world < real_size:
-            raise Zs3InputError(f"the real training split has {len(real)} images, fewer than one batch "
+            raise DataError(f"the real training split has {len(real)} images, fewer than one batch "
                                 f"({real_size} per process x {procs.world}); lower --batch-size")
         sampler = DistributedSampler(real, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=seed,
                                      drop_last=True)
@@ -99,9 +100,9 @@ def training_batches(real: Dataset | None, synthetic: IterableDataset | None, pr
     try:
         for parts in zip(*streams):
             yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    except Zs3InputError as err:
+    except DataError as err:
         raise one_line(err) from None
-    raise Zs3InputError(f"the synthetic shards gave process {procs.rank} of {procs.world} no sample "
+    raise DataError(f"the synthetic shards gave process {procs.rank} of {procs.world} no sample "
                         "(empty shards?)")
 
 
@@ -179,7 +180,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, procs: Proces
                 pred = predict(model, image.to(procs.device))
             conf += confusion_matrix(pred, mask.to(procs.device), num_classes)
             on_image()
-    except Zs3InputError as err:
+    except DataError as err:
         raise one_line(err) from None
     if procs.world > 1:
         dist.all_reduce(conf)

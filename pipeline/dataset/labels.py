@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from pipeline.evaluate.zs3.config import Zs3InputError
+from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
@@ -31,7 +31,7 @@ def label_table(dataset_names: dict[int, str], vocabulary: Vocabulary, source: s
 
     Dataset classes outside the vocabulary map to 255 (ignored: they are objects, not background),
     as do vocabulary ids in ``ignored_ids`` (unseen classes in the real-seen modes). Every
-    vocabulary class must be found in the dataset, else ``Zs3InputError``.
+    vocabulary class must be found in the dataset, else ``DataError``.
     """
     index = name_index(vocabulary)
     table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
@@ -42,6 +42,6 @@ def label_table(dataset_names: dict[int, str], vocabulary: Vocabulary, source: s
             found.add(vocab_id)
             table[value] = IGNORE_INDEX if vocab_id in ignored_ids else vocab_id
     if missing := [c.name for c in vocabulary.classes if c.id not in found]:
-        raise Zs3InputError(f"{source} has no class named {', '.join(missing)} (vocabulary '{vocabulary.name}'); "
+        raise DataError(f"{source} has no class named {', '.join(missing)} (vocabulary '{vocabulary.name}'); "
                             f"its classes are {', '.join(n for n in dataset_names.values() if n != 'background')}")
     return table

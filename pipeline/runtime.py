@@ -8,14 +8,21 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.dataset.atomic import build_folder_once
+from pipeline.dataset.layout import GROUNDING_DIR
 from stages.generate import Diffusion
-from stages.grounding.model import ClassTextEncoder, GroundingModule, load_grounding
-from stages.models import MASKRCNN_FILE, load_stable_diffusion, tiny_preset_dir
+from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingModule, load_grounding
+from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
 from stages.oracle import Oracle, load_maskrcnn
 from stages.weights import WeightsMissingError
 
-GROUNDING_DIR = "grounding"
 TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
+
+
+def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
+    """The tiny preset's folder in the cache, built on first use (keyed by its content)."""
+    return build_folder_once(Path(cache_dir) / tiny_preset_name(seed, image_size),
+                             lambda folder: build_tiny_preset(folder, seed, image_size))
 
 
 def resolve_device(device: str) -> str:
@@ -77,7 +84,7 @@ class Runtime:
         self.pipe
         if oracle:
             self.oracle
-        if grounding and not (self.config.out / GROUNDING_DIR / "model.safetensors").exists():
+        if grounding and not (self.config.out / GROUNDING_DIR / WEIGHTS_FILE).exists():
             raise WeightsMissingError(f"no grounding checkpoint in {self.config.out / GROUNDING_DIR}; "
                                       "run `datagen train` (or `datagen run`) first")
         if grounding:

@@ -1,0 +1,72 @@
+"""Options shared by several commands, and the validated settings they build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, RunConfig, load_preset, one_line, resolve_vocabulary
+from pipeline.dataset.sizing import samples_per_shard
+from pipeline.run.executors import ExecutorSettings
+
+Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
+N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
+Out = Annotated[Path, typer.Option(help="Output folder (created; a rerun resumes it).")]
+Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), tiny (offline), or a YAML file.")]
+Seed = Annotated[int, typer.Option(help="Run seed: same config and seed give the same samples.")]
+SdPath = Annotated[str | None, typer.Option(help="Stable Diffusion hub id or local diffusers folder.")]
+OracleWeights = Annotated[str | None, typer.Option(help="Mask R-CNN state dict (.pth/.safetensors) or COCO_V1.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+BootstrapN = Annotated[int | None, typer.Option(help="Oracle samples for training (phase A).")]
+TrainSteps = Annotated[int | None, typer.Option(help="Grounding training steps (phase B).")]
+ShardSize = Annotated[int | None, typer.Option(help="Samples per shard.")]
+ShardMb = Annotated[float | None, typer.Option(help="Target shard size in MB (sets the samples per shard from the "
+                                                    "image size).")]
+BatchSize = Annotated[int | None, typer.Option(help="Generation batch size.")]
+ExecutorKind = Annotated[str, typer.Option("--executor", help="local (in this process) or ray.")]
+RayAddress = Annotated[str | None, typer.Option(help="Ray cluster to join (auto, ray://host:port); implies "
+                                                "--executor ray. Without it, ray starts a local instance.")]
+Workers = Annotated[int | None, typer.Option(help="Ray model workers (default: one per GPU, else per CPU).")]
+GpusPerWorker = Annotated[float | None, typer.Option(help="GPUs per Ray model worker (default 1 with GPUs, else 0).")]
+CpusPerWorker = Annotated[float, typer.Option(help="CPUs per Ray model worker.")]
+EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/writing task (holds no GPU).")]
+
+
+def run_config(*, vocab: str, out: Path, models: str, seed: int, device: str, n: int = 1,
+               sd_path: str | None = None, oracle_weights: str | None = None, bootstrap_n: int | None = None,
+               train_steps: int | None = None, shard_size: int | None = None, shard_mb: float | None = None,
+               batch_size: int | None = None) -> RunConfig:
+    """The validated run config: the model preset with the flags that were given (None: the preset's)."""
+    preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
+                                  "shard_size": shard_size, "batch_size": batch_size,
+                                  "train": {"steps": train_steps}})
+    resolve_vocabulary(vocab)  # fail early on a bad vocabulary
+    try:
+        config = RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device)
+    except ValidationError as err:
+        raise one_line(err, lambda where: f"--{where.replace('.', '-')}") from err
+    return config if shard_mb is None else _sized(config, shard_size, shard_mb)
+
+
+def _sized(config: RunConfig, shard_size: int | None, shard_mb: float) -> RunConfig:
+    """The config with --shard-mb converted to samples per shard (from its image size and format)."""
+    if shard_size is not None:
+        raise ConfigError("pass --shard-size or --shard-mb, not both")
+    if shard_mb <= 0:
+        raise ConfigError(f"--shard-mb must be greater than 0, not {shard_mb}")
+    size = samples_per_shard(shard_mb, config.preset.image_size, config.image_format)
+    return config.model_copy(update={"preset": config.preset.model_copy(update={"shard_size": size})})
+
+
+def executor_settings(*, kind: str, ray_address: str | None, workers: int | None, gpus_per_worker: float | None,
+                      cpus_per_worker: float, encode_cpus: float) -> ExecutorSettings:
+    try:
+        return ExecutorSettings(kind="ray" if ray_address else kind, ray_address=ray_address, workers=workers,
+                                gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                                encode_cpus=encode_cpus)
+    except ValidationError as err:
+        raise one_line(err, lambda where: "--" + ("executor" if where == "kind" else where.replace("_", "-"))) \
+            from err

@@ -1,0 +1,132 @@
+"""Atomic writes: every file and folder datagen writes appears whole or not at all.
+
+A file is written under a temporary name beside it and renamed into place; a folder is filled under
+a temporary name and swapped in by a rename pair, the previous version kept as ``NAME.old<uuid>``
+until the new one is in place (``recover_folder`` undoes a kill between the two renames). Temporary
+names end in ``.tmp<uuid4>``: writers on many machines share one output folder, where process ids
+collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live writer
+
+
+def temporary_path(path: Path, kind: str = "tmp") -> Path:
+    """A name beside ``path`` to write its content under before renaming, unique across machines."""
+    return Path(f"{path}.{kind}{uuid.uuid4().hex}")
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is flushed to disk and renamed to ``path``.
+    On any failure the temporary is removed and ``path`` keeps its previous content."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def create_exclusive(path: Path, data: bytes) -> bool:
+    """Create ``path`` whole with ``data`` unless it exists (checked atomically: two writers on a
+    shared folder cannot both create it); False when it already existed."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:
+    """Let ``fill`` write a new version of ``folder`` into an empty temporary folder, then swap it in.
+    Some version of ``folder`` exists at every moment but between the two renames, which
+    ``recover_folder`` repairs."""
+    folder = Path(folder)
+    tmp, old = temporary_path(folder), temporary_path(folder, "old")
+    try:
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(folder: Path) -> None:
+    """After a kill inside ``replace_folder``: put the previous version back if none is in place, and
+    drop the temporaries. Call it only while no other writer of ``folder`` runs (under the output lock)."""
+    folder = Path(folder)
+    for old in sorted(folder.parent.glob(f"{folder.name}.old*")):
+        if not folder.exists():
+            os.replace(old, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in folder.parent.glob(f"{folder.name}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_folder_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``folder``, built by ``build`` into a temporary folder and renamed into place unless it already
+    exists; a half-built folder is never visible. When two processes build at once, the first rename
+    wins and the other discards its copy."""
+    folder = Path(folder)
+    if folder.exists():
+        return folder
+    tmp = temporary_path(folder)
+    try:
+        tmp.mkdir(parents=True)
+        build(tmp)
+        tmp.rename(folder)
+    except OSError:
+        if not folder.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def remove_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> None:
+    """Delete temporaries left by a killed run (never a finished file): those not modified for
+    ``max_age`` seconds. A younger one may belong to a run of the same config writing to this folder
+    now (from another machine, too: the per-machine lock cannot tell), and a writer finishes a
+    temporary within seconds, so age alone tells a stale temporary from a live one."""
+    cutoff = time.time() - max_age
+    for tmp in Path(folder).glob("*.tmp*"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink(missing_ok=True)
+        except FileNotFoundError:  # renamed into place or removed by its writer meanwhile
+            pass
