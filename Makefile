@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/datagen run --vocab voc --n 32 --models tiny --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Tiny-preset throughput of the in-process and Ray executors, and the time outside model compute.

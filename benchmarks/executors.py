@@ -25,12 +25,11 @@ import torch
 import transformers
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.dataset.layout import DATA_DIR
+from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR
 from pipeline.run.executors import ExecutorSettings, make_executor
 from pipeline.run.executors.ray_executor import connect, disconnect
 from pipeline.run.phases import feature_channels, run_label_phase
 from pipeline.runtime import Runtime
-from pipeline.dataset.layout import GROUNDING_DIR
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 
 

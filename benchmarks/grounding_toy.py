@@ -25,9 +25,9 @@ from rich.table import Table
 
 from benchmarks.toy_shapes import SHAPES, write_toy_dataset
 from benchmarks.toy_vae import fit_vae
-from pipeline.training.annotated import annotated_validation_batches, voc_index
 from pipeline.config import RunConfig, load_preset
 from pipeline.runtime import Runtime
+from pipeline.training.annotated import annotated_validation_batches, voc_index
 from pipeline.training.job import train_on_annotated
 from stages.grounding.metrics import BACKGROUND, IoU
 

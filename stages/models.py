@@ -16,7 +16,6 @@ import torch
 
 from stages.weights import WeightsMissingError, downloads_allowed
 
-
 # Architecture of the tiny preset: small enough for CPU tests, same component classes as SD 1.5.
 TINY_SD = {
     "unet": dict(

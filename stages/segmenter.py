@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50, \
-    deeplabv3_resnet101
+from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50, deeplabv3_resnet101
 
 from stages.metrics import IGNORE_INDEX
 from stages.weights import WeightsMissingError, downloads_allowed

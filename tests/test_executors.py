@@ -16,10 +16,10 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, load_preset
+from pipeline.dataset.plan import plan_shards
+from pipeline.dataset.shards import shard_path, stats_path
 from pipeline.run.executors import ExecutorSettings, make_executor
 from pipeline.run.faults import FAULTS_ENV
-from pipeline.run.plan import plan_shards
-from pipeline.dataset.shards import shard_path, stats_path
 from pipeline.run.workers import ShardWorker
 from stages.weights import WeightsMissingError
 

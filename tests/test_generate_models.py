@@ -4,8 +4,8 @@ import torch
 
 from stages.generate import Diffusion
 from stages.models import clip_tokenizer, load_stable_diffusion
-from stages.weights import WeightsMissingError
 from stages.prompts import PromptSpec
+from stages.weights import WeightsMissingError
 
 SPECS = [PromptSpec(0, "a photograph of a dog", ("dog",), 11),
          PromptSpec(1, "a photograph of a cat and a dog", ("cat", "dog"), 12)]

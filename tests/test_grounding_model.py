@@ -8,9 +8,15 @@ import json
 import pytest
 import torch
 
+from stages.grounding.model import (
+    ClassTextEncoder,
+    GroundingConfig,
+    GroundingModule,
+    grounding_loss,
+    load_grounding,
+    save_grounding,
+)
 from stages.models import clip_tokenizer
-from stages.grounding.model import (ClassTextEncoder, GroundingConfig, GroundingModule, grounding_loss,
-                                    load_grounding, save_grounding)
 
 TEMPLATE = "a photograph of a {}"
 

@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from benchmarks.toy_shapes import write_toy_dataset
-from stages.errors import DataError
-from pipeline.dataset.voc import voc_images
-from pipeline.training.annotated import annotated_batches, load_annotated, prompt_for
 from pipeline.config import RunConfig, load_preset
-from pipeline.runtime import Runtime
-from pipeline.training.job import train_on_annotated
 from pipeline.dataset.layout import RESUME_DIR
+from pipeline.dataset.voc import voc_images
+from pipeline.runtime import Runtime
+from pipeline.training.annotated import load_annotated, prompt_for
+from pipeline.training.job import train_on_annotated
+from stages.errors import DataError
 from stages.generate import Diffusion
 from stages.grounding.metrics import BACKGROUND, IoU, add_predictions
 from stages.grounding.train import GroundingTrainer, TrainOptions, autocast_dtype

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.inspect.folder import read_shard
-from pipeline.inspect.show import class_colour, pick_samples
-from pipeline.inspect.folder import open_output
 from pipeline.dataset.shards import encode_mask, finished_shards, write_shard
 from pipeline.dataset.sizing import samples_per_shard
+from pipeline.inspect.folder import open_output, read_shard
+from pipeline.inspect.show import class_colour, pick_samples
 
 
 @pytest.fixture

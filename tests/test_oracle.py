@@ -12,10 +12,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stages.oracle import (
-    COCO_DETECTOR_CATEGORIES, COCO_WEIGHTS, Detection, Oracle, build_maskrcnn, coco_weights_path, load_maskrcnn,
+    COCO_DETECTOR_CATEGORIES,
+    COCO_WEIGHTS,
+    Detection,
+    Oracle,
+    build_maskrcnn,
+    coco_weights_path,
+    load_maskrcnn,
 )
-from stages.weights import WeightsMissingError
 from stages.vocab import ClassInfo, Vocabulary, load_vocabulary
+from stages.weights import WeightsMissingError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -132,10 +138,12 @@ def test_oracle_picks_top_scoring_detection_of_the_requested_class(voc):
 
 def test_oracle_thresholds_are_applied(voc):
     outputs = [fake_output([("dog", 0.30, (0, 0, 10, 10))])]
-    assert Oracle(FakeDetector(outputs), voc, score_threshold=0.31).label(random_images(1), [["dog"]]) == [{"dog": None}]
+    strict = Oracle(FakeDetector(outputs), voc, score_threshold=0.31)
+    assert strict.label(random_images(1), [["dog"]]) == [{"dog": None}]
     dog = Oracle(FakeDetector(outputs), voc, score_threshold=0.3).label(random_images(1), [["dog"]])[0]["dog"]
     assert dog.mask.sum() == 100
-    full = Oracle(FakeDetector(outputs), voc, score_threshold=0.3, mask_threshold=0.2).label(random_images(1), [["dog"]])
+    loose = Oracle(FakeDetector(outputs), voc, score_threshold=0.3, mask_threshold=0.2)
+    full = loose.label(random_images(1), [["dog"]])
     assert full[0]["dog"].mask.all()
 
 

@@ -7,13 +7,12 @@ import time
 import pytest
 
 from pipeline.config import ConfigError, RunConfig, load_preset
+from pipeline.dataset.atomic import STALE_TEMPORARY_SECONDS, temporary_path
+from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, ORACLE_DIR
 from pipeline.dataset.manifest import check_output, output_lock
-from pipeline.dataset.layout import DATA_DIR, ORACLE_DIR
+from pipeline.dataset.shards import write_shard
 from pipeline.run.phases import PhaseError, check_earlier_phases, run_train_phase, training_is_current
 from pipeline.training.job import recover_interrupted_training
-from pipeline.dataset.layout import GROUNDING_DIR
-from pipeline.dataset.shards import write_shard
-from pipeline.dataset.atomic import STALE_TEMPORARY_SECONDS, temporary_path
 
 
 def make_config(out, n=8) -> RunConfig:

@@ -6,15 +6,14 @@ import pickle
 import tarfile
 
 import numpy as np
-import pytest
 import torch
 import webdataset as wds
 from PIL import Image
 
-from pipeline.inspect.folder import read_shard
-from pipeline.dataset.reader import open_dataset, safe_decoder, training_dataset, wids_dataset
 from pipeline.dataset.layout import WIDS_INDEX
+from pipeline.dataset.reader import open_dataset, safe_decoder, training_dataset, wids_dataset
 from pipeline.dataset.shards import finished_shards
+from pipeline.inspect.folder import read_shard
 
 
 def reference(out):

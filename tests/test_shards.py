@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.dataset.plan import pending, plan_shards
 from pipeline.dataset.reader import open_dataset
-from pipeline.run.plan import pending, plan_shards
 from pipeline.dataset.shards import encode_mask, finished_shards, read_stats, shard_path, stats_path, write_shard
 
 

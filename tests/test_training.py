@@ -8,8 +8,7 @@ from pipeline.dataset.samples import encode_sample, instance
 from pipeline.dataset.shards import shard_path, write_shard
 from pipeline.training.oracle_data import oracle_batches
 from stages.generate import Diffusion
-from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule
-from stages.grounding.model import class_embeddings
+from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule, class_embeddings
 from stages.grounding.train import GroundingTrainer, TrainOptions, fit
 from stages.prompts import PromptSpec
 

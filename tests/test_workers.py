@@ -5,9 +5,9 @@ import json
 import pytest
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.run.executors.local import LocalExecutor
-from pipeline.run.plan import errored_samples, missing, pending, plan_shards
+from pipeline.dataset.plan import errored_samples, missing, pending, plan_shards
 from pipeline.dataset.shards import read_stats
+from pipeline.run.executors.local import LocalExecutor
 from pipeline.run.workers import ShardWorker
 
 

@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 from zs3_fixtures import CLASSES, corrupt_member, make_synthetic, make_voc
 
-from pipeline.config import resolve_vocabulary
-from pipeline.evaluate.zs3.config import load_segmenter_preset
-from stages.errors import DataError
 from pipeline.dataset.labels import name_index
+from pipeline.evaluate.zs3.config import load_segmenter_preset
 from pipeline.evaluate.zs3.real import coco_split, voc_split
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls, vocabulary_mask
 from pipeline.evaluate.zs3.train import Processes, training_batches
 from pipeline.evaluate.zs3.transforms import eval_transform, train_transform
+from stages.errors import DataError
 from stages.vocab import load_vocabulary
 
 VOC_TO_VOCAB = {1: 1, 7: 7, 15: 15, 17: 17}  # the voc vocabulary keeps VOC's order for these four

@@ -12,12 +12,13 @@ from pipeline.cli.app import app, console, eval_app
 from pipeline.cli.progress import progress_bar
 from pipeline.dataset.atomic import write_json_atomic
 from pipeline.dataset.manifest import check_output, output_lock
+from pipeline.dataset.voc import voc_images
 from pipeline.evaluate.protocol1 import evaluate_grounding
 from pipeline.runtime import Runtime
-from pipeline.dataset.voc import voc_images
 from pipeline.training.job import train_on_annotated
 
-Data = Annotated[Path, typer.Option(help="VOC-layout folder: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/.")]
+Data = Annotated[Path, typer.Option(help="VOC-layout folder: JPEGImages/, SegmentationClass/, "
+                                         "ImageSets/Segmentation/.")]
 
 
 @app.command("train-annotated")
@@ -55,7 +56,8 @@ def eval_grounding(
     seed: opt.Seed = 0, sd_path: opt.SdPath = None, oracle_weights: opt.OracleWeights = None,
     device: opt.Device = "auto",
     n: Annotated[int, typer.Option(help="Test images to generate (seen and unseen classes).")] = 200,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Report file (default OUT/eval/protocol1.json).")] = None,
+    json_path: Annotated[Path | None,
+                         typer.Option("--json", help="Report file (default OUT/eval/protocol1.json).")] = None,
     batch_size: opt.BatchSize = None,
 ):
     """Protocol I: mIoU of the grounding module against the oracle, seen and unseen classes apart."""

@@ -22,7 +22,8 @@ MAX_LISTED = 50  # problems printed by validate; the count says how many more
 @app.command()
 def show(out: DatasetDir,
          n: Annotated[int, typer.Option(help="Samples on the sheet (the first ones, in shard order).")] = 16,
-         class_name: Annotated[str | None, typer.Option("--class", help="Only samples whose mask labels this class.")] = None,
+         class_name: Annotated[str | None,
+                               typer.Option("--class", help="Only samples whose mask labels this class.")] = None,
          save: Annotated[Path | None, typer.Option(help="Where to write the PNG [default: OUT/show.png].")] = None):
     """Write a contact sheet PNG of samples with their masks overlaid; prints its path, opens nothing."""
     print(write_sheet(open_output(out), n, class_name, save or out / "show.png"))

@@ -16,12 +16,12 @@ from pipeline.cli.progress import progress_bar
 from pipeline.config import ConfigError, RunConfig, resolve_vocabulary
 from pipeline.dataset.layout import ALL_PHASES, DATA_DIR, MANIFEST, WIDS_INDEX, Phase
 from pipeline.dataset.manifest import check_output, output_lock, prepare_output
+from pipeline.dataset.plan import errored_samples
 from pipeline.dataset.reader import write_wids_index
 from pipeline.dataset.shards import finished_stats, summarize
 from pipeline.inspect.card import write_card
 from pipeline.run.executors import ExecutionReport, ExecutorSettings, make_executor
 from pipeline.run.phases import check_earlier_phases, has_pending_work, run_shard_phase, run_train_phase
-from pipeline.run.plan import errored_samples
 from pipeline.run.workers import ShardWorker
 from pipeline.runtime import Runtime
 from pipeline.training.job import recover_interrupted_training

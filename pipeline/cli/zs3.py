@@ -15,13 +15,15 @@ from pipeline.evaluate.zs3.config import MODES, load_segmenter_preset
 from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
 from stages.errors import DatagenError
 
+
 @eval_app.command("zs3")
 def zs3(
     real: Annotated[Path, typer.Option(help="Real data with ground truth: a VOC folder (VOCdevkit/VOC2012) or a "
                                             "COCO folder (annotations/, train2017/, val2017/).")],
-    synthetic: Annotated[str | None, typer.Option(help="Synthetic data: a datagen output folder, a folder of "
-                                                       "shards, a .txt list of shards, or a shard URL/pattern.")] = None,
-    vocab: Annotated[str, typer.Option(help="Vocabulary and seen/unseen split: voc, voc-split1, coco, or a YAML.")] = "voc",
+    synthetic: Annotated[str | None, typer.Option(help="Synthetic data: a datagen output folder, a folder of shards, "
+                                                       "a .txt list of shards, or a shard URL/pattern.")] = None,
+    vocab: Annotated[str, typer.Option(help="Vocabulary and seen/unseen split: voc, voc-split1, coco, "
+                                            "or a YAML.")] = "voc",
     mode: Annotated[str | None, typer.Option(help=f"Training data: {', '.join(MODES)} (default: real-seen+synthetic "
                                                   "with --synthetic, else real-seen).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for the checkpoint and the report (a rerun resumes).")]

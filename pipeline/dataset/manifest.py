@@ -10,12 +10,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.dataset.provenance import code_version, model_record
 from pipeline.dataset.atomic import create_exclusive, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from pipeline.dataset.layout import CLASSES, DATA_DIR, FORMAT_VERSION, MANIFEST, ORACLE_DIR
+from pipeline.dataset.provenance import code_version, model_record
 from pipeline.dataset.shards import finished_stats
 from stages.metrics import IGNORE_INDEX
 

@@ -18,11 +18,9 @@ import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 
-from pipeline.dataset.layout import DATA_DIR
-from pipeline.dataset.shards import finished_shards, read_stats
 from pipeline.dataset.atomic import write_json_atomic
-
-
+from pipeline.dataset.layout import DATA_DIR, WIDS_INDEX
+from pipeline.dataset.shards import finished_shards, read_stats
 
 IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
 

@@ -7,8 +7,8 @@ written last. A shard without stats does not exist: a rerun redoes it.
 from __future__ import annotations
 
 import io
-from collections import Counter
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np

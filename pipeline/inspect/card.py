@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.dataset.atomic import write_text_atomic
+from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, WIDS_INDEX, Phase
+from pipeline.dataset.provenance import file_sha256
+from pipeline.dataset.shards import finished_shards
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
-from pipeline.dataset.provenance import file_sha256
-from pipeline.dataset.layout import DATA_DIR
-from pipeline.dataset.layout import WIDS_INDEX
-from pipeline.dataset.layout import GROUNDING_DIR
-from pipeline.dataset.shards import finished_shards
-from pipeline.dataset.atomic import write_text_atomic
 
 
 def _model(record: dict | None, fallback: str) -> str:
@@ -35,7 +33,7 @@ def _grounding(out: Path) -> str:
 
 def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
     out = Path(out)
-    ds = DatasetFolder(out, manifest, classes, out / DATA_DIR, "label", finished_shards(out / DATA_DIR))
+    ds = DatasetFolder(out, manifest, classes, out / DATA_DIR, Phase.LABEL, finished_shards(out / DATA_DIR))
     stats = dataset_stats(ds, scan=False)
     config, preset, code = manifest["config"], manifest["config"]["preset"], manifest.get("code", {})
     models, sources = manifest.get("model_revisions", {}), manifest.get("models", {})

@@ -14,13 +14,9 @@ from pathlib import Path
 
 import webdataset as wds
 
-from pipeline.config import ConfigError
-from pipeline.dataset.layout import DATA_DIR, FORMAT_VERSION, ORACLE_DIR
+from pipeline.dataset.layout import FORMAT_VERSION, Phase
 from pipeline.dataset.shards import finished_shards, read_json_object, read_stats
 from stages.errors import DataError
-
-PHASE_DIRS = {"label": DATA_DIR, "oracle": ORACLE_DIR}
-
 
 
 class CorruptShard(DataError):
@@ -43,14 +39,14 @@ class DatasetFolder:
     manifest: dict
     classes: list[dict]  # classes.json's entries: id, name, seen
     folder: Path  # the shard folder read (data/ or oracle/)
-    phase: str  # label (data/) or oracle
+    phase: Phase  # LABEL (data/) or ORACLE (oracle/)
     shards: list[Path] = field(default_factory=list)  # finished shards, in order
 
     @property
     def members(self) -> set[str]:
         """The members every sample of this folder holds."""
         image = self.manifest.get("config", {}).get("image_format", "jpg")
-        return {image, "json", "seg.png" if self.phase == "label" else "latent.npy"}
+        return {image, "json", "seg.png" if self.phase is Phase.LABEL else "latent.npy"}
 
     @property
     def names(self) -> dict[int, str]:
@@ -82,7 +78,7 @@ class DatasetFolder:
             raise CorruptShard(shard, None, f"holds {count} samples, its stats say {written}")
 
 
-def open_output(out: Path | str, phase: str = "label") -> DatasetFolder:
+def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
     """Open a datagen output folder for reading, or raise DataError with one line saying why not."""
     out = Path(out)
     if not out.exists():
@@ -102,11 +98,12 @@ def open_output(out: Path | str, phase: str = "label") -> DatasetFolder:
         if (out / "classes.json").exists() else None
     if not classes or not isinstance(classes.get("classes"), list):
         raise DataError(f"{out} has no valid classes.json: not a complete datagen dataset")
-    folder = out / PHASE_DIRS[phase]
+    phase = Phase(phase)
+    folder = out / phase.folder
     shards = finished_shards(folder) if folder.is_dir() else []
     if not shards:
         raise DataError(f"{folder} holds no finished shards: run `datagen "
-                           f"{'label' if phase == 'label' else 'generate'}` first")
+                           f"{phase.command}` first")
     return DatasetFolder(out, manifest, classes["classes"], folder, phase, shards)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.inspect.folder import DatasetFolder
-from pipeline.dataset.reader import image_member
 from pipeline.dataset.atomic import write_bytes_atomic
+from pipeline.dataset.reader import image_member
+from pipeline.inspect.folder import DatasetFolder
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 

@@ -10,10 +10,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.dataset.plan import ERRORED
+from pipeline.dataset.reader import image_member
 from pipeline.dataset.shards import sum_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder
-from pipeline.run.plan import ERRORED
-from pipeline.dataset.reader import image_member
 
 
 def _spread(values: list[float]) -> dict:

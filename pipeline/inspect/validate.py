@@ -15,8 +15,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from pipeline.dataset.layout import Phase
+from pipeline.dataset.plan import plan_shards
 from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
-from pipeline.run.plan import plan_shards
+from stages.metrics import IGNORE_INDEX
 
 UNSAFE = {"pyd", "pickle", "pkl", "pth", "pt"}  # members that load by running code: never allowed
 
@@ -33,11 +35,11 @@ class Problem:
 
 def validate_output(out: Path) -> tuple[list[Problem], dict]:
     """All problems in a dataset folder (data/ and, when present, oracle/) and what was checked."""
-    data = open_output(out, "label")
+    data = open_output(out, Phase.LABEL)
     problems = _check_manifest(data)
-    checked = {"label": _check_folder(data, problems)}
-    if any((Path(out) / "oracle").glob("shard-*.stats.json")):
-        checked["oracle"] = _check_folder(open_output(out, "oracle"), problems)
+    checked = {Phase.LABEL: _check_folder(data, problems)}
+    if any((Path(out) / Phase.ORACLE.folder).glob("shard-*.stats.json")):
+        checked[Phase.ORACLE] = _check_folder(open_output(out, Phase.ORACLE), problems)
     return problems, checked
 
 
@@ -51,7 +53,7 @@ def _check_manifest(ds: DatasetFolder) -> list[Problem]:
 def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
     """Check every planned shard of one folder; returns counts of what was read."""
     config = ds.manifest.get("config", {})
-    n = config.get("n") if ds.phase == "label" else config.get("preset", {}).get("bootstrap_n")
+    n = config.get("n") if ds.phase is Phase.LABEL else config.get("preset", {}).get("bootstrap_n")
     size = config.get("preset", {}).get("shard_size")
     planned = {t.shard_id: t for t in plan_shards(ds.phase, n, size, ds.folder)} if n and size else {}
     found = {int(p.stem.removeprefix("shard-")): p for p in ds.shards}
@@ -121,7 +123,8 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
         return [f"json or image does not decode ({err})"]
     if not isinstance(meta, dict):
         return [f"json is a {type(meta).__name__}, not an object"]
-    if not isinstance(meta.get("class_ids", []), list) or not all(isinstance(i, int) for i in meta.get("class_ids", [])):
+    class_ids = meta.get("class_ids", [])
+    if not isinstance(class_ids, list) or not all(isinstance(i, int) for i in class_ids):
         return ["json's class_ids is not a list of class ids"]
     if not isinstance(meta.get("instances", []), list) or not all(isinstance(i, dict) for i in meta["instances"]):
         return ["json's instances is not a list of objects"]
@@ -135,14 +138,14 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
     if bad := [i for i in meta.get("class_ids", []) if i not in names]:
         problems.append(f"class ids {bad} are not in the vocabulary")
     seg = None
-    if ds.phase == "label":
+    if ds.phase is Phase.LABEL:
         try:
             seg = _decode_image(sample["seg.png"])
         except (ValueError, OSError) as err:
             return [*problems, f"seg.png does not decode ({err})"]
         if seg.shape != (h, w):
             return [*problems, f"mask is {seg.shape[1]}x{seg.shape[0]} (or not one channel), image {w}x{h}"]
-        if bad := sorted(set(np.unique(seg).tolist()) - {0, 255, *meta.get("class_ids", [])}):
+        if bad := sorted(set(np.unique(seg).tolist()) - {0, IGNORE_INDEX, *meta.get("class_ids", [])}):
             problems.append(f"mask holds class ids {bad}, not among the sample's classes or 0/255")
     else:
         try:

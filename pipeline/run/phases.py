@@ -8,9 +8,9 @@ from rich.progress import Progress
 
 from pipeline.config import RunConfig
 from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD, Phase
+from pipeline.dataset.plan import ShardTask, missing, pending, plan_shards
 from pipeline.dataset.shards import finished_shards, finished_stats, shard_name, summarize
 from pipeline.run.executors import ExecutionReport, Executor
-from pipeline.run.plan import ShardTask, missing, pending, plan_shards
 from pipeline.runtime import Runtime
 from pipeline.training.job import run_training
 from pipeline.training.oracle_data import NoTrainingSamples, oracle_batches, oracle_validation_batches

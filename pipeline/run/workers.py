@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.run import faults
 from pipeline.config import RunConfig
-from pipeline.run.plan import ERRORED, ShardTask
-from pipeline.runtime import Runtime
+from pipeline.dataset.layout import Phase
+from pipeline.dataset.plan import ERRORED, ShardTask
 from pipeline.dataset.samples import LabelledSample, RawInstance, sample_key
 from pipeline.dataset.shards import write_shard
+from pipeline.run import faults
+from pipeline.runtime import Runtime
 from stages.grounding.model import class_embeddings
 from stages.label import masks_from_probabilities, semantic_mask
 from stages.prompts import PromptSpec, prompt_specs
@@ -60,7 +61,7 @@ class ShardWorker:
         self.vocab = config.vocabulary()
 
     def specs(self, task: ShardTask) -> list[PromptSpec]:
-        classes = self.vocab.seen if task.phase == "oracle" else self.vocab.classes
+        classes = self.vocab.seen if task.phase is Phase.ORACLE else self.vocab.classes
         return prompt_specs(self.vocab, classes, task.phase, self.config.seed, task.indices,
                             self.config.pair_fraction)
 
@@ -68,11 +69,11 @@ class ShardWorker:
         """Compute, encode and write one shard here; its stats."""
         return commit_shard(self.compute(task, on_samples), self.config)
 
-    def load_models(self, phase: str) -> None:
+    def load_models(self, phase: Phase) -> None:
         """Load what a phase needs, once per worker, so that a shard's seconds are model work only."""
         rt = self.runtime
         rt.diffusion
-        if phase == "oracle":
+        if phase is Phase.ORACLE:
             rt.oracle
         else:
             rt.class_text, rt.grounding
@@ -97,12 +98,12 @@ class ShardWorker:
             faults.kill_fault(task.shard_id)
         return ShardResult(task, samples, failures, time.time() - started)
 
-    def _label(self, phase: str, batch: list[PromptSpec]) -> list:
+    def _label(self, phase: Phase, batch: list[PromptSpec]) -> list:
         for spec in batch:
             faults.sample_fault(spec.index)
-        return self._oracle_batch(batch) if phase == "oracle" else self._grounding_batch(batch)
+        return self._oracle_batch(batch) if phase is Phase.ORACLE else self._grounding_batch(batch)
 
-    def _batch_isolating_failures(self, phase: str, batch: list[PromptSpec]) -> list:
+    def _batch_isolating_failures(self, phase: Phase, batch: list[PromptSpec]) -> list:
         """Samples of a batch; if the batch raises, each sample alone, so one bad sample fails alone."""
         if len(batch) > 1:
             try:
@@ -117,7 +118,7 @@ class ShardWorker:
                 results.append(_raised(err))
         return results
 
-    def _provenance(self, phase: str, timestep: int) -> dict:
+    def _provenance(self, phase: Phase, timestep: int) -> dict:
         return {"phase": phase, "preset": self.config.preset_name, "run_seed": self.config.seed,
                 "capture_timestep": timestep, "fingerprint": self.config.fingerprint()}
 
@@ -136,7 +137,7 @@ class ShardWorker:
                 instances = [RawInstance(self.vocab[n].id, n, d.mask, d.score, d.box) for n, d in found.items()]
                 results.append(LabelledSample(
                     spec, [self.vocab[n].id for n in spec.classes], gen.images[b], "oracle:maskrcnn",
-                    instances, self._provenance("oracle", gen.timestep), latent=gen.latents[b].numpy()))
+                    instances, self._provenance(Phase.ORACLE, gen.timestep), latent=gen.latents[b].numpy()))
         return results
 
     def _grounding_batch(self, batch: list[PromptSpec]) -> list:
@@ -158,7 +159,7 @@ class ShardWorker:
                 image = gen.images[b]
                 instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in masks]
                 results.append(LabelledSample(
-                    spec, ids, image, "grounding", instances, self._provenance("label", gen.timestep),
+                    spec, ids, image, "grounding", instances, self._provenance(Phase.LABEL, gen.timestep),
                     seg=semantic_mask(masks, image.shape[:2])))
         return results
 

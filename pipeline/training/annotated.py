@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +21,6 @@ from pipeline.dataset.voc import VocImage, label_names, read_image, read_mask
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
-
 
 
 def _resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:

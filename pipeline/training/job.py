@@ -18,15 +18,14 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from pipeline.dataset.voc import voc_images
-from pipeline.training.annotated import annotated_batches, annotated_validation_batches
 from pipeline.config import RunConfig
-from pipeline.runtime import Runtime
-from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
 from pipeline.dataset.atomic import recover_folder, replace_folder, write_json_atomic
+from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
+from pipeline.dataset.voc import voc_images
+from pipeline.runtime import Runtime
+from pipeline.training.annotated import annotated_batches, annotated_validation_batches
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 from stages.grounding.train import GroundingTrainer, TrainOptions, fit
-
 
 
 def feature_channels(runtime: Runtime) -> dict[int, int]:
@@ -78,7 +77,8 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
 
     started = time.time()
     fit(trainer, batches(trainer.step * train.accumulate), validate=validation,
-        validate_every=train.validate_every, checkpoint=lambda: replace_folder(resume, lambda tmp: trainer.save(tmp, {"job": job})),
+        validate_every=train.validate_every,
+        checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job})),
         checkpoint_every=train.checkpoint_every, on_step=on_step)
     record = {**job, "steps": trainer.step, "resumed_at": resumed_at, "first_loss": trainer.losses[0],
               "last_loss": trainer.losses[-1], "losses": trainer.losses, "validation": trainer.validation,

@@ -22,7 +22,8 @@ Departures from the paper and its public code (also listed in the README):
 - Each class query is decoded on its own (the K queries are folded into the batch axis). The official
   code segments one class per pass, so this is the same function for K > 1 at once.
 - No spectral norm on the mixing convs (the official code wraps them in spectral norm).
-- Sizes come from ``GroundingConfig`` (``GroundingArchitecture`` is a preset's part of it) so a tiny module runs in tests; the defaults are the paper's.
+- Sizes come from ``GroundingConfig`` (a preset sets its ``GroundingArchitecture`` part) so a tiny module
+  runs in tests; the defaults are the paper's.
   The decoder's feed-forward width is 4 x width (2048 at the paper size) and dropout is 0, as in the
   official code; PyTorch's decoder layer keeps biases in its attention projections.
 - Checkpoints are safetensors + config.json instead of pickled state dicts.

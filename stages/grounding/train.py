@@ -18,16 +18,22 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from stages.generate import Diffusion
 from stages.grounding.metrics import IoU, add_predictions
-from stages.grounding.model import ClassTextEncoder, GroundingModule, class_embeddings, grounding_loss, \
-    load_grounding, save_grounding
+from stages.grounding.model import (
+    ClassTextEncoder,
+    GroundingModule,
+    class_embeddings,
+    grounding_loss,
+    load_grounding,
+    save_grounding,
+)
 
 TRAINER_STATE = "trainer.pt"
 PROGRESS = "progress.json"

@@ -9,8 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import config_file, one_line
 
-
-
 MODES = {
     "synthetic": "synthetic only: the segmenter learns from the synthetic shards alone",
     "real-seen": "real seen classes only (ZS3 baseline): unseen-class pixels of real images are ignored (255)",

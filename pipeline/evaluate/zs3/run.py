@@ -17,14 +17,21 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pipeline.config import ConfigError, resolve_vocabulary
-from pipeline.dataset.shards import read_json_object
 from pipeline.dataset.atomic import write_json_atomic
+from pipeline.dataset.shards import read_json_object
 from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
 from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.evaluate.zs3.report import build_report, write_report
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
-from pipeline.evaluate.zs3.train import evaluate, new_train_state, save_checkpoint, setup_processes, train, \
-    training_batches, wrap_for_processes
+from pipeline.evaluate.zs3.train import (
+    evaluate,
+    new_train_state,
+    save_checkpoint,
+    setup_processes,
+    train,
+    training_batches,
+    wrap_for_processes,
+)
 from pipeline.evaluate.zs3.transforms import eval_transform, train_transform
 from stages.errors import DataError
 from stages.segmenter import build_segmenter

@@ -12,8 +12,8 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 from webdataset.autodecode import DecodingError
 
-from pipeline.dataset.reader import open_dataset, shard_urls, training_dataset
 from pipeline.dataset.labels import name_index, normalize
+from pipeline.dataset.reader import open_dataset, shard_urls, training_dataset
 from pipeline.evaluate.zs3.transforms import Transform
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX

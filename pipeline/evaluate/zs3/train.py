@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
+from pipeline.dataset.atomic import replacing
 from pipeline.evaluate.zs3.config import SegmenterPreset
 from stages.errors import DataError
 from stages.metrics import confusion_matrix
@@ -141,9 +142,8 @@ def new_train_state(model: nn.Module, preset: SegmenterPreset, device: torch.dev
 
 def save_checkpoint(state: TrainState, path: Path, fingerprint: str) -> None:
     """Written to a temporary name and renamed: a kill never leaves a torn checkpoint."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(state.state_dict(fingerprint), tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(state.state_dict(fingerprint), tmp)
 
 
 def train(state: TrainState, batches: Iterator, steps: int, device: torch.device,

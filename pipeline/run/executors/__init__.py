@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.run.plan import ShardTask
+from pipeline.dataset.plan import ShardTask
 from pipeline.run.workers import ProgressFn
 
 

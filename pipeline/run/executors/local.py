@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pipeline.config import RunConfig
+from pipeline.dataset.plan import ShardTask
 from pipeline.run.executors import ExecutionReport, Executor
-from pipeline.run.plan import ShardTask
 from pipeline.run.workers import ProgressFn, ShardWorker
 from stages.weights import WeightsMissingError
 

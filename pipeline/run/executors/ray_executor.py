@@ -22,10 +22,10 @@ from collections import Counter, deque
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from pipeline.run import faults
 from pipeline.config import ConfigError, RunConfig
+from pipeline.dataset.plan import ShardTask
+from pipeline.run import faults
 from pipeline.run.executors import ExecutionReport, Executor, ExecutorSettings
-from pipeline.run.plan import ShardTask
 from pipeline.run.workers import ProgressFn, ShardWorker, commit_shard
 from stages.weights import WeightsMissingError
 

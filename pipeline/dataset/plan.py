@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.dataset.layout import Phase
 from pipeline.dataset.shards import read_stats
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    phase: str  # "oracle" (phase A) or "label" (phase C)
+    phase: Phase  # ORACLE (phase A) or LABEL (phase C): the phases that write shards
     shard_id: int
     start: int  # first sample index
     end: int  # one past the last sample index
@@ -21,7 +22,7 @@ class ShardTask:
         return range(self.start, self.end)
 
 
-def plan_shards(phase: str, n: int, shard_size: int, folder: Path) -> list[ShardTask]:
+def plan_shards(phase: Phase, n: int, shard_size: int, folder: Path) -> list[ShardTask]:
     """Shard j holds samples [j*S, min((j+1)*S, n))."""
     return [ShardTask(phase, j, start, min(start + shard_size, n), Path(folder))
             for j, start in enumerate(range(0, n, shard_size))]
