@@ -28,8 +28,9 @@ from pipeline.config import RunConfig, load_preset
 from pipeline.dataset.manifest import DATA_DIR
 from pipeline.run.executors import ExecutorSettings, make_executor
 from pipeline.run.executors.ray_executor import connect, disconnect
-from pipeline.run.phases import feature_channels, run_label_phase
+from pipeline.run.phases import run_label_phase
 from pipeline.run.runtime import GROUNDING_DIR, Runtime
+from pipeline.training.job import feature_channels
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 
 
