@@ -1,12 +1,12 @@
 """Proof that the grounding module learns: train it on procedurally generated shapes, measure mIoU.
 
-Writes a VOC-layout dataset of coloured geometric shapes (benchmarks/toy_shapes.py), fits the tiny
-preset's random VAE to the training images (benchmarks/toy_vae.py says why), trains the grounding
+Writes a VOC-layout dataset of coloured geometric shapes (stages/toy_shapes.py), fits the tiny
+preset's random VAE to the training images (stages/toy_vae.py says why), trains the grounding
 module through the real annotated-images path (VAE encode, noise to the capture step, one guided
 pass of the random tiny UNet, ground-truth masks as targets), and reports mIoU (background included)
 on held-out images against the all-background baseline, with CPU time.
 
-    python -m benchmarks.grounding_toy --out runs/bench-grounding
+    python benchmarks/grounding_toy.py --out runs/bench-grounding
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.toy_shapes import SHAPES, write_toy_dataset
-from benchmarks.toy_vae import fit_vae
 from pipeline.training.annotated import annotated_validation_batches, voc_index
 from pipeline.config import RunConfig, load_preset
 from pipeline.run.runtime import Runtime
 from pipeline.training.job import train_on_annotated
 from stages.grounding.metrics import BACKGROUND, IoU
+from stages.toy_shapes import SHAPES, write_toy_dataset
+from stages.toy_vae import fit_vae
 
 console = Console(stderr=True)
 

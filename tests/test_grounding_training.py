@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from benchmarks.toy_shapes import write_toy_dataset
 from pipeline.training.annotated import AnnotatedDataError, annotated_batches, load_annotated, prompt_for, voc_index
 from pipeline.config import RunConfig, load_preset
 from pipeline.run.runtime import Runtime
@@ -17,6 +16,7 @@ from pipeline.training.job import RESUME_DIR, train_on_annotated
 from stages.generate import Diffusion
 from stages.grounding.metrics import BACKGROUND, IoU, add_predictions
 from stages.grounding.train import GroundingTrainer, TrainOptions, autocast_dtype
+from stages.toy_shapes import write_toy_dataset
 
 
 @pytest.fixture(scope="module")
