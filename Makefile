@@ -27,7 +27,7 @@ bench: $(STAMP)
 
 # Proof that the grounding module learns: toy shapes in VOC layout, held-out mIoU and CPU time.
 bench-grounding: $(STAMP)
-	$(BIN)/python -m benchmarks.grounding_toy --out runs/bench-grounding
+	$(BIN)/python benchmarks/grounding_toy.py --out runs/bench-grounding
 
 clean:
 	rm -rf $(VENV) runs

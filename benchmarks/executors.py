@@ -28,8 +28,10 @@ from pipeline.config import RunConfig, load_preset
 from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR
 from pipeline.run.executors import ExecutorSettings, make_executor
 from pipeline.run.executors.ray_executor import connect, disconnect
-from pipeline.run.phases import feature_channels, run_label_phase
+from pipeline.dataset.layout import Phase
+from pipeline.run.phases import run_shard_phase
 from pipeline.runtime import Runtime
+from pipeline.training.job import feature_channels
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 
 
@@ -46,7 +48,7 @@ def untrained_checkpoint(config: RunConfig, folder: Path) -> None:
 def measure(kind: str, config: RunConfig, settings: ExecutorSettings) -> dict:
     executor = make_executor(settings)
     started = time.perf_counter()
-    report = run_label_phase(config, executor)
+    report = run_shard_phase(config, Phase.LABEL, executor)
     wall = time.perf_counter() - started
     assert not report.failed_shards, report.failed_shards
     compute = sum(s["seconds"] for s in report.stats)

@@ -1,12 +1,12 @@
 """Proof that the grounding module learns: train it on procedurally generated shapes, measure mIoU.
 
-Writes a VOC-layout dataset of coloured geometric shapes (benchmarks/toy_shapes.py), fits the tiny
-preset's random VAE to the training images (benchmarks/toy_vae.py says why), trains the grounding
+Writes a VOC-layout dataset of coloured geometric shapes (stages/toy_shapes.py), fits the tiny
+preset's random VAE to the training images (stages/toy_vae.py says why), trains the grounding
 module through the real annotated-images path (VAE encode, noise to the capture step, one guided
 pass of the random tiny UNet, ground-truth masks as targets), and reports mIoU (background included)
 on held-out images against the all-background baseline, with CPU time.
 
-    python -m benchmarks.grounding_toy --out runs/bench-grounding
+    python benchmarks/grounding_toy.py --out runs/bench-grounding
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.toy_shapes import SHAPES, write_toy_dataset
-from benchmarks.toy_vae import fit_vae
 from pipeline.config import RunConfig, load_preset
 from pipeline.runtime import Runtime
-from pipeline.training.annotated import annotated_validation_batches, voc_index
+from pipeline.dataset.voc import voc_images
+from pipeline.training.annotated import annotated_validation_batches
 from pipeline.training.job import train_on_annotated
 from stages.grounding.metrics import BACKGROUND, IoU
+from stages.toy_shapes import SHAPES, write_toy_dataset
+from stages.toy_vae import fit_vae
 
 console = Console(stderr=True)
 
@@ -42,7 +43,7 @@ def cpu_seconds() -> float:
 def background_baseline(root: Path, config: RunConfig, timestep: int) -> float:
     """mIoU of predicting background everywhere on the validation images."""
     iou = IoU()
-    for batch in annotated_validation_batches(voc_index(root, "val"), config.vocabulary(), config.preset.image_size,
+    for batch in annotated_validation_batches(voc_images(root, "val"), config.vocabulary(), config.preset.image_size,
                                               timestep, 16, config.seed):
         for b, names in enumerate(batch["names"]):
             truth = batch["targets"][b, : len(names)].bool().numpy()
@@ -57,7 +58,7 @@ def run(out: Path, n_train: int = 400, n_val: int = 100, steps: int = 600, batch
     started, cpu_started = time.time(), cpu_seconds()
     data = write_toy_dataset(out / "toy-voc", n_train, n_val, seed=seed)
     tiny = Runtime(RunConfig(vocab="voc", out=out / "run", preset_name="tiny", preset=load_preset("tiny"), n=1))
-    fitted = fit_vae(tiny.tiny_dir, [i.image for i in voc_index(data, "train")], out / "tiny-fitted-vae",
+    fitted = fit_vae(tiny.tiny_dir, [i.image for i in voc_images(data, "train")], out / "tiny-fitted-vae",
                      steps=vae_steps, seed=seed)
     vae_cpu = cpu_seconds() - cpu_started
     preset = load_preset("tiny", {"sd": str(fitted), "oracle_weights": tiny.oracle_source(), "train": {

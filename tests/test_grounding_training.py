@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.toy_shapes import write_toy_dataset
 from pipeline.config import RunConfig, load_preset
 from pipeline.dataset.layout import RESUME_DIR
 from pipeline.dataset.voc import voc_images
@@ -19,6 +18,7 @@ from stages.errors import DataError
 from stages.generate import Diffusion
 from stages.grounding.metrics import BACKGROUND, IoU, add_predictions
 from stages.grounding.train import GroundingTrainer, TrainOptions, autocast_dtype
+from stages.toy_shapes import write_toy_dataset
 
 
 @pytest.fixture(scope="module")

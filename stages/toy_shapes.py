@@ -3,7 +3,8 @@
 Each shape is a class with a name and its own colour (jittered), drawn at a random place and size on
 a noisy grey background, one to three per image (later shapes occlude earlier ones). The folder holds
 JPEGImages/, SegmentationClass/ (palette PNGs: 0 background, 1..K the classes), ImageSets/Segmentation/
-{train,val}.txt and ``vocab.yaml`` (the classes in index order), so it is read exactly like PASCAL VOC.
+{train,val}.txt, ``labels.txt`` (mask value -> class name) and ``vocab.yaml`` (the classes), so it is read
+exactly like PASCAL VOC.
 """
 
 from __future__ import annotations
@@ -82,4 +83,5 @@ def write_toy_dataset(root: Path, n_train: int, n_val: int, size: int = 64, seed
     (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:n_train]) + "\n")
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[n_train:]) + "\n")
     (root / "vocab.yaml").write_text(yaml.safe_dump({"name": "toy-shapes", "classes": list(SHAPES)}))
+    (root / "labels.txt").write_text("\n".join(["background", *SHAPES]) + "\n")  # mask value -> class name
     return root

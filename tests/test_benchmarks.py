@@ -1,0 +1,48 @@
+"""Each benchmark script runs, at its smallest size, as `make bench*` runs it, and prints the report it
+promises: the scripts are not imported by anything else, so only this keeps them from rotting."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str, cache_dir: Path) -> dict:
+    """Run ``benchmarks/NAME.py ARGS`` as a user does; the JSON report on its last stdout line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DATAGEN_CACHE": str(cache_dir),
+           # this checkout's pipeline/ and stages/, even where the venv's editable install is another's
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)  # the executors benchmark starts its own local Ray
+    result = subprocess.run([sys.executable, f"benchmarks/{name}.py", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines, result.stderr[-4000:]
+    return json.loads(lines[-1])
+
+
+def test_executors_benchmark(cache_dir):
+    """`make bench` at 2 samples: a throughput row for each executor."""
+    results = run_script("executors", "--n", "2", "--shard-size", "2", "--batch-size", "2", cache_dir=cache_dir)
+    assert [r["executor"].split(" ")[0] for r in results] == ["local", "ray", "local"], results
+    for r in results:
+        assert r["samples"] == 2, r
+        assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0, r
+
+
+def test_grounding_toy_benchmark(cache_dir, tmp_path):
+    """`make bench-grounding` at 8 training images and 2 steps: a held-out mIoU and its baseline."""
+    report = run_script("grounding_toy", "--out", str(tmp_path / "bench"), "--n-train", "8", "--n-val", "4",
+                        "--steps", "2", "--vae-steps", "1", cache_dir=cache_dir)
+    assert report["steps"] == 2 and report["train_images"] == 8 and report["val_images"] == 4, report
+    for key in ("miou", "all_background_miou", "first_loss", "last_loss"):
+        assert math.isfinite(report[key]), (key, report)
+    assert 0 <= report["miou"] <= 1 and 0 < report["all_background_miou"] <= 1, report
+    assert report["validation_curve"][-1] == [2, report["miou"]], report
+    assert (tmp_path / "bench" / "toy-voc" / "ImageSets" / "Segmentation" / "val.txt").is_file()
