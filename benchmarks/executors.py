@@ -25,10 +25,9 @@ import torch
 import transformers
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR
+from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, Phase
 from pipeline.run.executors import ExecutorSettings, make_executor
 from pipeline.run.executors.ray_executor import connect, disconnect
-from pipeline.dataset.layout import Phase
 from pipeline.run.phases import run_shard_phase
 from pipeline.runtime import Runtime
 from pipeline.training.job import feature_channels

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import RunConfig, load_preset
-from pipeline.runtime import Runtime
 from pipeline.dataset.voc import voc_images
+from pipeline.runtime import Runtime
 from pipeline.training.annotated import annotated_validation_batches
 from pipeline.training.job import train_on_annotated
 from stages.grounding.metrics import BACKGROUND, IoU
