@@ -24,7 +24,7 @@ class ShardTask:
 
 def plan_shards(phase: Phase, n: int, shard_size: int, folder: Path) -> list[ShardTask]:
     """Shard j holds samples [j*S, min((j+1)*S, n))."""
-    return [ShardTask(phase, j, start, min(start + shard_size, n), Path(folder))
+    return [ShardTask(Phase(phase), j, start, min(start + shard_size, n), Path(folder))
             for j, start in enumerate(range(0, n, shard_size))]
 
 
