@@ -59,9 +59,10 @@ def voc_images(root: Path, split: str) -> list[VocImage]:
     for image_id in ids:
         image = root / "JPEGImages" / f"{image_id}.jpg"
         mask = next((p for d in MASK_DIRS if (p := root / d / f"{image_id}.png").is_file()), None)
-        if not image.is_file() or mask is None:
-            missing = image if mask else f"{image_id}.png in {' or '.join(MASK_DIRS)}"
-            raise DataError(f"{missing} is missing (listed in {listing})")
+        if not image.is_file():
+            raise DataError(f"{image} is missing (listed in {listing})")
+        if mask is None:
+            raise DataError(f"{image_id}.png is missing in {' and '.join(MASK_DIRS)} (listed in {listing})")
         images.append(VocImage(image_id, image, mask))
     return images
 
