@@ -49,9 +49,11 @@ def voc_images(root: Path, split: str) -> list[VocImage]:
     root = Path(root)
     candidates = [root / "ImageSets" / d / f"{split}.txt" for d in LIST_DIRS]
     listing = next((p for p in candidates if p.is_file()), None)
+    if listing is None and not (root / "JPEGImages").is_dir():
+        raise DataError(f"{candidates[0]} is missing: not a VOC-layout folder with a '{split}' image set")
     if listing is None:
-        raise DataError(f"{candidates[0]} is missing: not a VOC-layout folder with a '{split}' image set "
-                        f"(no list file {' or '.join(str(p) for p in candidates)})")
+        raise DataError(f"{candidates[0]} is missing: VOC split '{split}' has no list file "
+                        f"({' or '.join(str(p) for p in candidates)})")
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"VOC split '{split}': {listing} lists no images")
