@@ -17,7 +17,7 @@ from stages.oracle import (
 from stages.weights import WeightsMissingError
 from stages.vocab import ClassInfo, Vocabulary, load_vocabulary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
 
 
