@@ -193,6 +193,7 @@ def test_loss_ignores_invalid_entries():
     none.backward()
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_learns_square_masks():
     torch.manual_seed(0)
     module = GroundingModule(tiny_config(layers=1))
