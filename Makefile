@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-grounding clean
+.PHONY: install demo test test-fast bench bench-grounding clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -17,9 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/datagen run --vocab voc --n 32 --models tiny --out runs/demo
 
+# Everything, unit and end-to-end, as CI runs it.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# tests/unit only (no CLI runs, Ray or subprocesses): for the edit loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 # Tiny-preset throughput of the in-process and Ray executors, and the time outside model compute.
 bench: $(STAMP)

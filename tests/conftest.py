@@ -1,12 +1,51 @@
-"""Shared fixtures: the tiny preset, built once per test session in a temporary cache."""
+"""Shared fixtures: the tiny preset, built once per test session in a temporary cache.
+
+Tests live in ``unit/`` (fast: no CLI run, no Ray, no subprocess, no training beyond a few steps;
+``make test-fast``) or ``e2e/`` (CLI runs, Ray, subprocesses, training jobs); each test is marked
+by its folder, so ``pytest -m unit`` selects the fast ones. Helper modules shared by both (such as
+``zs3_fixtures``) stay here, importable through ``pythonpath`` in pyproject.toml.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
+
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKERS = ("unit", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test ``unit`` or ``e2e`` by its folder; a test in neither folder is an error, so
+    none escapes both ``-m unit`` and ``-m e2e``."""
+    for item in items:
+        path = Path(item.path).resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        folder = path.relative_to(TESTS).parts[0]
+        if folder not in FOLDER_MARKERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests go in tests/unit (fast) or tests/e2e (end-to-end)")
+        item.add_marker(folder)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for a CPU-bound training loop. torch's OpenMP threads spin-wait for each
+    other at every operation, so on a CPU shared with other processes (2-core CI runners, the Ray
+    cluster the e2e tests leave running) one descheduled thread stalls the rest: a 60-step loop took
+    190-280 s with two threads and 9 s with one, with other jobs on the same 2 cores. One thread costs
+    at most the parallel speed-up on an idle machine (a second or two here); the tests using it assert
+    thresholds, not bytes, and hold with either thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

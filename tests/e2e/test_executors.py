@@ -7,13 +7,11 @@ reaches Ray's worker processes too.
 """
 
 import json
-import sys
 import tarfile
 import threading
 
 import pytest
 import torch
-from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, load_preset
 from pipeline.dataset.plan import plan_shards
@@ -183,18 +181,3 @@ def test_missing_weights_end_the_run_at_once(ray_executor, tmp_path, cache_dir):
     config.out.mkdir()
     with pytest.raises(WeightsMissingError, match=f"Stable Diffusion folder {missing} does not exist"):
         run_within(ray_executor, config)
-
-
-def test_ray_flags_without_the_ray_executor_are_refused():
-    for flags in ({"workers": 2}, {"gpus_per_worker": 1}, {"cpus_per_worker": 4}, {"encode_cpus": 2},
-                  {"ray_address": "auto"}):
-        with pytest.raises(ValidationError, match="applies to Ray workers only; add --executor ray"):
-            ExecutorSettings(kind="local", **flags)
-    ExecutorSettings(kind="local", cpus_per_worker=1, encode_cpus=1)  # the CLI always passes the defaults
-
-
-def test_the_ray_executor_without_ray_installed_is_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError
-    monkeypatch.delitem(sys.modules, "pipeline.run.executors.ray_executor", raising=False)
-    with pytest.raises(ConfigError, match=r"^--executor ray needs Ray, .*pip install 'datagen\[ray\]'$"):
-        make_executor(ExecutorSettings(kind="ray"))

@@ -23,7 +23,7 @@ from stages.oracle import (
 from stages.vocab import ClassInfo, Vocabulary, load_vocabulary
 from stages.weights import WeightsMissingError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
 
 

@@ -69,6 +69,7 @@ def test_empty_oracle_data_is_refused(tmp_path, voc):
         next(oracle_batches([shard_path(tmp_path, 0)], voc, 2, 0))
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # CPU-bound: 60 steps of UNet features + module training
 def test_training_learns_the_oracle_masks(shards, voc, tiny_pipe):
     torch.manual_seed(0)
     diffusion = Diffusion(tiny_pipe, steps=10, guidance=7.5, capture_step=1)

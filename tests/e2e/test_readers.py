@@ -1,9 +1,8 @@
-"""The dataset loads unchanged in the readers training jobs use, and reading never unpickles."""
+"""The dataset loads unchanged in the readers training jobs use (that reading never unpickles is
+unit/test_reader_safety.py)."""
 
 import io
 import json
-import pickle
-import tarfile
 
 import numpy as np
 import torch
@@ -11,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.dataset.layout import WIDS_INDEX
-from pipeline.dataset.reader import open_dataset, safe_decoder, training_dataset, wids_dataset
+from pipeline.dataset.reader import training_dataset, wids_dataset
 from pipeline.dataset.shards import finished_shards
 from pipeline.inspect.folder import read_shard
 
@@ -108,36 +107,3 @@ def test_ray_data_read_webdataset_reads_it(tiny_dataset, ray_cluster):
         assert row["seg.png"].ndim == 2
         np.testing.assert_array_equal(row["seg.png"], ref[row["__key__"]][1])
         assert row["json"]["prompt"] == ref[row["__key__"]][2]
-
-
-class _Trap:
-    """Unpickling this writes a file: proof that a reader ran code from the data."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_readers_never_unpickle_members(tmp_path):
-    trap = tmp_path / "unpickled"
-    shard = tmp_path / "shard-000000.tar"
-    payload = pickle.dumps(_Trap(str(trap)))
-    with tarfile.open(shard, "w") as tar:
-        for name, data in (("000000000000.jpg", _jpeg()), ("000000000000.pyd", payload),
-                           ("000000000000.pickle", payload)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    sample = next(iter(open_dataset(str(shard))))
-    assert sample["pyd"] == payload and sample["pickle"] == payload
-    decoded = safe_decoder()({"__key__": "k", "pyd": payload, "pth": payload})  # what wids_dataset uses
-    assert decoded["pyd"] == payload and decoded["pth"] == payload
-    assert not trap.exists()
-
-
-def _jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format="JPEG")
-    return buf.getvalue()
