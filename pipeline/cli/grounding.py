@@ -11,6 +11,7 @@ from pipeline.cli import options as opt
 from pipeline.cli.app import app, console, eval_app
 from pipeline.cli.progress import progress_bar
 from pipeline.dataset.atomic import write_json_atomic
+from pipeline.dataset.layout import EVAL_DIR
 from pipeline.dataset.manifest import check_output, output_lock
 from pipeline.dataset.voc import voc_images
 from pipeline.evaluate.protocol1 import evaluate_grounding
@@ -68,7 +69,7 @@ def eval_grounding(
     with progress_bar(console) as progress:
         bar = progress.add_task("Protocol I", total=n)
         report = evaluate_grounding(config, runtime, n, lambda k: progress.advance(bar, k))
-    target = json_path or config.out / "eval" / "protocol1.json"
+    target = json_path or config.out / EVAL_DIR / "protocol1.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(target, report)
     console.print(protocol1_table(report))

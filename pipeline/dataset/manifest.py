@@ -13,7 +13,16 @@ from importlib import metadata
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.atomic import create_exclusive, remove_stale_temporaries, write_json_atomic, write_text_atomic
-from pipeline.dataset.layout import CLASSES, DATA_DIR, FORMAT_VERSION, MANIFEST, ORACLE_DIR
+from pipeline.dataset.layout import (
+    CLASSES,
+    DATA_DIR,
+    EVAL_DIR,
+    FORMAT_VERSION,
+    GROUNDING_DIR,
+    MANIFEST,
+    ORACLE_DIR,
+    RESUME_DIR,
+)
 from pipeline.dataset.provenance import code_version, model_record
 from pipeline.dataset.shards import finished_stats
 from stages.metrics import IGNORE_INDEX
@@ -49,12 +58,19 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
             raise ConfigError(
                 f"{out} holds a dataset made with another config (fingerprint {old.get('fingerprint')}, "
                 f"this run {config.fingerprint()}); choose another --out or delete that folder")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(not _grounding_output(p.name) for p in out.iterdir()):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
     written_to = max((s["end"] for s in finished_stats(out / DATA_DIR)), default=0) if labelling else 0
     if written_to > config.n:
         raise ConfigError(f"{out} already holds samples 0..{written_to - 1}, more than --n {config.n}; "
                           f"pass --n {written_to} or more, or choose another --out")
+
+
+def _grounding_output(name: str) -> bool:
+    """What `datagen train-annotated` (a checkpoint, its resume folder, their temporaries) and `datagen eval
+    grounding` write in a folder before it holds a dataset: `datagen label` may make that folder its dataset,
+    and a rerun of `train-annotated` resumes there."""
+    return name.startswith((GROUNDING_DIR, RESUME_DIR)) or name == EVAL_DIR
 
 
 @contextmanager
