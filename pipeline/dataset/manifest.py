@@ -25,6 +25,7 @@ from pipeline.dataset.layout import (
 )
 from pipeline.dataset.provenance import code_version, model_record
 from pipeline.dataset.shards import finished_stats
+from pipeline.dataset.zero_shot import LABELS, labels_entry
 from stages.metrics import IGNORE_INDEX
 
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
@@ -107,7 +108,8 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
     check_output(config, labelling)
     out.mkdir(parents=True, exist_ok=True)
     vocab = config.vocabulary()
-    claim_output(config, {
+    kept = {k: v for k, v in _read_manifest(out).items() if k == LABELS}  # what labelled the shards on disk
+    claim_output(config, kept | {
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
@@ -121,3 +123,22 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
     write_json_atomic(out / CLASSES, {
         "background": 0, "ignore": IGNORE_INDEX,
         "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
+
+
+def _read_manifest(out) -> dict:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def record_labeller(config: RunConfig, training_record: dict | None) -> dict:
+    """Before phase C labels shards with the checkpoint of ``training_record``: keep in the manifest's
+    ``labels`` what labelled the dataset and whether its labels are zero-shot (``pipeline.dataset.zero_shot``);
+    returns that entry. Runs under the output lock, after ``prepare_output``."""
+    manifest = _read_manifest(config.out)
+    has_shards = bool(finished_stats(config.out / DATA_DIR))
+    entry = labels_entry(manifest.get(LABELS), training_record, has_shards)
+    write_text_atomic(config.out / MANIFEST, json.dumps(manifest | {LABELS: entry}, indent=1, sort_keys=True))
+    return entry

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.dataset.atomic import write_json_atomic, write_text_atomic
+from pipeline.dataset.zero_shot import combine
 from pipeline.evaluate.zs3.config import MODES
 from stages.metrics import zs3_scores
 from stages.vocab import Vocabulary
@@ -52,7 +53,7 @@ def report_table(report: dict) -> Table:
     table = Table(title=f"ZS3 ({report['vocabulary']}, {report['mode']}): mIoU seen {_pct(m['miou_seen'])}  "
                         f"unseen {_pct(m['miou_unseen'])}  hIoU {_pct(m['hiou'])}  (all {_pct(m['miou'])}, "
                         f"pixel acc. {_pct(m['pixel_accuracy'])})",
-                  caption=report["mode_description"])
+                  caption=report["mode_description"] + _zero_shot_caption(report))
     for column, justify in (("id", "right"), ("class", "left"), ("split", "left"), ("IoU %", "right"),
                             ("GT pixels", "right"), ("predicted", "right")):
         table.add_column(column, justify=justify)
@@ -60,6 +61,32 @@ def report_table(report: dict) -> Table:
         table.add_row(str(c["id"]), c["name"], c["split"], _pct(c["iou"]), str(c["gt_pixels"]),
                       str(c["predicted_pixels"]))
     return table
+
+
+def zero_shot_note(synthetic_labels: dict[str, bool | None] | None) -> tuple[bool | None, str]:
+    """Whether the unseen scores are zero-shot, and one line saying why. Real training images always have
+    their unseen pixels ignored; ``synthetic_labels`` (None without synthetic data) maps each synthetic
+    dataset to whether its labels are zero-shot (``pipeline.dataset.zero_shot.shards_zero_shot``)."""
+    if synthetic_labels is None:
+        return True, "zero-shot: unseen-class pixels of the real training images are ignored"
+    status = combine(synthetic_labels.values())
+    if status is False:
+        tainted = ", ".join(k for k, v in synthetic_labels.items() if v is False)
+        return False, (f"NOT zero-shot: the synthetic labels of {tainted} were made by a grounding module "
+                       "trained with unseen classes as targets (train-annotated --train-on-unseen), so the "
+                       "unseen scores are not zero-shot")
+    if status is None:
+        unknown = ", ".join(k for k, v in synthetic_labels.items() if v is None)
+        return None, (f"zero-shot status unknown: no datagen manifest says what labelled {unknown}")
+    return True, "zero-shot: the synthetic labels' grounding modules never had an unseen class as a target"
+
+
+def _zero_shot_caption(report: dict) -> str:
+    """The report's zero-shot status, loud when the unseen scores are not zero-shot."""
+    if "zero_shot" not in report:
+        return ""
+    note = report.get("zero_shot_note", "")
+    return f"\n[bold red]{note}[/]" if report["zero_shot"] is False else f"\n{note}"
 
 
 def write_report(report: dict, out: Path, console: Console) -> None:

@@ -2,6 +2,8 @@
 
 The output folder holds ``settings.json`` (what is being evaluated, written first), ``checkpoint.pt``
 (model + optimiser, replaced atomically every few steps) and finally ``report.json`` / ``report.txt``.
+The report says whether its unseen scores are zero-shot: the synthetic datasets' manifests say whether
+their labels are.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from rich.progress import Progress
 from pipeline.config import ConfigError, resolve_vocabulary
 from pipeline.dataset.atomic import write_json_atomic
 from pipeline.dataset.shards import read_json_object
+from pipeline.dataset.zero_shot import shards_zero_shot
 from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
 from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
-from pipeline.evaluate.zs3.report import build_report, write_report
+from pipeline.evaluate.zs3.report import build_report, write_report, zero_shot_note
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.evaluate.zs3.train import (
     evaluate,
@@ -160,13 +163,17 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     eval_task = progress.add_task("evaluating", total=len(range(procs.rank, len(val), procs.world)),
                                   visible=procs.main, unit="images")
     conf = evaluate(state.model, val, num_classes, procs, preset.workers, lambda: progress.advance(eval_task))
+    synthetic_labels = shards_zero_shot(urls) if urls is not None else None
+    zero_shot, note = zero_shot_note(synthetic_labels)
     context = {
+        "zero_shot": zero_shot, "zero_shot_note": note,
         "segmenter": {"preset": request.preset_name, **preset.model_dump(mode="json")},
         "data": {"real": str(root), "real_format": fmt, "val_split": val_name, "val_images": len(val),
                  "train_split": train_name if real_train else None,
                  "train_images": len(real_train) if real_train else 0,
                  "unseen_ignored_in_real_training": sorted(c.name for c in vocabulary.unseen) if real_train else [],
-                 "synthetic": request.synthetic, "synthetic_shards": len(urls) if urls else 0},
+                 "synthetic": request.synthetic, "synthetic_shards": len(urls) if urls else 0,
+                 "synthetic_labels_zero_shot": synthetic_labels or {}},
         "device": str(procs.device), "processes": procs.world, "fingerprint": fingerprint,
         "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
     }
