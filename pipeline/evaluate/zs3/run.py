@@ -1,9 +1,9 @@
 """One ZS3 evaluation: check the inputs, train the segmenter (resuming a checkpoint), score, report.
 
-The output folder holds ``settings.json`` (what is being evaluated, written first), ``checkpoint.pt``
-(model + optimiser, replaced atomically every few steps) and finally ``report.json`` / ``report.txt``.
-The report says whether its unseen scores are zero-shot: the synthetic datasets' manifests say whether
-their labels are.
+The output folder holds ``settings.json`` (what is being evaluated, written once every input check has
+passed: it claims the folder for these settings), ``checkpoint.pt`` (model + optimiser, replaced
+atomically every few steps) and finally ``report.json`` / ``report.txt``. The report says whether its
+unseen scores are zero-shot: the synthetic datasets' manifests say whether their labels are.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.evaluate.zs3.report import build_report, write_report, zero_shot_note
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.evaluate.zs3.train import (
+    batch_shares,
     evaluate,
     new_train_state,
     save_checkpoint,
@@ -117,6 +118,10 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     urls = synthetic_urls(request.synthetic) if request.synthetic else None
     if urls is not None:
         check_synthetic(urls, vocabulary, request.synthetic)
+    procs = setup_processes(request.device)
+    if urls is not None and len(urls) < procs.world:
+        raise DataError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
+    batch_shares(preset, procs.world, len(real_train) if real_train is not None else None, urls is not None)
 
     settings = {"mode": mode, "vocabulary": vocabulary.to_dict(), "segmenter": request.preset_name,
                 "preset": preset.model_dump(mode="json"), "real": str(root.resolve()), "real_format": fmt,
@@ -128,13 +133,10 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
         console.print(f"[green]evaluation is complete[/]: report in {request.out / REPORT}")
         return finished
 
-    procs = setup_processes(request.device)
-    if urls is not None and len(urls) < procs.world:
-        raise DataError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
     torch.manual_seed(request.seed)
     num_classes = len(vocabulary.classes) + 1
     model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)
-    if procs.main:  # every input is usable: only now is the output folder made
+    if procs.main:  # every input is checked: only now is the output folder made (and claimed by settings.json)
         request.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
     model = wrap_for_processes(model.to(procs.device), procs)
