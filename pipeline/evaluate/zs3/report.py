@@ -15,7 +15,7 @@ from pipeline.evaluate.zs3.config import MODES
 from stages.metrics import zs3_scores
 from stages.vocab import Vocabulary
 
-LOSS_WINDOW = 5  # steps averaged for the first and last training loss
+LOSS_WINDOW = 5  # steps averaged for the first and last training loss (fewer on short runs: never overlapping)
 
 
 def class_rows(vocabulary: Vocabulary) -> list[tuple[int, str, bool]]:
@@ -23,11 +23,22 @@ def class_rows(vocabulary: Vocabulary) -> list[tuple[int, str, bool]]:
     return [(0, "background", True), *((c.id, c.name, c.seen) for c in vocabulary.classes)]
 
 
+def loss_summary(losses: list[float]) -> dict:
+    """Steps, the mean loss of the first and of the last ``window`` steps, and every loss. The two windows
+    never share a step (``window`` = ``LOSS_WINDOW``, or half the steps when there are fewer than twice
+    as many), so equal numbers mean the loss did not change; one step has no last loss (None)."""
+    window = min(LOSS_WINDOW, len(losses) // 2)
+    if window == 0:
+        return {"steps": len(losses), "loss_window": len(losses), "first_loss": losses[0] if losses else None,
+                "last_loss": None, "losses": losses}
+    return {"steps": len(losses), "loss_window": window, "first_loss": float(np.mean(losses[:window])),
+            "last_loss": float(np.mean(losses[-window:])), "losses": losses}
+
+
 def build_report(conf: np.ndarray, vocabulary: Vocabulary, mode: str, losses: list[float], context: dict) -> dict:
     rows = class_rows(vocabulary)
     scores = zs3_scores(conf, [seen for _, _, seen in rows])
     conf = np.asarray(conf)
-    window = min(LOSS_WINDOW, len(losses))
     return {
         "mode": mode,
         "mode_description": MODES[mode],
@@ -37,8 +48,7 @@ def build_report(conf: np.ndarray, vocabulary: Vocabulary, mode: str, losses: li
                      "gt_pixels": int(conf[i].sum()), "predicted_pixels": int(conf[:, i].sum())}
                     for (i, name, seen), iou in zip(rows, scores["iou"], strict=True)],
         "absent_classes": [name for (_, name, _), iou in zip(rows, scores["iou"], strict=True) if iou is None],
-        "training": {"steps": len(losses), "first_loss": float(np.mean(losses[:window])) if losses else None,
-                     "last_loss": float(np.mean(losses[-window:])) if losses else None, "losses": losses},
+        "training": loss_summary(losses),
         "confusion_matrix": conf.tolist(),
         **context,
     }
