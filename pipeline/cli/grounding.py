@@ -10,7 +10,9 @@ from rich.table import Table
 from pipeline.cli import options as opt
 from pipeline.cli.app import app, console, eval_app
 from pipeline.cli.progress import progress_bar
+from pipeline.dataset import zero_shot
 from pipeline.dataset.atomic import write_json_atomic
+from pipeline.dataset.layout import EVAL_DIR
 from pipeline.dataset.manifest import check_output, output_lock
 from pipeline.dataset.voc import voc_images
 from pipeline.evaluate.protocol1 import evaluate_grounding
@@ -28,11 +30,15 @@ def train_annotated(
     split: Annotated[str, typer.Option(help="Image set to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Image set to validate on ('' for none).")] = "val",
     train_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    train_on_unseen: Annotated[bool, typer.Option(
+        "--train-on-unseen", help="Make unseen-class pixels targets too (default: ignored). The checkpoint, and "
+                                  "the datasets, cards and scores made with it, are then NOT zero-shot.")] = False,
 ):
     """Train the grounding module on real annotated images (VOC layout) instead of oracle shards.
 
     Mask values name classes (VOC's, or the folder's labels.txt, one name per line from the
-    background's 0) and map to the vocabulary by name; 255 is not scored. A killed run resumes from
+    background's 0) and map to the vocabulary by name; 255 is not scored, nor are the unseen classes
+    unless --train-on-unseen (zero-shot: an unseen class is never a target). A killed run resumes from
     its last checkpoint when rerun with the same flags."""
     config = opt.run_config(vocab=vocab, out=out, models=models, seed=seed, sd_path=sd_path, device=device,
                             train_steps=train_steps)
@@ -43,11 +49,14 @@ def train_annotated(
         voc_images(data, name)
     config.out.mkdir(parents=True, exist_ok=True)
     with output_lock(config), progress_bar(console) as progress:
-        record = train_on_annotated(config, runtime, data, split, val_split or None, progress)
+        record = train_on_annotated(config, runtime, data, split, val_split or None, progress, train_on_unseen)
     last = record["validation"][-1]["miou"] if record["validation"] else None
     console.print(f"grounding module: loss {record['first_loss']:.4f} -> {record['last_loss']:.4f} in "
                   f"{record['steps']} steps" + (f", validation mIoU {last:.3f}" if last is not None else ""))
-    print(json.dumps({k: record[k] for k in ("steps", "first_loss", "last_loss", "seconds")} | {"val_miou": last}))
+    if not record["zero_shot"]:
+        console.print(f"[yellow]{zero_shot.NOT_ZERO_SHOT}[/]", highlight=False)
+    print(json.dumps({k: record[k] for k in ("steps", "first_loss", "last_loss", "seconds", "zero_shot")}
+                     | {"val_miou": last}))
 
 
 @eval_app.command("grounding")
@@ -68,7 +77,7 @@ def eval_grounding(
     with progress_bar(console) as progress:
         bar = progress.add_task("Protocol I", total=n)
         report = evaluate_grounding(config, runtime, n, lambda k: progress.advance(bar, k))
-    target = json_path or config.out / "eval" / "protocol1.json"
+    target = json_path or config.out / EVAL_DIR / "protocol1.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(target, report)
     console.print(protocol1_table(report))
@@ -81,12 +90,16 @@ def _fmt(value: float | None) -> str:
 
 
 def protocol1_table(report: dict) -> Table:
-    table = Table(title=f"Protocol I: grounding vs oracle on {report['images']} generated images")
+    zero_shot = report.get("zero_shot")
+    note = report.get("zero_shot_note", "")
+    table = Table(title=f"Protocol I: grounding vs oracle on {report['images']} generated images",
+                  caption=f"[bold red]{note}[/]" if zero_shot is False else note)
     for column, justify in (("class", "left"), ("split", "left"), ("IoU", "right"), ("pairs", "right"),
                             ("oracle missed", "right")):
         table.add_column(column, justify=justify)
     for c in report["classes"]:
         table.add_row(c["name"], c["split"], _fmt(c["iou"]), str(c["pairs"]), str(c["oracle_missed"]))
     table.add_row("[bold]mIoU seen[/]", "", f"[bold]{_fmt(report['miou_seen'])}[/]", "", "")
-    table.add_row("[bold]mIoU unseen[/]", "", f"[bold]{_fmt(report['miou_unseen'])}[/]", "", "")
+    unseen = "mIoU unseen" + (" (NOT zero-shot)" if zero_shot is False else "")
+    table.add_row(f"[bold]{unseen}[/]", "", f"[bold]{_fmt(report['miou_unseen'])}[/]", "", "")
     return table

@@ -15,10 +15,11 @@ from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
 from pipeline.config import ConfigError, RunConfig, resolve_vocabulary
 from pipeline.dataset.layout import ALL_PHASES, DATA_DIR, MANIFEST, WIDS_INDEX, Phase
-from pipeline.dataset.manifest import check_output, output_lock, prepare_output
+from pipeline.dataset.manifest import check_output, output_lock, prepare_output, record_labeller
 from pipeline.dataset.plan import errored_samples
 from pipeline.dataset.reader import write_wids_index
 from pipeline.dataset.shards import finished_stats, summarize
+from pipeline.dataset.zero_shot import NOT_ZERO_SHOT, training_record
 from pipeline.inspect.card import write_card
 from pipeline.run.executors import ExecutionReport, ExecutorSettings, make_executor
 from pipeline.run.phases import check_earlier_phases, has_pending_work, run_shard_phase, run_train_phase
@@ -73,6 +74,9 @@ def _run_phases(config: RunConfig, phases: frozenset[Phase], settings: ExecutorS
                               f"{record['last_loss']:.4f} in {record['steps']} steps")
         if Phase.LABEL not in phases:
             return None
+        labels = record_labeller(config, training_record(config.out))  # before any shard: a kill keeps it
+        if labels["zero_shot"] is False:
+            console.print(f"[yellow]labels of {config.out}: {NOT_ZERO_SHOT}[/]", highlight=False)
         report = run_shard_phase(config, Phase.LABEL, executor, progress)
     _write_card_and_index(config)
     return report

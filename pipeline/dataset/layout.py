@@ -4,6 +4,7 @@
     OUT/oracle/         phase A's shards (seen classes, Mask R-CNN labels, latents)
     OUT/grounding/      phase B's checkpoint and its training record
     OUT/data/           phase C's shards: the dataset, with the wids index
+    OUT/eval/           Protocol I's report (`datagen eval grounding`)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from enum import StrEnum
 FORMAT_VERSION = 1
 MANIFEST, CLASSES, CARD = "manifest.json", "classes.json", "README.md"
 ORACLE_DIR, GROUNDING_DIR, DATA_DIR = "oracle", "grounding", "data"
+EVAL_DIR = "eval"  # Protocol I's report
 RESUME_DIR = "grounding-resume"  # the latest resumable checkpoint of a training job in progress
 TRAINING_RECORD = "training.json"  # beside the checkpoint: what it was trained on, losses, validation
 WIDS_INDEX = "index.wids.json"  # beside the shards: the wids shard list (urls relative to it)

@@ -13,9 +13,19 @@ from importlib import metadata
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.atomic import create_exclusive, remove_stale_temporaries, write_json_atomic, write_text_atomic
-from pipeline.dataset.layout import CLASSES, DATA_DIR, FORMAT_VERSION, MANIFEST, ORACLE_DIR
+from pipeline.dataset.layout import (
+    CLASSES,
+    DATA_DIR,
+    EVAL_DIR,
+    FORMAT_VERSION,
+    GROUNDING_DIR,
+    MANIFEST,
+    ORACLE_DIR,
+    RESUME_DIR,
+)
 from pipeline.dataset.provenance import code_version, model_record
 from pipeline.dataset.shards import finished_stats
+from pipeline.dataset.zero_shot import LABELS, labels_entry
 from stages.metrics import IGNORE_INDEX
 
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
@@ -49,12 +59,19 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
             raise ConfigError(
                 f"{out} holds a dataset made with another config (fingerprint {old.get('fingerprint')}, "
                 f"this run {config.fingerprint()}); choose another --out or delete that folder")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(not _grounding_output(p.name) for p in out.iterdir()):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
     written_to = max((s["end"] for s in finished_stats(out / DATA_DIR)), default=0) if labelling else 0
     if written_to > config.n:
         raise ConfigError(f"{out} already holds samples 0..{written_to - 1}, more than --n {config.n}; "
                           f"pass --n {written_to} or more, or choose another --out")
+
+
+def _grounding_output(name: str) -> bool:
+    """What `datagen train-annotated` (a checkpoint, its resume folder, their temporaries) and `datagen eval
+    grounding` write in a folder before it holds a dataset: `datagen label` may make that folder its dataset,
+    and a rerun of `train-annotated` resumes there."""
+    return name.startswith((GROUNDING_DIR, RESUME_DIR)) or name == EVAL_DIR
 
 
 @contextmanager
@@ -91,7 +108,8 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
     check_output(config, labelling)
     out.mkdir(parents=True, exist_ok=True)
     vocab = config.vocabulary()
-    claim_output(config, {
+    kept = {k: v for k, v in _read_manifest(out).items() if k == LABELS}  # what labelled the shards on disk
+    claim_output(config, kept | {
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
@@ -105,3 +123,22 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
     write_json_atomic(out / CLASSES, {
         "background": 0, "ignore": IGNORE_INDEX,
         "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
+
+
+def _read_manifest(out) -> dict:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def record_labeller(config: RunConfig, training_record: dict | None) -> dict:
+    """Before phase C labels shards with the checkpoint of ``training_record``: keep in the manifest's
+    ``labels`` what labelled the dataset and whether its labels are zero-shot (``pipeline.dataset.zero_shot``);
+    returns that entry. Runs under the output lock, after ``prepare_output``."""
+    manifest = _read_manifest(config.out)
+    has_shards = bool(finished_stats(config.out / DATA_DIR))
+    entry = labels_entry(manifest.get(LABELS), training_record, has_shards)
+    write_text_atomic(config.out / MANIFEST, json.dumps(manifest | {LABELS: entry}, indent=1, sort_keys=True))
+    return entry

@@ -5,6 +5,9 @@ than the training and labelling phases); every image is labelled by the Mask R-C
 knows all classes) and by the grounding module (from the features captured in flight). Per class,
 IoU = summed intersection / summed union over the (image, class) pairs where the oracle found the
 class; mIoU is the mean over the seen classes and over the unseen classes.
+
+The unseen mIoU is zero-shot only if the module never had an unseen class as a target: the report
+carries the checkpoint's status (``zero_shot``, ``pipeline.dataset.zero_shot``) and says so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig
+from pipeline.dataset.zero_shot import checkpoint_zero_shot, describe, training_record
 from pipeline.runtime import Runtime
 from stages.grounding.metrics import IoU
 from stages.grounding.model import class_embeddings
@@ -60,8 +64,12 @@ def evaluate_grounding(config: RunConfig, runtime: Runtime, n: int,
     per_class = iou.per_class()
     seen = [c.name for c in vocab.seen]
     unseen = [c.name for c in vocab.unseen]
+    record = training_record(config.out)
+    zero_shot = checkpoint_zero_shot(record)
     return {
         "protocol": "I", "images": n, "preset": config.preset_name, "seed": config.seed,
+        "zero_shot": zero_shot, "zero_shot_note": describe(zero_shot),
+        "grounding": {k: record.get(k) for k in ("source", "root", "train_on_unseen", "steps")} if record else None,
         "miou_seen": iou.mean(seen), "miou_unseen": iou.mean(unseen),
         "classes": [{"name": c.name, "split": "seen" if c.seen else "unseen", "iou": per_class.get(c.name),
                      "pairs": pairs[c.name], "oracle_missed": missed[c.name]} for c in vocab.classes],

@@ -9,6 +9,7 @@ from pipeline.dataset.atomic import write_text_atomic
 from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, WIDS_INDEX, Phase
 from pipeline.dataset.provenance import file_sha256
 from pipeline.dataset.shards import finished_shards
+from pipeline.dataset.zero_shot import LABELS, dataset_zero_shot, describe
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
 
@@ -27,8 +28,23 @@ def _grounding(out: Path) -> str:
     line = f"`{GROUNDING_DIR}/model.safetensors`, sha256 `{file_sha256(weights)}`"
     if training.exists():
         t = json.loads(training.read_text())
-        line += f"; trained {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}"
+        source = {"oracle": "oracle shards", "annotated": f"annotated images `{t.get('root')}`"}.get(t.get("source"))
+        line += f"; trained {t['steps']} steps{f' on {source}' if source else ''}, loss {t['first_loss']:.4f} -> " \
+                f"{t['last_loss']:.4f}"
+        if t.get("train_on_unseen"):
+            line += ", unseen classes as targets (`--train-on-unseen`)"
     return line
+
+
+def _zero_shot(out: Path, manifest: dict) -> tuple[str, str]:
+    """The card's warning (empty when zero-shot) and its table row."""
+    status = dataset_zero_shot(out, manifest)
+    labellers = manifest.get(LABELS, {}).get("grounding", [])
+    sources = ", ".join(sorted({str(c.get("source")) for c in labellers})) or "not recorded"
+    row = f"| zero-shot labels | {'yes' if status else '**no**' if status is False else 'unknown'}: " \
+          f"{describe(status)} (labelled by checkpoints trained on: {sources}) |"
+    warning = f"\n> **{describe(status)}.**\n" if status is False else ""
+    return warning, row
 
 
 def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
@@ -47,12 +63,13 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
                      for c in stats["classes"])
     last = max(sh["count"] - 1, 0)
     preset_json = json.dumps(preset, sort_keys=True)
+    warning, zero_shot_row = _zero_shot(out, manifest)
     return f"""# datagen dataset `{out.name}`
 
 Synthetic semantic segmentation data made by Grounded Diffusion (Li et al., ICCV 2023): Stable
-Diffusion images, labelled by a grounding module trained on Mask R-CNN oracle masks of the seen
-classes, which also labels the unseen ones.
-{tiny}
+Diffusion images, labelled by a grounding module trained on the seen classes (Mask R-CNN oracle
+masks, or annotated images), which also labels the unseen ones.
+{warning}{tiny}
 ## What made it
 
 | | |
@@ -61,6 +78,7 @@ classes, which also labels the unseen ones.
 | Stable Diffusion | {_model(models.get('stable_diffusion'), sources.get('stable_diffusion', '?'))} |
 | Mask R-CNN oracle | {_model(models.get('oracle'), sources.get('oracle', '?'))} |
 | grounding module | {_grounding(out)} |
+{zero_shot_row}
 | model preset | `{config['preset_name']}` |
 | vocabulary | `{manifest['vocabulary'].get('name')}`: {stats['splits']['seen']['classes']} seen, \
 {stats['splits']['unseen']['classes']} unseen classes |

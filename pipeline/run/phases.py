@@ -104,7 +104,8 @@ def run_train_phase(config: RunConfig, runtime: Runtime, progress: Progress | No
         if has_validation else None
     try:
         return run_training(config, runtime, job, lambda skip: oracle_batches(
-            shards, vocab, train.batch_size, config.seed, train.val_fraction, skip), validation, progress)
+            shards, vocab, train.batch_size, config.seed, train.val_fraction, skip), validation, progress,
+            zero_shot=True)  # phase A prompts and labels seen classes only
     except NoTrainingSamples as err:
         raise PhaseError(f"every oracle sample is in the validation split (val_fraction "
                          f"{train.val_fraction}): generate more with --bootstrap-n") from err

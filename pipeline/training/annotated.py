@@ -5,6 +5,11 @@ The folder is read by ``pipeline.dataset.voc`` as the ZS3 benchmark reads it: ma
 Each image is resized (shorter side) and centre-cropped to the preset's size; its prompt names the
 classes it shows; the trainer VAE-encodes it and noises it to the capture step with the sample's own
 seeded noise.
+
+Zero-shot: unseen-class pixels are ignored (255), like VOC's borders, so an unseen class is never a
+target nor named in a prompt, and an image that shows only unseen classes is skipped. Only
+``train_on_unseen`` (``datagen train-annotated --train-on-unseen``) makes them targets, and the
+checkpoint's record then says it is not zero-shot (``pipeline.dataset.zero_shot``).
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ def prompt_for(vocab: Vocabulary, names: list[str]) -> str:
     return vocab.templates[0].format(" and a ".join(names))
 
 
-def load_annotated(item: VocImage, vocab: Vocabulary, size: int) -> dict | None:
-    """One image as a training sample; None when it shows no vocabulary class."""
+def load_annotated(item: VocImage, vocab: Vocabulary, size: int, train_on_unseen: bool = False) -> dict | None:
+    """One image as a training sample; None when it shows no class to train on. Unseen-class pixels are
+    ignored (255) unless ``train_on_unseen``."""
     names, source = label_names(item.image.parent.parent)
-    table = label_table(names, vocab, source)
+    ignored = frozenset() if train_on_unseen else frozenset(c.id for c in vocab.unseen)
+    table = label_table(names, vocab, source, ignored)
     image = _resize_crop(Image.fromarray(read_image(item.image)), size, Image.BICUBIC)
     raw = _resize_crop(Image.fromarray(read_mask(item.mask)), size, Image.NEAREST)
     if unnamed := sorted(set(np.unique(raw).tolist()) - set(names) - {IGNORE_INDEX}):
@@ -80,17 +87,19 @@ def noise_seed(seed: int, epoch: str, image_id: str) -> int:
 
 
 def annotated_batches(items: list[VocImage], vocab: Vocabulary, size: int, timestep: int,
-                      batch_size: int, seed: int, skip: int = 0) -> Iterator[dict]:
+                      batch_size: int, seed: int, skip: int = 0, train_on_unseen: bool = False) -> Iterator[dict]:
     """Endless, deterministic training stream: each epoch reshuffles the images and draws new noise.
 
-    The first ``skip`` batches are dropped (a resumed run continues the same stream).
+    The first ``skip`` batches are dropped (a resumed run continues the same stream). Unseen classes are
+    ignored unless ``train_on_unseen``.
     """
     produced = 0
     for epoch in range(10**9):
         order = [items[i] for i in np.random.default_rng([seed, epoch]).permutation(len(items))]
         epoch_batches = 0
         for start in range(0, len(order), batch_size):
-            samples = [s for s in (load_annotated(i, vocab, size) for i in order[start:start + batch_size]) if s]
+            samples = [s for s in (load_annotated(i, vocab, size, train_on_unseen)
+                                   for i in order[start:start + batch_size]) if s]
             if not samples:
                 continue
             epoch_batches += 1
@@ -98,13 +107,16 @@ def annotated_batches(items: list[VocImage], vocab: Vocabulary, size: int, times
             if produced > skip:
                 yield _collate(samples, timestep, [noise_seed(seed, str(epoch), s["id"]) for s in samples])
         if not epoch_batches:
-            raise DataError("the annotated images show no class of the vocabulary")
+            raise DataError("the annotated images show no class of the vocabulary" if train_on_unseen else
+                            "the annotated images show no seen class of the vocabulary (unseen classes are "
+                            "ignored: zero-shot)")
 
 
 def annotated_validation_batches(items: list[VocImage], vocab: Vocabulary, size: int, timestep: int,
-                                 batch_size: int, seed: int) -> Iterator[dict]:
-    """One pass over ``items`` in order, with fixed noise."""
+                                 batch_size: int, seed: int, train_on_unseen: bool = False) -> Iterator[dict]:
+    """One pass over ``items`` in order, with fixed noise; the classes are those of training."""
     for start in range(0, len(items), batch_size):
-        samples = [s for s in (load_annotated(i, vocab, size) for i in items[start:start + batch_size]) if s]
+        samples = [s for s in (load_annotated(i, vocab, size, train_on_unseen)
+                               for i in items[start:start + batch_size]) if s]
         if samples:
             yield _collate(samples, timestep, [noise_seed(seed, "val", s["id"]) for s in samples])

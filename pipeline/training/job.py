@@ -51,12 +51,14 @@ def new_trainer(config: RunConfig, runtime: Runtime) -> GroundingTrainer:
 
 def run_training(config: RunConfig, runtime: Runtime, job: dict,
                  batches: Callable[[int], Iterator[dict]], validation: Callable[[], Iterator[dict]] | None,
-                 progress: Progress | None = None, description: str = "B train grounding") -> dict:
+                 progress: Progress | None = None, description: str = "B train grounding", *,
+                 zero_shot: bool) -> dict:
     """Train (resuming a matching checkpoint), then install the module as ``OUT/grounding``.
 
     ``job`` identifies what is trained on (written into every checkpoint and the final record);
     ``batches(skip)`` gives the training stream after ``skip`` batches; ``validation()`` one pass over
-    the held-out batches, or None when there are none.
+    the held-out batches, or None when there are none. ``zero_shot``: no unseen class is a target of
+    ``batches``; the record says so (``pipeline.dataset.zero_shot``).
     """
     train = config.preset.train
     trainer = new_trainer(config, runtime)
@@ -80,9 +82,10 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
         validate_every=train.validate_every,
         checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job})),
         checkpoint_every=train.checkpoint_every, on_step=on_step)
-    record = {**job, "steps": trainer.step, "resumed_at": resumed_at, "first_loss": trainer.losses[0],
-              "last_loss": trainer.losses[-1], "losses": trainer.losses, "validation": trainer.validation,
-              "seconds": round(time.time() - started, 2), "precision": str(trainer.amp_dtype or "float32")}
+    record = {**job, "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
+              "first_loss": trainer.losses[0], "last_loss": trainer.losses[-1], "losses": trainer.losses,
+              "validation": trainer.validation, "seconds": round(time.time() - started, 2),
+              "precision": str(trainer.amp_dtype or "float32")}
     install(config.out, trainer.module, record)
     shutil.rmtree(resume, ignore_errors=True)
     runtime.__dict__.pop("grounding", None)  # reload the new checkpoint on next use
@@ -113,18 +116,24 @@ def recover_interrupted_training(out: Path) -> None:
 
 
 def train_on_annotated(config: RunConfig, runtime: Runtime, root: Path, split: str = "train",
-                       val_split: str | None = "val", progress: Progress | None = None) -> dict:
-    """Train the grounding module on real annotated images (VOC layout), validating on ``val_split``."""
+                       val_split: str | None = "val", progress: Progress | None = None,
+                       train_on_unseen: bool = False) -> dict:
+    """Train the grounding module on real annotated images (VOC layout), validating on ``val_split``.
+
+    Unseen-class pixels are ignored, so the checkpoint stays zero-shot, unless ``train_on_unseen``: then
+    they are targets and its record says ``"zero_shot": false``. The choice is part of the job, so a
+    resumed run never mixes the two."""
     vocab, train = config.vocabulary(), config.preset.train
     items = voc_images(root, split)
     held_out = voc_images(root, val_split) if val_split else None
     timestep = runtime.diffusion.capture_timestep
     size = config.preset.image_size
     job = {"fingerprint": config.fingerprint(), "source": "annotated", "root": str(Path(root).resolve()),
-           "split": split, "images": len(items), "val_split": val_split}
+           "split": split, "images": len(items), "val_split": val_split, "train_on_unseen": train_on_unseen}
     validation = (lambda: annotated_validation_batches(held_out, vocab, size, timestep, train.batch_size,
-                                                       config.seed)) if held_out else None
+                                                       config.seed, train_on_unseen)) if held_out else None
     return run_training(
         config, runtime, job,
-        lambda skip: annotated_batches(items, vocab, size, timestep, train.batch_size, config.seed, skip),
-        validation, progress, "train grounding (annotated)")
+        lambda skip: annotated_batches(items, vocab, size, timestep, train.batch_size, config.seed, skip,
+                                       train_on_unseen),
+        validation, progress, "train grounding (annotated)", zero_shot=not train_on_unseen)

@@ -1,7 +1,9 @@
 """One ZS3 evaluation: check the inputs, train the segmenter (resuming a checkpoint), score, report.
 
-The output folder holds ``settings.json`` (what is being evaluated, written first), ``checkpoint.pt``
-(model + optimiser, replaced atomically every few steps) and finally ``report.json`` / ``report.txt``.
+The output folder holds ``settings.json`` (what is being evaluated, written once every input check has
+passed: it claims the folder for these settings), ``checkpoint.pt`` (model + optimiser, replaced
+atomically every few steps) and finally ``report.json`` / ``report.txt``. The report says whether its
+unseen scores are zero-shot: the synthetic datasets' manifests say whether their labels are.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from rich.progress import Progress
 from pipeline.config import ConfigError, resolve_vocabulary
 from pipeline.dataset.atomic import write_json_atomic
 from pipeline.dataset.shards import read_json_object
+from pipeline.dataset.zero_shot import shards_zero_shot
 from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
 from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
-from pipeline.evaluate.zs3.report import build_report, write_report
+from pipeline.evaluate.zs3.report import build_report, write_report, zero_shot_note
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.evaluate.zs3.train import (
+    batch_shares,
     evaluate,
     new_train_state,
     save_checkpoint,
@@ -114,6 +118,10 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     urls = synthetic_urls(request.synthetic) if request.synthetic else None
     if urls is not None:
         check_synthetic(urls, vocabulary, request.synthetic)
+    procs = setup_processes(request.device)
+    if urls is not None and len(urls) < procs.world:
+        raise DataError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
+    batch_shares(preset, procs.world, len(real_train) if real_train is not None else None, urls is not None)
 
     settings = {"mode": mode, "vocabulary": vocabulary.to_dict(), "segmenter": request.preset_name,
                 "preset": preset.model_dump(mode="json"), "real": str(root.resolve()), "real_format": fmt,
@@ -125,13 +133,10 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
         console.print(f"[green]evaluation is complete[/]: report in {request.out / REPORT}")
         return finished
 
-    procs = setup_processes(request.device)
-    if urls is not None and len(urls) < procs.world:
-        raise DataError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
     torch.manual_seed(request.seed)
     num_classes = len(vocabulary.classes) + 1
     model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)
-    if procs.main:  # every input is usable: only now is the output folder made
+    if procs.main:  # every input is checked: only now is the output folder made (and claimed by settings.json)
         request.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
     model = wrap_for_processes(model.to(procs.device), procs)
@@ -160,13 +165,17 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     eval_task = progress.add_task("evaluating", total=len(range(procs.rank, len(val), procs.world)),
                                   visible=procs.main, unit="images")
     conf = evaluate(state.model, val, num_classes, procs, preset.workers, lambda: progress.advance(eval_task))
+    synthetic_labels = shards_zero_shot(urls) if urls is not None else None
+    zero_shot, note = zero_shot_note(synthetic_labels)
     context = {
+        "zero_shot": zero_shot, "zero_shot_note": note,
         "segmenter": {"preset": request.preset_name, **preset.model_dump(mode="json")},
         "data": {"real": str(root), "real_format": fmt, "val_split": val_name, "val_images": len(val),
                  "train_split": train_name if real_train else None,
                  "train_images": len(real_train) if real_train else 0,
                  "unseen_ignored_in_real_training": sorted(c.name for c in vocabulary.unseen) if real_train else [],
-                 "synthetic": request.synthetic, "synthetic_shards": len(urls) if urls else 0},
+                 "synthetic": request.synthetic, "synthetic_shards": len(urls) if urls else 0,
+                 "synthetic_labels_zero_shot": synthetic_labels or {}},
         "device": str(procs.device), "processes": procs.world, "fingerprint": fingerprint,
         "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
     }

@@ -76,20 +76,29 @@ def _endless(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator
         yield from loader
 
 
+def batch_shares(preset: SegmenterPreset, world: int, real_images: int | None, synthetic: bool) -> tuple[int, int]:
+    """(images per process, of which real) for ``world`` processes; ``real_images``: the real training
+    split's size, None without real training. DataError when a batch cannot be filled: checked before
+    the output folder is claimed, so a corrected rerun is not refused as another evaluation."""
+    per_process = preset.batch_size // world
+    if per_process < 2:
+        raise DataError(f"batch size {preset.batch_size} over {world} processes leaves fewer than 2 "
+                        "images per process (batch norm needs 2)")
+    real_size = 0 if real_images is None else per_process if not synthetic else (per_process + 1) // 2
+    if real_images is not None and real_images // world < real_size:
+        raise DataError(f"the real training split has {real_images} images, fewer than one batch "
+                        f"({real_size} per process x {world}); lower --batch-size")
+    return per_process, real_size
+
+
 def training_batches(real: Dataset | None, synthetic: IterableDataset | None, preset: SegmenterPreset,
                      procs: Processes, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (images, masks) batches of this process's share of ``preset.batch_size``; with both
     sources, half of each batch (rounded up) is real and the rest synthetic."""
-    per_process = preset.batch_size // procs.world
-    if per_process < 2:
-        raise DataError(f"batch size {preset.batch_size} over {procs.world} processes leaves fewer than 2 "
-                            "images per process (batch norm needs 2)")
-    real_size = 0 if real is None else per_process if synthetic is None else (per_process + 1) // 2
+    per_process, real_size = batch_shares(preset, procs.world, None if real is None else len(real),
+                                          synthetic is not None)
     streams = []
     if real is not None:
-        if len(real) // procs.world < real_size:
-            raise DataError(f"the real training split has {len(real)} images, fewer than one batch "
-                                f"({real_size} per process x {procs.world}); lower --batch-size")
         sampler = DistributedSampler(real, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=seed,
                                      drop_last=True)
         streams.append(_endless(DataLoader(real, batch_size=real_size, sampler=sampler, drop_last=True,

@@ -1,0 +1,155 @@
+"""Zero-shot (issue 13): an unseen class is never a training target of the grounding module unless the user
+asks for it with `datagen train-annotated --train-on-unseen`; then the checkpoint's record, the manifest
+of a dataset it labels, the dataset card, Protocol I and the ZS3 report all say the labels are not
+zero-shot. Real VOC-layout images where the unseen class sheep is present, the tiny preset, on CPU."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared zs3_fixtures module
+from zs3_fixtures import VOCAB_IDS, make_voc  # noqa: E402
+
+from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD  # noqa: E402
+from pipeline.dataset.voc import read_mask, voc_images  # noqa: E402
+from pipeline.dataset.zero_shot import checkpoint_zero_shot, labels_entry  # noqa: E402
+from pipeline.training.annotated import load_annotated  # noqa: E402
+
+SHEEP, PERSON = VOCAB_IDS["sheep"], VOCAB_IDS["person"]  # sheep is unseen in the voc vocabulary
+TINY = ["--vocab", "voc", "--models", "tiny", "--seed", "1"]
+TRAIN = ["train-annotated", *TINY, "--train-steps", "1", "--val-split", ""]
+LABEL = ["label", *TINY, "--n", "4", "--shard-size", "2", "--batch-size", "2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: a shared CPU makes torch's thread pool spin (as in the ZS3 tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def datagen(*args) -> subprocess.CompletedProcess:
+    """``datagen ARGS`` through ``pipeline.cli.main`` in this process (no interpreter start-up)."""
+    from pipeline.cli import main
+
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = ["datagen", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """16 training images over aeroplane, car, person (seen) and sheep (unseen); one shows only sheep."""
+    return make_voc(tmp_path_factory.mktemp("zero-shot") / "VOC2012", n_train=16, n_val=4)
+
+
+def _with(real, present: set[int]):
+    """The first training image whose mask holds exactly the classes ``present``, and its mask."""
+    for item in voc_images(real, "train"):
+        mask = read_mask(item.mask)
+        if set(np.unique(mask).tolist()) - {0, 255} == present:
+            return item, mask
+    raise AssertionError(f"no image with exactly {present}")
+
+
+def test_unseen_pixels_are_ignored_and_never_targets_unless_asked(real, voc):
+    item, mask = _with(real, {PERSON, SHEEP})
+    sample = load_annotated(item, voc, 64)  # the images are 64 px: no resizing
+    assert sample["names"] == ["person"] and "sheep" not in sample["prompt"]
+    assert sample["targets"].shape == (1, 64, 64) and (sample["targets"][0] == (mask == PERSON)).all()
+    assert (sample["ignore"] == ((mask == SHEEP) | (mask == 255))).all()
+    assert load_annotated(_with(real, {SHEEP})[0], voc, 64) is None  # nothing to train on
+
+    asked = load_annotated(item, voc, 64, train_on_unseen=True)
+    assert asked["names"] == ["person", "sheep"] and "sheep" in asked["prompt"]
+    assert (asked["targets"][1] == (mask == SHEEP)).all() and (asked["ignore"] == (mask == 255)).all()
+    assert load_annotated(_with(real, {SHEEP})[0], voc, 64, train_on_unseen=True)["names"] == ["sheep"]
+
+
+def test_old_records_and_mixed_labellers_are_not_zero_shot():
+    assert checkpoint_zero_shot({"source": "annotated"}) is False  # before the flag, unseen classes were targets
+    assert checkpoint_zero_shot({"source": "oracle"}) is True and checkpoint_zero_shot(None) is None
+    tainted = labels_entry(None, {"source": "annotated", "zero_shot": False}, has_shards=False)
+    assert tainted["zero_shot"] is False
+    clean = {"source": "oracle", "zero_shot": True}
+    assert labels_entry(tainted, clean, has_shards=True)["zero_shot"] is False  # shards it labelled remain
+    assert labels_entry(tainted, clean, has_shards=False) == {"zero_shot": True, "grounding": [clean]}
+
+
+@pytest.fixture(scope="module")
+def default_run(real, tmp_path_factory, cache_dir):
+    """train-annotated without the flag, then `datagen label` with its checkpoint."""
+    out = tmp_path_factory.mktemp("default") / "out"
+    trained = datagen(*TRAIN, "--data", real, "--out", out)
+    assert trained.returncode == 0, trained.stderr
+    labelled = datagen(*LABEL, "--out", out)
+    assert labelled.returncode == 0, labelled.stderr
+    return out, trained
+
+
+def test_by_default_the_checkpoint_and_its_dataset_are_zero_shot(default_run):
+    out, trained = default_run
+    record = json.loads((out / GROUNDING_DIR / TRAINING_RECORD).read_text())
+    assert record["zero_shot"] is True and record["train_on_unseen"] is False
+    assert json.loads(trained.stdout.strip().splitlines()[-1])["zero_shot"] is True
+    assert "NOT zero-shot" not in trained.stderr
+    labels = json.loads((out / "manifest.json").read_text())["labels"]
+    assert labels["zero_shot"] is True and labels["grounding"][0]["source"] == "annotated"
+    card = (out / "README.md").read_text()
+    assert "| zero-shot labels | yes" in card and "NOT zero-shot" not in card
+
+
+def test_training_on_unseen_is_stated_by_checkpoint_manifest_card_protocol1_and_zs3(real, default_run, tmp_path):
+    out = tmp_path / "out"
+    # a resumable checkpoint of the default job (same flags otherwise) must not be continued with the flag
+    default = json.loads((default_run[0] / GROUNDING_DIR / TRAINING_RECORD).read_text())
+    job = {k: default[k] for k in ("fingerprint", "source", "root", "split", "images", "val_split", "train_on_unseen")}
+    (out / RESUME_DIR).mkdir(parents=True)
+    (out / RESUME_DIR / "progress.json").write_text(json.dumps({"step": 1, "job": job}))
+
+    trained = datagen(*TRAIN, "--data", real, "--out", out, "--train-on-unseen")
+    assert trained.returncode == 0, trained.stderr
+    record = json.loads((out / GROUNDING_DIR / TRAINING_RECORD).read_text())
+    assert record["zero_shot"] is False and record["train_on_unseen"] is True and record["resumed_at"] == 0
+    assert "NOT zero-shot" in trained.stderr
+
+    labelled = datagen(*LABEL, "--out", out)
+    assert labelled.returncode == 0, labelled.stderr
+    assert "NOT zero-shot" in labelled.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels"]["zero_shot"] is False
+    assert manifest["labels"]["grounding"][0]["train_on_unseen"] is True
+    card = (out / "README.md").read_text()
+    assert "| zero-shot labels | **no**" in card and "NOT zero-shot" in card and "--train-on-unseen" in card
+
+    protocol1 = datagen("eval", "grounding", *TINY, "--n", "2", "--batch-size", "2", "--out", out)
+    assert protocol1.returncode == 0, protocol1.stderr
+    report = json.loads((out / "eval" / "protocol1.json").read_text())
+    assert report["zero_shot"] is False and "NOT zero-shot" in report["zero_shot_note"]
+    assert "NOT zero-shot" in protocol1.stderr  # the table says it too
+
+    zs3 = datagen("eval", "zs3", "--vocab", "voc", "--real", real, "--synthetic", out, "--segmenter", "tiny",
+                  "--steps", "2", "--device", "cpu", "--out", tmp_path / "zs3")
+    assert zs3.returncode == 0, zs3.stderr
+    report = json.loads((tmp_path / "zs3" / "report.json").read_text())
+    assert report["zero_shot"] is False and "NOT zero-shot" in report["zero_shot_note"]
+    assert report["data"]["synthetic_labels_zero_shot"] == {str(out.resolve()): False}
+    assert "NOT zero-shot" in (tmp_path / "zs3" / "report.txt").read_text()
+    assert json.loads(zs3.stdout.strip().splitlines()[-1])["zero_shot"] is False
