@@ -15,7 +15,6 @@ import torch
 
 from stages.prompts import PromptSpec
 
-
 FEATURE_LAYOUTS = ("official", "blocks")
 
 
