@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from stages.errors import DatagenError
+from stages.generate import FEATURE_LAYOUTS
 from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
@@ -42,6 +43,21 @@ class TrainSettings(TrainOptions):
     val_fraction: float = Field(0.1, ge=0, lt=1)  # oracle samples held out (by key) for validation
 
 
+class Guidance(BaseModel):
+    """Classifier-free guidance scale per phase. The official code generated its training images at
+    5.0 and tests at 7.5: phase A's oracle data uses ``oracle``; phase C and Protocol I use ``label``.
+    A single number sets both."""
+
+    model_config = ConfigDict(extra="forbid")
+    oracle: float = 5.0
+    label: float = 7.5
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_number_for_both(cls, value):
+        return {"oracle": value, "label": value} if isinstance(value, int | float) else value
+
+
 class Preset(BaseModel):
     """Models and their sizes; everything a preset file sets."""
 
@@ -49,11 +65,16 @@ class Preset(BaseModel):
     sd: str
     image_size: int = Field(gt=0)
     steps: int = Field(gt=0)
-    guidance: float
+    guidance: Guidance = Guidance()
     capture_step: int = Field(gt=0)
+    features: Literal[FEATURE_LAYOUTS] = "official"  # which UNet outputs the grounding module reads
     dtype: Literal["float32", "float16", "bfloat16"]
     oracle_weights: str
-    oracle_score_threshold: float = Field(ge=0, le=1)
+    oracle_score_threshold: float = Field(ge=0, le=1)  # the top instance per class must score this much
+    oracle_input_size: Literal["auto"] | PositiveInt = "auto"  # auto: 800 (COCO's scale) on a GPU,
+    #   the image size on a CPU; the detector resizes its input to this short side
+    min_mask_fraction: float = Field(0.001, ge=0, lt=1)  # phase C: a prompted class whose mask covers
+    #   less of the image filters the sample ("missing_mask"): it would be written as background
     grounding: GroundingArchitecture = GroundingArchitecture()
     train: TrainSettings
     bootstrap_n: int = Field(gt=0)

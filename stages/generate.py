@@ -1,7 +1,7 @@
 """Stable Diffusion sampling (DDIM, classifier-free guidance) with the capture step kept.
 
 At the capture step the sampler keeps the latent x_t that goes into the UNet and, when asked, the
-outputs of every UNet down/mid/up block for that call (``FeatureCapture``). Features are a pure
+outputs of the UNet's feature layers for that call (``FeatureCapture``, ``feature_layers``). Features are a pure
 function of (x_t, t, prompt embeddings), so ``features_from_latent`` recomputes exactly the same
 features later with one guided UNet pass.
 """
@@ -15,15 +15,41 @@ import torch
 
 from stages.prompts import PromptSpec
 
+FEATURE_LAYOUTS = ("official", "blocks")
+
+
+def feature_layers(unet, layout: str) -> list:
+    """The UNet modules whose outputs are the grounding module's features.
+
+    ``official``: the 25 blocks of the official code for SD 1.x (LDM's 12 input blocks: conv_in, each
+    resnet(+attention) layer and each downsampler; the middle block; the 12 output blocks: each
+    resnet(+attention) layer, the last of each level ending with its upsampler), so the finest level
+    carries encoder features too. ``blocks``: the outputs of the down, mid and up blocks (9 for SD 1.x).
+    """
+    if layout == "blocks":
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    if layout != "official":
+        raise ValueError(f"feature layout must be one of {FEATURE_LAYOUTS}, not {layout!r}")
+    layers = [unet.conv_in]
+    for block in unet.down_blocks:
+        layers += list(getattr(block, "attentions", None) or block.resnets)
+        layers += list(block.downsamplers or [])
+    layers.append(unet.mid_block)
+    for block in unet.up_blocks:
+        units = list(getattr(block, "attentions", None) or block.resnets)
+        if block.upsamplers:
+            units[-1] = block.upsamplers[0]  # runs after the last layer: that output block's result
+        layers += units
+    return layers
+
 
 class FeatureCapture:
-    """Forward hooks on every UNet down, mid and up block; records their outputs while armed."""
+    """Forward hooks on the feature layers of a UNet; records their outputs while armed."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, layout: str = "official"):
         self.armed = False
         self._outputs: list[torch.Tensor] = []
-        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-        self._handles = [b.register_forward_hook(self._record) for b in blocks]
+        self._handles = [layer.register_forward_hook(self._record) for layer in feature_layers(unet, layout)]
 
     def _record(self, _module, _inputs, output):
         if self.armed:
@@ -59,12 +85,12 @@ class Generation:
 class Diffusion:
     """DDIM sampling with a Stable Diffusion pipeline's components."""
 
-    def __init__(self, pipe, steps: int, guidance: float, capture_step: int):
+    def __init__(self, pipe, steps: int, guidance: float, capture_step: int, features: str = "official"):
         if not 1 <= capture_step <= steps:
             raise ValueError(f"capture_step must be within 1..{steps} (steps from the end)")
         self.pipe, self.steps, self.guidance = pipe, steps, guidance
         self.capture_index = steps - capture_step
-        self.capture = FeatureCapture(pipe.unet)
+        self.capture = FeatureCapture(pipe.unet, features)
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
 
@@ -83,11 +109,11 @@ class Diffusion:
                   max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
         return self.pipe.text_encoder(ids.to(self.device))[0]
 
-    def _guided_eps(self, latents, t, embeddings):
+    def _guided_eps(self, latents, t, embeddings, guidance: float):
         eps = self.pipe.unet(torch.cat([latents, latents]).to(self.dtype), t,
                              encoder_hidden_states=embeddings).sample
         uncond, cond = eps.float().chunk(2)
-        return uncond + self.guidance * (cond - uncond)
+        return uncond + guidance * (cond - uncond)
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """Per-sample noise from each sample's own seed: independent of batch composition."""
@@ -97,7 +123,9 @@ class Diffusion:
         return torch.stack(noise).to(self.device)
 
     @torch.inference_mode()
-    def generate(self, specs: list[PromptSpec], capture_features: bool) -> Generation:
+    def generate(self, specs: list[PromptSpec], capture_features: bool, guidance: float | None = None) -> Generation:
+        """Sample ``specs``; ``guidance`` overrides the default scale (phase A's data uses its own)."""
+        guidance = self.guidance if guidance is None else guidance
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(self.steps)
         embeddings = self.encode_prompts([s.prompt for s in specs])
@@ -109,7 +137,7 @@ class Diffusion:
                 kept = latents.clone()
                 self.capture.armed = capture_features
             try:
-                eps = self._guided_eps(latents, t, embeddings)
+                eps = self._guided_eps(latents, t, embeddings, guidance)
             finally:
                 self.capture.armed = False
             if capturing and capture_features:
@@ -134,7 +162,7 @@ class Diffusion:
         embeddings = self.encode_prompts(prompts)
         self.capture.armed = True
         try:
-            self._guided_eps(latents.to(self.device), timestep, embeddings)
+            self._guided_eps(latents.to(self.device), timestep, embeddings, self.guidance)  # the output is unused
         finally:
             self.capture.armed = False
         return self.capture.take()

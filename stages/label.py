@@ -42,3 +42,12 @@ def semantic_mask(masks: list[ClassMask], shape: tuple[int, int]) -> np.ndarray:
     for m in masks:
         seg[m.mask] = m.class_id
     return seg
+
+
+def missing_classes(masks: list[ClassMask], prompted: list[str], min_fraction: float) -> list[str]:
+    """The prompted classes whose mask is absent or covers less than ``min_fraction`` of the image.
+
+    Such a sample would write an object the prompt asked for as background, the worst label a
+    training set can hold, so phase C filters it instead."""
+    covered = {m.name: m.mask.mean() for m in masks}
+    return [name for name in prompted if name not in covered or covered[name] < min_fraction]

@@ -22,6 +22,7 @@ from stages.weights import WeightsMissingError, downloads_allowed
 COCO_WEIGHTS = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
 COCO_DETECTOR_CATEGORIES: tuple[str, ...] = tuple(COCO_WEIGHTS.meta["categories"])
 _NOT_A_CLASS = ("__background__", "N/A")
+COCO_INPUT_SIZE = 800  # the short side torchvision's COCO Mask R-CNN is trained and evaluated at
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Detection:
 
 
 def build_maskrcnn(image_size: int, box_score_thresh: float | None = None) -> MaskRCNN:
-    """A randomly initialised COCO-sized Mask R-CNN (ResNet-50 FPN v2) that keeps images at native size."""
+    """A randomly initialised COCO-sized Mask R-CNN (ResNet-50 FPN v2) that resizes its input to
+    ``image_size`` (pass the image size to keep images at native size); masks come back at input size."""
     extra = {} if box_score_thresh is None else {"box_score_thresh": box_score_thresh}
     return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=len(COCO_DETECTOR_CATEGORIES),
                                     min_size=image_size, max_size=image_size, **extra)

@@ -26,7 +26,7 @@ from pipeline.dataset.shards import write_shard
 from pipeline.run import faults
 from pipeline.runtime import Runtime
 from stages.grounding.model import class_embeddings
-from stages.label import masks_from_probabilities, semantic_mask
+from stages.label import masks_from_probabilities, missing_classes, semantic_mask
 from stages.prompts import PromptSpec, prompt_specs
 
 ProgressFn = Callable[[int], None]
@@ -124,7 +124,7 @@ class ShardWorker:
 
     def _oracle_batch(self, batch: list[PromptSpec]) -> list:
         rt = self.runtime
-        gen = rt.diffusion.generate(batch, capture_features=False)
+        gen = rt.diffusion.generate(batch, capture_features=False, guidance=self.config.preset.guidance.oracle)
         detections = rt.oracle.label(gen.images, [list(s.classes) for s in batch])
         results = []
         for b, spec in enumerate(batch):
@@ -155,6 +155,8 @@ class ShardWorker:
                 results.append(SampleFailure("nan_latents"))
             elif not masks:
                 results.append(SampleFailure("empty_mask"))
+            elif missing_classes(masks, spec.classes, self.config.preset.min_mask_fraction):
+                results.append(SampleFailure("missing_mask"))
             else:
                 image = gen.images[b]
                 instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in masks]

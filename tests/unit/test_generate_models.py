@@ -36,7 +36,7 @@ def test_generation_is_deterministic_and_keeps_the_capture_step(tiny_pipe):
 
 
 def test_features_grouped_by_resolution_with_cfg_halves_on_channels(tiny_pipe):
-    diffusion = Diffusion(tiny_pipe, steps=3, guidance=7.5, capture_step=1)
+    diffusion = Diffusion(tiny_pipe, steps=3, guidance=7.5, capture_step=1, features="blocks")
     gen = diffusion.generate(SPECS, capture_features=True)
     unet = tiny_pipe.unet.config
     assert sorted(gen.features) == [4, 8, 16]
