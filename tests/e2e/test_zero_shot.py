@@ -8,19 +8,16 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from zs3_fixtures import VOCAB_IDS, make_voc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared zs3_fixtures module
-from zs3_fixtures import VOCAB_IDS, make_voc  # noqa: E402
-
-from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD  # noqa: E402
-from pipeline.dataset.voc import read_mask, voc_images  # noqa: E402
-from pipeline.dataset.zero_shot import checkpoint_zero_shot, labels_entry  # noqa: E402
-from pipeline.training.annotated import load_annotated  # noqa: E402
+from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
+from pipeline.dataset.voc import read_mask, voc_images
+from pipeline.dataset.zero_shot import checkpoint_zero_shot, labels_entry
+from pipeline.training.annotated import load_annotated
 
 SHEEP, PERSON = VOCAB_IDS["sheep"], VOCAB_IDS["person"]  # sheep is unseen in the voc vocabulary
 TINY = ["--vocab", "voc", "--models", "tiny", "--seed", "1"]

@@ -2,20 +2,16 @@
 and the report's first and last training loss never share a step."""
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from rich.console import Console
 from rich.progress import Progress
+from zs3_fixtures import make_voc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared zs3_fixtures module
-from zs3_fixtures import make_voc  # noqa: E402
-
-from pipeline.evaluate.zs3.config import load_segmenter_preset  # noqa: E402
-from pipeline.evaluate.zs3.report import LOSS_WINDOW, loss_summary  # noqa: E402
-from pipeline.evaluate.zs3.run import SETTINGS, Zs3Request, run_zs3  # noqa: E402
-from stages.errors import DataError  # noqa: E402
+from pipeline.evaluate.zs3.config import load_segmenter_preset
+from pipeline.evaluate.zs3.report import LOSS_WINDOW, loss_summary
+from pipeline.evaluate.zs3.run import SETTINGS, Zs3Request, run_zs3
+from stages.errors import DataError
 
 
 def test_a_real_split_smaller_than_a_batch_claims_nothing_and_the_corrected_rerun_runs(tmp_path):
