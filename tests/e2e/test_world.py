@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import RunConfig, load_preset, resolve_vocabulary
+from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.runtime import Runtime
-from pipeline.world import world_folder
+from pipeline.world import build, world_folder, world_spec
 from stages.oracle import build_small_maskrcnn
 from stages.toy_shapes import FORMS, draw_scene
 from stages.world.build import render_scenes
@@ -31,7 +31,7 @@ PRESET = {
     "train": {"steps": 6, "batch_size": 8, "lr": 1.0e-3}, "bootstrap_n": 16, "batch_size": 8, "shard_size": 8,
     "world": {"scenes": 300, "val_scenes": 60, "vae": {"steps": 20, "batch_size": 16, "lr": 2.0e-3},
               "unet": {"steps": 30, "batch_size": 16, "lr": 1.0e-3},
-              "oracle": {"steps": 150, "batch_size": 8, "lr": 2.0e-3}, "samples_per_class": 2, "sample_steps": 4},
+              "oracle": {"steps": 200, "batch_size": 8, "lr": 2.0e-3}, "samples_per_class": 2, "sample_steps": 4},
 }
 
 
@@ -69,8 +69,7 @@ def test_build_writes_loadable_models_and_a_report(world, cache_dir):
                                 preset=load_preset(str(preset)), n=1, cache_dir=cache_dir, device="cpu"))
     assert runtime.pipe.unet.config.sample_size == 8 and runtime.pipe.vae.config.scaling_factor != 0.18215
     assert set(runtime.oracle.label_ids) == set(CLASSES)  # the oracle's categories come with its weights
-    again = datagen("world", "build", "--models", str(preset))
-    assert again.returncode == 0 and not json.loads(again.stdout.strip().splitlines()[-1])["built_now"]
+    assert build(cache_dir, load_preset(str(preset)).world) == (folder, False)  # reused, not rebuilt
 
 
 def test_trained_oracle_finds_shapes_better_than_chance(world, cache_dir):
@@ -89,7 +88,7 @@ def test_trained_oracle_finds_shapes_better_than_chance(world, cache_dir):
     yy, xx = np.mgrid[:32, :32]
     centre = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10 ** 2
     disc = np.mean([((m > 0) & centre).sum() / ((m > 0) | centre).sum() for m in masks])
-    assert trained["miou"] > max(chance["miou"], disc) + 0.1, (trained, chance["miou"], disc)
+    assert trained["miou"] > chance["miou"] + 0.2 and trained["miou"] > disc, (trained, chance["miou"], disc)
     assert np.mean(list(trained["found"].values())) > 0.5, trained
 
 
@@ -99,12 +98,12 @@ def test_scenes_do_not_tell_the_class_by_colour():
     rng = np.random.default_rng(0)
     names = list(FORMS)
     colours: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for _ in range(600):
+    for _ in range(2000):
         image, mask, _ = draw_scene(rng, 32, names, pair=False)
         value = int(mask.max())
         colours[names[value - 1]].append(image[mask == value].mean(0))
     means = np.array([np.mean(colours[n], 0) for n in names])
-    assert np.ptp(means, axis=0).max() < 40, means  # uniform colours: per-class means near 127 +- noise
+    assert np.ptp(means, axis=0).max() < 40, means  # per-class means within noise (colour-coded: ~180 apart)
 
 
 def test_short_run_on_the_world(world, tmp_path):
@@ -119,9 +118,8 @@ def test_short_run_on_the_world(world, tmp_path):
     assert sum(s["planned"] for s in stats) == 8
 
 
-def test_world_preset_without_its_section_is_one_line(tmp_path):
+def test_world_preset_without_its_section_is_a_config_error(tmp_path):
     preset = tmp_path / "broken.yaml"
     preset.write_text(yaml.safe_dump({k: v for k, v in PRESET.items() if k != "world"}))
-    result = datagen("world", "build", "--models", str(preset))
-    assert result.returncode == 2 and "no `world:` section" in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="no `world:` section"):
+        world_spec(load_preset(str(preset)))
