@@ -115,11 +115,11 @@ def table(report: dict) -> Table:
 def main(out: Annotated[Path, typer.Option(help="Working folder (dataset, real set, ZS3 runs).")]
          = Path("runs/bench-world"),
          models: Annotated[str, typer.Option(help="World preset (world, or a YAML file).")] = "world",
-         n: Annotated[int, typer.Option(help="Samples in the synthetic dataset (phase C).")] = 1000,
+         n: Annotated[int, typer.Option(help="Samples in the synthetic dataset (phase C).")] = 800,
          eval_n: Annotated[int, typer.Option(help="Protocol I test images.")] = 200,
-         real_train: Annotated[int, typer.Option(help="Rendered 'real' training images.")] = 1000,
-         real_val: Annotated[int, typer.Option(help="Rendered 'real' validation images.")] = 300,
-         zs3_steps: Annotated[int, typer.Option(help="Segmenter steps per ZS3 mode.")] = 600,
+         real_train: Annotated[int, typer.Option(help="Rendered 'real' training images.")] = 800,
+         real_val: Annotated[int, typer.Option(help="Rendered 'real' validation images.")] = 200,
+         zs3_steps: Annotated[int, typer.Option(help="Segmenter steps per ZS3 mode.")] = 400,
          seed: Annotated[int, typer.Option(help="Run seed.")] = 0):
     """Build or reuse the world, run datagen on it and print the proof table (JSON on stdout)."""
     report = run(out, models, n, eval_n, real_train, real_val, zs3_steps, seed)

@@ -61,7 +61,7 @@ def _pipeline(seed: int, image_size: int):
         requires_safety_checker=False)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the UNet's training graph takes these as inputs
 def _embed(pipe, texts: list[str]) -> torch.Tensor:
     ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids

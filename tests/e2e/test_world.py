@@ -106,16 +106,27 @@ def test_scenes_do_not_tell_the_class_by_colour():
     assert np.ptp(means, axis=0).max() < 40, means  # per-class means within noise (colour-coded: ~180 apart)
 
 
-def test_short_run_on_the_world(world, tmp_path):
-    preset, vocab, _ = world
-    out = tmp_path / "run"
-    result = datagen("run", "--vocab", str(vocab), "--models", str(preset), "--n", "8", "--out", str(out),
-                     "--device", "cpu")
+def test_bench_world_runs_datagen_on_the_world(world, tmp_path):
+    """`make bench-world` at its smallest size on the reduced world: the unchanged `datagen run`, `eval
+    grounding` and `eval zs3` (both modes) run on it and the table's numbers come back."""
+    preset, _, _ = world
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "benchmarks/world.py", "--out", str(tmp_path), "--models", str(preset),
+                             "--n", "8", "--eval-n", "4", "--real-train", "16", "--real-val", "8", "--zs3-steps", "2"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["models"]["oracle"].endswith("maskrcnn.safetensors")
-    stats = [json.loads(p.read_text()) for p in (out / "data").glob("*.stats.json")]
-    assert sum(s["planned"] for s in stats) == 8
+    assert sum(json.loads(p.read_text())["planned"] for p in (tmp_path / "run" / "data").glob("*.stats.json")) == 8
+    assert report["phase_a"]["planned"] == 16 and 0 <= report["world"]["oracle_miou_rendered"] <= 1
+    assert set(report["zs3"]) == {"real-seen", "real-seen+synthetic"}
+    for metrics in report["zs3"].values():
+        assert 0 <= metrics["miou_seen"] <= 1, metrics
+    assert set(report["times"]) == {"world build", "run (A+B+C)", "eval grounding", "eval zs3 real-seen",
+                                    "eval zs3 real-seen+synthetic"}
 
 
 def test_world_preset_without_its_section_is_a_config_error(tmp_path):
