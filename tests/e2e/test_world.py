@@ -28,7 +28,8 @@ PRESET = {
     "sd": "world", "image_size": 32, "steps": 4, "guidance": 4.0, "capture_step": 1, "dtype": "float32",
     "oracle_weights": "world", "oracle_score_threshold": 0.05,
     "grounding": {"reduce_channels": [8, 8, 8], "width": 32, "heads": 4, "layers": 1, "patch_size": 1},
-    "train": {"steps": 6, "batch_size": 8, "lr": 1.0e-3}, "bootstrap_n": 16, "batch_size": 8, "shard_size": 8,
+    # a few low-rate steps keep the module near its random init, so its masks reach phase C's shards
+    "train": {"steps": 4, "batch_size": 4, "lr": 1.0e-4}, "bootstrap_n": 16, "batch_size": 8, "shard_size": 8,
     "world": {"scenes": 300, "val_scenes": 60, "vae": {"steps": 20, "batch_size": 16, "lr": 2.0e-3},
               "unet": {"steps": 30, "batch_size": 16, "lr": 1.0e-3},
               "oracle": {"steps": 200, "batch_size": 8, "lr": 2.0e-3}, "samples_per_class": 2, "sample_steps": 4},
