@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-grounding clean
+.PHONY: install demo test test-fast bench bench-grounding bench-world clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -33,6 +33,10 @@ bench: $(STAMP)
 # Proof that the grounding module learns: toy shapes in VOC layout, held-out mIoU and CPU time.
 bench-grounding: $(STAMP)
 	$(BIN)/python benchmarks/grounding_toy.py --out runs/bench-grounding
+
+# Proof on a miniature world: build (or reuse) the world's models, run datagen on it, print the table.
+bench-world: $(STAMP)
+	$(BIN)/python benchmarks/world.py --out runs/bench-world
 
 clean:
 	rm -rf $(VENV) runs

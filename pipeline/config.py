@@ -18,6 +18,7 @@ from stages.generate import FEATURE_LAYOUTS
 from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
+from stages.world.spec import WorldSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -80,6 +81,12 @@ class Preset(BaseModel):
     bootstrap_n: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     shard_size: int = Field(gt=0)
+    world: WorldSpec | None = None  # what `sd: world` / `oracle_weights: world` are built from (datagen world build)
+
+
+def default_cache_dir() -> Path:
+    """Where built models live (the tiny preset, the world): $DATAGEN_CACHE or ~/.cache/datagen."""
+    return Path(os.environ.get("DATAGEN_CACHE", "~/.cache/datagen")).expanduser()
 
 
 class RunConfig(BaseModel):
@@ -95,8 +102,7 @@ class RunConfig(BaseModel):
     pair_fraction: float = Field(0.5, ge=0, le=1)
     image_format: Literal["jpg", "png"] = "jpg"
     device: str = "auto"
-    cache_dir: Path = Field(default_factory=lambda: Path(
-        os.environ.get("DATAGEN_CACHE", "~/.cache/datagen")).expanduser())
+    cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
 
     @field_validator("device")
     @classmethod

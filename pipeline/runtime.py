@@ -10,10 +10,11 @@ import torch
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.layout import GROUNDING_DIR
+from pipeline.world import WORLD, built_world, world_spec
 from stages.generate import Diffusion
 from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
-from stages.oracle import COCO_INPUT_SIZE, Oracle, load_maskrcnn
+from stages.oracle import COCO_INPUT_SIZE, Oracle, detector_categories, load_maskrcnn
 from stages.weights import WeightsMissingError
 
 TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
@@ -48,12 +49,20 @@ class Runtime:
     def tiny_dir(self) -> Path:
         return tiny_preset_dir(self.config.cache_dir, TINY_MODEL_SEED, self.preset.image_size)
 
+    @cached_property
+    def world_dir(self) -> Path:
+        return built_world(self.config.cache_dir, world_spec(self.preset))
+
+    def _built(self, name: str) -> Path | None:
+        """The cache folder a preset's ``tiny`` or ``world`` models name; None for any other source."""
+        return {"tiny": lambda: self.tiny_dir, WORLD: lambda: self.world_dir}.get(name, lambda: None)()
+
     def sd_source(self) -> str:
-        return str(self.tiny_dir) if self.preset.sd == "tiny" else self.preset.sd
+        return str(self._built(self.preset.sd) or self.preset.sd)
 
     def oracle_source(self) -> str:
-        return str(self.tiny_dir / MASKRCNN_FILE) if self.preset.oracle_weights == "tiny" \
-            else self.preset.oracle_weights
+        folder = self._built(self.preset.oracle_weights)
+        return str(folder / MASKRCNN_FILE) if folder else self.preset.oracle_weights
 
     @cached_property
     def pipe(self):
@@ -70,7 +79,7 @@ class Runtime:
         model = load_maskrcnn(self.oracle_input_size, self.oracle_source(),
                               box_score_thresh=self.preset.oracle_score_threshold).to(self.device)
         return Oracle(model, self.config.vocabulary(), score_threshold=self.preset.oracle_score_threshold,
-                      device=self.device)
+                      device=self.device, categories=detector_categories(self.oracle_source()))
 
     @property
     def oracle_input_size(self) -> int:

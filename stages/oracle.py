@@ -2,10 +2,15 @@
 
 Grounded Diffusion's rule: the oracle mask of class c in a generated image is the top-scoring
 Mask R-CNN instance of c; when the detector finds no instance of c, the image gets no label for c.
+
+The detector's categories belong to its weights: COCO's 91 for torchvision's weights and any plain
+state dict; a .safetensors file may name its own (``categories`` in its metadata, with
+``architecture: small`` for ``build_small_maskrcnn``), as the miniature world's oracle does.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -15,6 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
 
 from stages.vocab import Vocabulary, VocabularyError
 from stages.weights import WeightsMissingError, downloads_allowed
@@ -40,6 +49,61 @@ def build_maskrcnn(image_size: int, box_score_thresh: float | None = None) -> Ma
     extra = {} if box_score_thresh is None else {"box_score_thresh": box_score_thresh}
     return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=len(COCO_DETECTOR_CATEGORIES),
                                     min_size=image_size, max_size=image_size, **extra)
+
+
+def build_small_maskrcnn(categories: tuple[str, ...], image_size: int,
+                         box_score_thresh: float | None = None) -> MaskRCNN:
+    """torchvision's Mask R-CNN with a small backbone for small images (the miniature world's oracle).
+
+    One stride-2 feature map whose dilated convolutions see the whole image; RPN and RoI heads sized
+    for a few objects per image, so it trains on a CPU in minutes. ``categories[0]`` is the background.
+    """
+    def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                nn.GroupNorm(8, cout), nn.ReLU(inplace=True)]
+
+    width = 64
+    backbone = nn.Sequential(*block(3, 32), *block(32, 64, stride=2), *block(64, 64, dilation=2),
+                             *block(64, width, dilation=4), *block(width, width, dilation=8))
+    backbone.out_channels = width
+    anchors = AnchorGenerator(sizes=((image_size // 5, image_size // 3, image_size // 2, image_size),),
+                              aspect_ratios=((0.5, 1.0, 2.0),))
+    extra = {} if box_score_thresh is None else {"box_score_thresh": box_score_thresh}
+    return MaskRCNN(
+        backbone, min_size=image_size, max_size=image_size, rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=64, box_batch_size_per_image=32,
+        box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        box_head=TwoMLPHead(width * 49, 256), box_predictor=FastRCNNPredictor(256, len(categories)),
+        mask_head=MaskRCNNHeads(width, (64, 64), 1), mask_predictor=MaskRCNNPredictor(64, 64, len(categories)),
+        **extra)
+
+
+def save_detector(model: MaskRCNN, path: Path, categories: tuple[str, ...]) -> None:
+    """Write a ``build_small_maskrcnn`` detector's weights with its categories in the file's metadata."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"architecture": "small", "categories": json.dumps(list(categories))})
+
+
+def detector_categories(weights: str | Path | None) -> tuple[str, ...]:
+    """The categories of the detector ``weights`` (see ``load_maskrcnn``): COCO's unless a
+    .safetensors file names its own."""
+    return tuple(json.loads(_metadata(weights).get("categories", "null")) or COCO_DETECTOR_CATEGORIES)
+
+
+def _metadata(weights: str | Path | None) -> dict[str, str]:
+    if weights is None or weights == "COCO_V1" or Path(weights).suffix != ".safetensors" \
+            or not Path(weights).expanduser().is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(weights).expanduser()), "pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - a corrupt header raises safetensors' own error types
+        raise WeightsMissingError(f"oracle weights {weights} cannot be read: {type(err).__name__}") from err
 
 
 def coco_weights_path() -> Path:
@@ -78,7 +142,10 @@ def load_maskrcnn(image_size: int, weights: str | Path | None, box_score_thresh:
     torch.hub checkpoint cache, downloaded there once where downloads are allowed) or the path of a
     .pth / .safetensors state dict.
     """
-    model = build_maskrcnn(image_size, box_score_thresh)
+    if _metadata(weights).get("architecture") == "small":
+        model = build_small_maskrcnn(detector_categories(weights), image_size, box_score_thresh)
+    else:
+        model = build_maskrcnn(image_size, box_score_thresh)
     if weights is not None:
         if weights == "COCO_V1":
             path = coco_weights_path()
@@ -101,22 +168,24 @@ def load_maskrcnn(image_size: int, weights: str | Path | None, box_score_thresh:
         try:
             model.load_state_dict(state)
         except RuntimeError as err:  # wrong architecture: torch lists every key, keep the first line
-            raise WeightsMissingError(f"oracle weights {path} do not fit torchvision's Mask R-CNN ResNet-50 "
-                                      f"FPN v2: {str(err).splitlines()[0]}") from err
+            raise WeightsMissingError(f"oracle weights {path} do not fit torchvision's Mask R-CNN "
+                                      f"{type(model.backbone).__name__}: {str(err).splitlines()[0]}") from err
     return model.eval()
 
 
-def _detector_label_ids(vocab: Vocabulary) -> dict[str, int]:
-    """Vocabulary class name -> the detector's label id for that class's COCO category.
+def _detector_label_ids(vocab: Vocabulary, categories: tuple[str, ...]) -> dict[str, int]:
+    """Vocabulary class name -> the detector's label id for that class's category.
 
     Unseen classes are mapped too (evaluation compares against the oracle on them); the pipeline
     keeps them out of the oracle's training data by never prompting for them in phase A.
     """
-    coco_ids = {name: i for i, name in enumerate(COCO_DETECTOR_CATEGORIES) if name not in _NOT_A_CLASS}
-    unknown = sorted({c.detector_name for c in vocab.classes} - coco_ids.keys())
+    ids = {name: i for i, name in enumerate(categories) if name not in _NOT_A_CLASS}
+    unknown = sorted({c.detector_name for c in vocab.classes} - ids.keys())
     if unknown:
-        raise VocabularyError(f"vocabulary {vocab.name}: detector names that are not COCO categories: {unknown}")
-    return {c.name: coco_ids[c.detector_name] for c in vocab.classes}
+        which = "COCO categories" if categories == COCO_DETECTOR_CATEGORIES \
+            else f"the detector's categories {sorted(ids)}"
+        raise VocabularyError(f"vocabulary {vocab.name}: detector names that are not {which}: {unknown}")
+    return {c.name: ids[c.detector_name] for c in vocab.classes}
 
 
 def _top_detection(output: dict[str, torch.Tensor], label: int, score_threshold: float,
@@ -137,8 +206,9 @@ class Oracle:
     """Labels each generated image with the top Mask R-CNN instance of each class its prompt names."""
 
     def __init__(self, model: nn.Module, vocab: Vocabulary, score_threshold: float = 0.5,
-                 mask_threshold: float = 0.5, device: str | torch.device = "cpu"):
-        self.label_ids = _detector_label_ids(vocab)
+                 mask_threshold: float = 0.5, device: str | torch.device = "cpu",
+                 categories: tuple[str, ...] = COCO_DETECTOR_CATEGORIES):
+        self.label_ids = _detector_label_ids(vocab, categories)
         self.model = model.to(device).eval()
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold

@@ -20,15 +20,15 @@ from PIL import Image
 from stages.models import load_stable_diffusion
 
 
-def fit_vae(preset_dir: Path, images: list[Path], out: Path, steps: int = 300, batch_size: int = 16,
-            lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0) -> Path:
-    """Copy the diffusers folder ``preset_dir`` to ``out`` with its VAE trained on ``images``."""
-    pipe = load_stable_diffusion(str(preset_dir))
-    vae = pipe.vae.train().requires_grad_(True)
-    data = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in images]))
-    data = data.permute(0, 3, 1, 2).float() / 127.5 - 1
+def fit_autoencoder(vae, data: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 1e-3,
+                    kl_weight: float = 1e-6, seed: int = 0, on_step=None) -> list[float]:
+    """Train ``vae`` in place on ``data`` ((N, 3, H, W) in [-1, 1]): reconstruction + a small KL term,
+    then set its scaling factor as SD's (unit-variance latents). ``on_step(loss)`` after each step;
+    returns the losses."""
+    vae.train().requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    losses = []
     for _ in range(steps):
         batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
@@ -37,11 +37,24 @@ def fit_vae(preset_dir: Path, images: list[Path], out: Path, steps: int = 300, b
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    vae.eval()
-    with torch.no_grad():  # as for SD: the scaling factor gives the latents unit variance
+        losses.append(loss.item())
+        if on_step:
+            on_step(losses[-1])
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
         std = torch.cat([vae.encode(data[i:i + 64]).latent_dist.mean for i in range(0, len(data), 64)]).std()
     vae.register_to_config(scaling_factor=float(1 / std))
+    return losses
+
+
+def fit_vae(preset_dir: Path, images: list[Path], out: Path, steps: int = 300, batch_size: int = 16,
+            lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0) -> Path:
+    """Copy the diffusers folder ``preset_dir`` to ``out`` with its VAE trained on ``images``."""
+    pipe = load_stable_diffusion(str(preset_dir))
+    data = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in images]))
+    data = data.permute(0, 3, 1, 2).float() / 127.5 - 1
+    fit_autoencoder(pipe.vae, data, steps, batch_size, lr, kl_weight, seed)
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(preset_dir, out)
-    vae.save_pretrained(out / "vae")
+    pipe.vae.save_pretrained(out / "vae")
     return out

@@ -15,7 +15,8 @@ from pipeline.run.executors import ExecutorSettings
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
 Out = Annotated[Path, typer.Option(help="Output folder (created; a rerun resumes it).")]
-Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), tiny (offline), or a YAML file.")]
+Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), tiny (offline), world (the miniature "
+                                          "world), or a YAML file.")]
 Seed = Annotated[int, typer.Option(help="Run seed: same config and seed give the same samples.")]
 SdPath = Annotated[str | None, typer.Option(help="Stable Diffusion hub id or local diffusers folder.")]
 OracleWeights = Annotated[str | None, typer.Option(help="Mask R-CNN state dict (.pth/.safetensors) or COCO_V1.")]

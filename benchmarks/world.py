@@ -1,0 +1,131 @@
+"""The proof on a miniature world: build (or reuse) the world, run the unchanged datagen commands on it
+and print one table: the oracle on rendered ground truth, how often it finds the prompted class in
+generated images, Protocol I seen / unseen mIoU, ZS3 seen / unseen / hIoU for `real-seen` and
+`real-seen+synthetic`, and the CPU minutes of each step.
+
+    python benchmarks/world.py --out runs/bench-world
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import load_preset, resolve_vocabulary
+from stages.toy_shapes import write_scene_dataset
+
+console = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def datagen(*args: str) -> tuple[dict, float, float]:
+    """Run one datagen command as a user does; (its JSON result, wall seconds, CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    console.print("$ datagen " + " ".join(args), highlight=False)
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"datagen {args[0]} failed with exit code {result.returncode}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(result.stdout.strip().splitlines()[-1]), time.time() - started, cpu
+
+
+def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: int, zs3_steps: int,
+        seed: int) -> dict:
+    vocab_name = load_preset(models).world.vocab
+    vocab = resolve_vocabulary(vocab_name)
+    times: dict[str, dict] = {}
+
+    def step(name: str, *args: str) -> dict:
+        result, wall, cpu = datagen(*args)
+        times[name] = {"wall_min": round(wall / 60, 2), "cpu_min": round(cpu / 60, 2)}
+        return result
+
+    world = step("world build", "world", "build", "--models", models)
+    dataset = out / "run"
+    step("run (A+B+C)", "run", "--vocab", vocab_name, "--models", models, "--n", str(n), "--out", str(dataset),
+         "--seed", str(seed), "--device", "cpu")
+    protocol1 = step("eval grounding", "eval", "grounding", "--vocab", vocab_name, "--models", models,
+                     "--out", str(dataset), "--n", str(eval_n), "--seed", str(seed), "--device", "cpu")
+    real = write_scene_dataset(out / "real", [c.name for c in vocab.classes], real_train, real_val,
+                               load_preset(models).image_size, seed=seed + 1000)
+    zs3 = {}
+    for mode in ("real-seen", "real-seen+synthetic"):
+        extra = ("--synthetic", str(dataset)) if "synthetic" in mode else ()
+        zs3[mode] = step(f"eval zs3 {mode}", "eval", "zs3", "--real", str(real), "--vocab", vocab_name,
+                         "--mode", mode, *extra, "--segmenter", "world", "--steps", str(zs3_steps),
+                         "--out", str(out / f"zs3-{mode.replace('+', '-')}"), "--device", "cpu",
+                         "--seed", str(seed))["metrics"]
+    oracle_stats = [json.loads(p.read_text()) for p in sorted((dataset / "oracle").glob("*.stats.json"))]
+    planned = sum(s["planned"] for s in oracle_stats)
+    written = sum(s["written"] for s in oracle_stats)
+    return {
+        "world": {"folder": world["folder"], "oracle_miou_rendered": world["oracle_on_rendered"]["miou"],
+                  "oracle_per_class_iou": world["oracle_on_rendered"]["per_class_iou"],
+                  "generated_found": world["generated"]["oracle_finds_prompted_class"],
+                  "build_times": world["times"], "losses": {k: [v["first"], v["last"]]
+                                                            for k, v in world["losses"].items()}},
+        "phase_a": {"planned": planned, "labelled": written,
+                    "oracle_finds_prompted": written / planned if planned else None},
+        "protocol1": {"miou_seen": protocol1["miou_seen"], "miou_unseen": protocol1["miou_unseen"],
+                      "per_class": {c["name"]: c["iou"] for c in protocol1["classes"]}},
+        "zs3": {mode: {k: m[k] for k in ("miou_seen", "miou_unseen", "hiou")} for mode, m in zs3.items()},
+        "times": times, "n": n, "eval_n": eval_n, "real_train": real_train, "real_val": real_val,
+        "zs3_steps": zs3_steps, "models": models,
+    }
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table(report: dict) -> Table:
+    t = Table(title="datagen on a miniature world")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("oracle mask mIoU on held-out rendered scenes", _fmt(report["world"]["oracle_miou_rendered"]))
+    t.add_row("phase A: generated samples the oracle labels (finds a prompted class)",
+              _fmt(report["phase_a"]["oracle_finds_prompted"]))
+    found = report["world"]["generated_found"]
+    t.add_row("world build: oracle finds the prompted class (one-class prompts, all classes)",
+              _fmt(sum(found.values()) / len(found)))
+    t.add_row("Protocol I mIoU seen (grounding vs oracle)", _fmt(report["protocol1"]["miou_seen"]))
+    t.add_row("Protocol I mIoU unseen", _fmt(report["protocol1"]["miou_unseen"]))
+    for mode, m in report["zs3"].items():
+        t.add_row(f"ZS3 {mode}: seen / unseen / hIoU",
+                  f"{_fmt(m['miou_seen'])} / {_fmt(m['miou_unseen'])} / {_fmt(m['hiou'])}")
+    for name, v in report["times"].items():
+        t.add_row(f"CPU minutes: {name}", f"{v['cpu_min']:.1f} ({v['wall_min']:.1f} wall)")
+    return t
+
+
+def main(out: Annotated[Path, typer.Option(help="Working folder (dataset, real set, ZS3 runs).")]
+         = Path("runs/bench-world"),
+         models: Annotated[str, typer.Option(help="World preset (world, or a YAML file).")] = "world",
+         n: Annotated[int, typer.Option(help="Samples in the synthetic dataset (phase C).")] = 800,
+         eval_n: Annotated[int, typer.Option(help="Protocol I test images.")] = 200,
+         real_train: Annotated[int, typer.Option(help="Rendered 'real' training images.")] = 800,
+         real_val: Annotated[int, typer.Option(help="Rendered 'real' validation images.")] = 200,
+         zs3_steps: Annotated[int, typer.Option(help="Segmenter steps per ZS3 mode.")] = 400,
+         seed: Annotated[int, typer.Option(help="Run seed.")] = 0):
+    """Build or reuse the world, run datagen on it and print the proof table (JSON on stdout)."""
+    report = run(out, models, n, eval_n, real_train, real_val, zs3_steps, seed)
+    console.print(table(report))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,179 @@
+"""Build a world into a folder: render scenes, fit the VAE, train the UNet and the oracle, save them in
+the formats a real run loads (diffusers ``save_pretrained``; the oracle's safetensors file with its
+categories), and write the report (losses, times, the oracle's mask IoU, sample grids per class)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stages.generate import Diffusion
+from stages.models import MASKRCNN_FILE, clip_tokenizer, load_stable_diffusion
+from stages.oracle import Oracle, build_small_maskrcnn, load_maskrcnn, save_detector
+from stages.prompts import PromptSpec
+from stages.toy_shapes import FORMS, draw_scene
+from stages.toy_vae import fit_autoencoder
+from stages.vocab import Vocabulary, VocabularyError
+from stages.world.spec import WORLD_ARCH, WorldSpec
+from stages.world.train import oracle_quality, train_oracle, train_unet
+
+REPORT = "report.json"
+SAMPLES_DIR = "samples"
+REPORT_SCORE_THRESHOLD = 0.5  # the oracle's score threshold when the report counts what it finds
+Progress = Callable[[str, int, int], None]  # (part, steps done, steps in all)
+
+
+def render_scenes(vocab: Vocabulary, n: int, size: int, pair_fraction: float, seed: int):
+    """``n`` colour-free scenes of all the vocabulary's classes: uint8 images (n, H, W, 3), masks
+    (n, H, W) of class ids, and one caption per scene from the vocabulary's templates."""
+    names = [c.name for c in vocab.classes]
+    if unknown := [n for n in names if n not in FORMS]:
+        raise VocabularyError(f"vocabulary {vocab.name}: the world renders only {sorted(FORMS)}, not {unknown}")
+    rng = np.random.default_rng(seed)
+    images, masks, captions = [], [], []
+    for _ in range(n):
+        pair = len(names) > 1 and rng.random() < pair_fraction
+        image, mask, drawn = draw_scene(rng, size, names, pair)
+        order = [vocab[d].prompt_name for d in rng.permutation(drawn)]
+        templates = vocab.pair_templates if pair else vocab.templates
+        images.append(image)
+        masks.append(mask)
+        captions.append(templates[int(rng.integers(len(templates)))].format(*order))
+    return np.stack(images), np.stack(masks), captions
+
+
+def _pipeline(seed: int, image_size: int):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    latent = image_size // 2 ** (len(WORLD_ARCH["vae"]["block_out_channels"]) - 1)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**WORLD_ARCH["vae"]), text_encoder=CLIPTextModel(CLIPTextConfig(**WORLD_ARCH["text"])),
+        tokenizer=clip_tokenizer(), unet=UNet2DConditionModel(**WORLD_ARCH["unet"], sample_size=latent),
+        scheduler=DDIMScheduler(**WORLD_ARCH["scheduler"]), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+
+
+@torch.no_grad()  # not inference_mode: the UNet's training graph takes these as inputs
+def _embed(pipe, texts: list[str]) -> torch.Tensor:
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids)[0]
+
+
+class _Clock:
+    """Wall and CPU seconds of each part of the build."""
+
+    def __init__(self):
+        self.parts: dict[str, dict[str, float]] = {}
+
+    def __call__(self, part: str):
+        clock = self
+
+        class _Part:
+            def __enter__(self):
+                self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+            def __exit__(self, *_):
+                clock.parts[part] = {"wall_s": round(time.perf_counter() - self.wall, 1),
+                                     "cpu_s": round(time.process_time() - self.cpu, 1)}
+        return _Part()
+
+
+def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Progress | None = None) -> dict:
+    """Write the world (diffusers folder + ``maskrcnn.safetensors`` + report) into ``folder``; the report."""
+    folder = Path(folder)
+    names = [c.name for c in vocab.classes]
+    categories = ("__background__", *(c.detector_name for c in vocab.classes))
+    clock, report = _Clock(), {"spec": spec.model_dump(mode="json"), "classes": names}
+
+    def step(part: str, total: int):
+        done = [0]
+
+        def on_step(_loss: float) -> None:
+            done[0] += 1
+            if progress:
+                progress(part, done[0], total)
+        return on_step
+
+    with clock("render"):
+        images, masks, captions = render_scenes(vocab, spec.scenes, spec.image_size, spec.pair_fraction, spec.seed)
+        val_images, val_masks, _ = render_scenes(vocab, spec.val_scenes, spec.image_size, spec.pair_fraction,
+                                                 spec.seed + 1)
+    pipe = _pipeline(spec.seed, spec.image_size)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with clock("vae"):
+        vae_losses = fit_autoencoder(pipe.vae, pixels, spec.vae.steps, spec.vae.batch_size, spec.vae.lr,
+                                     seed=spec.seed, on_step=step("vae", spec.vae.steps))
+        with torch.no_grad():
+            latents = torch.cat([pipe.vae.encode(pixels[i:i + 256]).latent_dist.mean
+                                 for i in range(0, len(pixels), 256)]) * pipe.vae.config.scaling_factor
+            recon = pipe.vae.decode(latents[:256] / pipe.vae.config.scaling_factor).sample
+        vae_mse = float(torch.nn.functional.mse_loss(recon, pixels[:256]))
+    with clock("unet"):
+        texts = sorted(set(captions))
+        embeddings = _embed(pipe, ["", *texts])
+        index = {t: i + 1 for i, t in enumerate(texts)}
+        unet, unet_losses = train_unet(pipe.unet, latents, torch.tensor([index[c] for c in captions]), embeddings,
+                                       spec.unet, spec.caption_dropout, WORLD_ARCH["scheduler"], spec.seed,
+                                       step("unet", spec.unet.steps))
+    pipe.unet = unet
+    pipe.register_modules(unet=unet)
+    pipe.save_pretrained(folder)
+    with clock("oracle"):
+        torch.manual_seed(spec.seed)
+        detector = build_small_maskrcnn(categories, spec.image_size)
+        oracle_losses = train_oracle(detector, images, masks, spec.oracle, spec.seed,
+                                     step("oracle", spec.oracle.steps))
+        save_detector(detector, folder / MASKRCNN_FILE, categories)
+    with clock("report"):
+        loaded = load_maskrcnn(spec.image_size, folder / MASKRCNN_FILE, box_score_thresh=0.05)
+        oracle = Oracle(loaded, vocab, score_threshold=REPORT_SCORE_THRESHOLD, categories=categories)
+        report["oracle_on_rendered"] = oracle_quality(oracle, val_images, val_masks, names)
+        report["generated"] = _sample_grids(folder, vocab, spec, oracle)
+    report["losses"] = {"vae": _curve(vae_losses), "unet": _curve(unet_losses), "oracle": _curve(oracle_losses)}
+    report["vae_reconstruction_mse"] = vae_mse
+    report["times"] = clock.parts
+    report["threads"] = torch.get_num_threads()
+    (folder / REPORT).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _curve(losses: list[float], points: int = 20) -> dict:
+    """First/last losses (mean of 5% of steps each) and a short curve of means over equal spans."""
+    k = max(1, len(losses) // 20)
+    spans = np.array_split(np.array(losses), min(points, len(losses)))
+    return {"first": float(np.mean(losses[:k])), "last": float(np.mean(losses[-k:])),
+            "curve": [round(float(s.mean()), 4) for s in spans]}
+
+
+def _sample_grids(folder: Path, vocab: Vocabulary, spec: WorldSpec, oracle: Oracle) -> dict:
+    """Generate ``samples_per_class`` images per class through the saved (reloaded) pipeline, as phase
+    A does; save a grid per class (images over the oracle's mask of the prompted class) and return the
+    fraction where the oracle finds the prompted class."""
+    pipe = load_stable_diffusion(str(folder))
+    diffusion = Diffusion(pipe, steps=spec.sample_steps, guidance=spec.sample_guidance, capture_step=1)
+    (folder / SAMPLES_DIR).mkdir()
+    found = {}
+    for c in vocab.classes:
+        specs = [PromptSpec(i, vocab.templates[0].format(c.prompt_name), (c.name,), spec.seed * 1000 + i)
+                 for i in range(spec.samples_per_class)]
+        images = diffusion.generate(specs, capture_features=False).images
+        detections = [r[c.name] for r in oracle.label(images, [[c.name]] * len(images))]
+        found[c.name] = sum(d is not None for d in detections) / len(detections)
+        overlays = [np.where(d.mask[..., None], (0.5 * im + [0, 127, 0]).astype(np.uint8), im // 3)
+                    if d is not None else im // 3 for im, d in zip(images, detections)]
+        grid = np.concatenate([np.concatenate(list(images), 1), np.concatenate(overlays, 1)], 0)
+        Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(
+            folder / SAMPLES_DIR / f"{c.name}.png")
+    seen = [found[c.name] for c in vocab.seen]
+    return {"oracle_finds_prompted_class": found, "mean": float(np.mean(list(found.values()))),
+            "mean_seen": float(np.mean(seen)) if seen else None,
+            "steps": spec.sample_steps, "guidance": spec.sample_guidance}

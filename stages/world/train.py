@@ -1,0 +1,130 @@
+"""Training loops of the world's models: the latent diffusion UNet and the Mask R-CNN oracle (the VAE
+is fitted by ``stages.toy_vae.fit_autoencoder``), and the oracle's mask IoU on held-out scenes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from stages.grounding.metrics import IoU
+from stages.oracle import Oracle
+from stages.world.spec import Fit
+
+OnStep = Callable[[float], None]
+EMA_DECAY = 0.995  # the saved UNet is an exponential average of the last few hundred steps' weights
+MIN_INSTANCE_PIXELS = 4  # a shape occluded down to fewer pixels is no training instance
+
+
+def _optimizer(params, fit: Fit) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a linear warm-up over the first 5% of steps, then cosine decay to zero."""
+    optimizer = torch.optim.AdamW(params, lr=fit.lr, weight_decay=1e-2)
+    warmup = max(1, fit.steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, fit.steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_unet(unet, latents: torch.Tensor, captions: torch.Tensor, embeddings: torch.Tensor, fit: Fit,
+               caption_dropout: float, scheduler_config: dict, seed: int, on_step: OnStep | None = None):
+    """Train ``unet`` to predict the noise of noised ``latents`` (N, 4, h, w) given their caption
+    embeddings (``embeddings[captions]``; row 0 is the empty caption, used with ``caption_dropout``).
+    Returns (the EMA of its weights, a UNet, for saving; the losses)."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=scheduler_config["beta_start"],
+                                    beta_end=scheduler_config["beta_end"],
+                                    beta_schedule=scheduler_config["beta_schedule"])
+    generator = torch.Generator().manual_seed(seed)
+    unet.train().requires_grad_(True)
+    ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
+    optimizer, schedule = _optimizer(unet.parameters(), fit)
+    losses = []
+    for _ in range(fit.steps):
+        idx = torch.randint(len(latents), (fit.batch_size,), generator=generator)
+        caption = torch.where(torch.rand(fit.batch_size, generator=generator) < caption_dropout, 0, captions[idx])
+        clean = latents[idx]
+        noise = torch.randn(clean.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (fit.batch_size,), generator=generator)
+        noisy = noise_scheduler.add_noise(clean, noise, t)
+        predicted = unet(noisy, t, encoder_hidden_states=embeddings[caption]).sample
+        loss = torch.nn.functional.mse_loss(predicted, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        ema.update_parameters(unet)
+        losses.append(loss.item())
+        if on_step:
+            on_step(losses[-1])
+    return ema.module.eval().requires_grad_(False), losses
+
+
+def instance_targets(mask: np.ndarray) -> dict[str, torch.Tensor]:
+    """torchvision detection targets of one scene: one instance per class value in ``mask`` (a scene
+    holds distinct classes), label = the value, box = the extent of its visible pixels."""
+    boxes, labels, masks = [], [], []
+    for value in np.unique(mask[mask > 0]):
+        binary = mask == value
+        if binary.sum() < MIN_INSTANCE_PIXELS:
+            continue
+        ys, xs = np.nonzero(binary)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        labels.append(int(value))
+        masks.append(binary)
+    h, w = mask.shape
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks) if masks else np.zeros((0, h, w), bool)).to(torch.uint8)}
+
+
+def train_oracle(model, images: np.ndarray, masks: np.ndarray, fit: Fit, seed: int,
+                 on_step: OnStep | None = None) -> list[float]:
+    """Train a torchvision Mask R-CNN in place on scenes (uint8 (N, H, W, 3) images, (N, H, W) masks of
+    category ids); returns the summed losses per step."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = [instance_targets(m) for m in masks]
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    model.train()
+    optimizer, schedule = _optimizer([p for p in model.parameters() if p.requires_grad], fit)
+    losses = []
+    for _ in range(fit.steps):
+        idx = torch.randint(len(images), (fit.batch_size,), generator=generator).tolist()
+        loss = sum(model([pixels[i].float() / 255 for i in idx], [targets[i] for i in idx]).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(losses[-1])
+    model.eval()
+    return losses
+
+
+def oracle_quality(oracle: Oracle, images: np.ndarray, masks: np.ndarray, names: list[str],
+                   batch_size: int = 32) -> dict:
+    """The oracle on scenes with exact masks, as phase A uses it (each image asked for the classes in
+    it): per class the IoU of its top detection with the true mask (summed over images; a missed
+    class counts its pixels as missed) and the fraction of instances found."""
+    iou, found, present = IoU(), {n: 0 for n in names}, {n: 0 for n in names}
+    for start in range(0, len(images), batch_size):
+        chunk = masks[start:start + batch_size]
+        asked = [[names[v - 1] for v in np.unique(m[m > 0])] for m in chunk]
+        for mask, wanted, result in zip(chunk, asked, oracle.label(images[start:start + batch_size], asked)):
+            for name in wanted:
+                truth = mask == names.index(name) + 1
+                detection = result[name]
+                present[name] += 1
+                found[name] += detection is not None
+                iou.add(name, detection.mask if detection is not None else np.zeros_like(truth), truth)
+    per_class = iou.per_class()
+    return {"miou": iou.mean(), "per_class_iou": per_class,
+            "found": {n: found[n] / present[n] for n in names if present[n]}}
