@@ -40,6 +40,18 @@ def one_torch_thread():
     190-280 s with two threads and 9 s with one, with other jobs on the same 2 cores. One thread costs
     at most the parallel speed-up on an idle machine (a second or two here); the tests using it assert
     thresholds, not bytes, and hold with either thread count."""
+    yield from _one_thread()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """``one_torch_thread`` for a whole module, before its module-scoped fixtures run: for modules whose
+    fixtures train or run datagen (``pytestmark = pytest.mark.usefixtures(...)``), and for comparisons
+    with a Ray worker, which runs one torch thread (CPU float sums depend on the thread count)."""
+    yield from _one_thread()
+
+
+def _one_thread():
     import torch
 
     before = torch.get_num_threads()

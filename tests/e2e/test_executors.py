@@ -24,14 +24,7 @@ from stages.weights import WeightsMissingError
 N, SHARD = 6, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ray gives a 1-CPU worker one torch thread; CPU float sums depend on the thread count, so the
-    in-process side uses one too (on a GPU the thread count does not matter)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def make_config(out, cache_dir, **changes) -> RunConfig:

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from zs3_fixtures import VOCAB_IDS, make_voc
 
 from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
@@ -25,13 +24,7 @@ TRAIN = ["train-annotated", *TINY, "--train-steps", "1", "--val-split", ""]
 LABEL = ["label", *TINY, "--n", "4", "--shard-size", "2", "--batch-size", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: a shared CPU makes torch's thread pool spin (as in the ZS3 tests)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def datagen(*args) -> subprocess.CompletedProcess:
