@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from stages.attention.settings import AttentionSettings
 from stages.errors import DatagenError
 from stages.generate import FEATURE_LAYOUTS
 from stages.grounding.model import GroundingArchitecture
@@ -21,6 +22,8 @@ from stages.vocab import Vocabulary, load_vocabulary
 from stages.world.spec import WorldSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+LABELERS = ("grounding", "attention")  # phase C's labelers: the trained grounding module, or cross-attention maps
+GROUNDING_ONLY = ("oracle_weights", "oracle_score_threshold", "oracle_input_size", "grounding", "train", "bootstrap_n")
 
 
 class ConfigError(DatagenError, ValueError):
@@ -77,11 +80,19 @@ class Preset(BaseModel):
     min_mask_fraction: float = Field(0.001, ge=0, lt=1)  # phase C: a prompted class whose mask covers
     #   less of the image filters the sample ("missing_mask"): it would be written as background
     grounding: GroundingArchitecture = GroundingArchitecture()
+    attention: AttentionSettings = AttentionSettings()  # the attention labeler (stages/attention/settings.py)
     train: TrainSettings
     bootstrap_n: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     shard_size: int = Field(gt=0)
     world: WorldSpec | None = None  # what `sd: world` / `oracle_weights: world` are built from (datagen world build)
+
+    @model_validator(mode="after")
+    def _attention_records_a_step(self) -> Preset:
+        if not self.attention.recorded_steps(self.steps):
+            raise ValueError(f"attention.steps {list(self.attention.steps)} select none of the {self.steps} "
+                             "sampling steps")
+        return self
 
 
 def default_cache_dir() -> Path:
@@ -99,6 +110,7 @@ class RunConfig(BaseModel):
     preset: Preset
     seed: int = 0
     n: int = Field(gt=0)
+    labeler: Literal[LABELERS] = "grounding"  # what labels phase C; attention skips phases A and B
     pair_fraction: float = Field(0.5, ge=0, le=1)
     image_format: Literal["jpg", "png"] = "jpg"
     device: str = "auto"
@@ -115,8 +127,15 @@ class RunConfig(BaseModel):
         return resolve_vocabulary(self.vocab)
 
     def fingerprint(self) -> str:
-        """Identity of the dataset: all but n, out, device and cache (n may grow on a rerun)."""
-        fields = self.model_dump(mode="json", exclude={"n", "out", "device", "cache_dir"})
+        """Identity of the dataset: all but n, out, device and cache (n may grow on a rerun), and but the
+        settings of the labeler not used (the grounding labeler's fingerprints are those from before
+        the attention labeler existed)."""
+        if self.labeler == "grounding":
+            exclude = {"labeler": True, "preset": {"attention"}}
+        else:
+            exclude = {"preset": {**dict.fromkeys(GROUNDING_ONLY, True), "guidance": {"oracle": True}}}
+        fields = self.model_dump(mode="json", exclude={"n": True, "out": True, "device": True, "cache_dir": True,
+                                                       **exclude})
         fields["vocabulary"] = self.vocabulary().to_dict()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 

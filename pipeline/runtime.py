@@ -11,6 +11,7 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.layout import GROUNDING_DIR
 from pipeline.world import WORLD, built_world, world_spec
+from stages.attention.labeler import AttentionLabeler
 from stages.generate import Diffusion
 from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
@@ -75,6 +76,12 @@ class Runtime:
                          features=p.features)
 
     @cached_property
+    def attention(self) -> AttentionLabeler:
+        """The attention labeler on this run's sampler; AttentionRecordingError when the preset's
+        ``attention:`` names layers the UNet lacks."""
+        return AttentionLabeler(self.diffusion, self.preset.attention)
+
+    @cached_property
     def oracle(self) -> Oracle:
         model = load_maskrcnn(self.oracle_input_size, self.oracle_source(),
                               box_score_thresh=self.preset.oracle_score_threshold).to(self.device)
@@ -98,9 +105,12 @@ class Runtime:
     def grounding(self) -> GroundingModule:
         return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
 
-    def check_weights(self, oracle: bool, grounding: bool) -> None:
-        """Fail fast, before any work, when weights are missing (WeightsMissingError)."""
+    def check_weights(self, oracle: bool, grounding: bool, attention: bool = False) -> None:
+        """Fail fast, before any work, when weights are missing (WeightsMissingError) or the attention
+        settings do not fit the UNet (AttentionRecordingError)."""
         self.pipe
+        if attention:
+            self.attention
         if oracle:
             self.oracle
         if grounding and not (self.config.out / GROUNDING_DIR / WEIGHTS_FILE).exists():

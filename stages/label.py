@@ -19,8 +19,9 @@ class ClassMask:
 
 
 def masks_from_probabilities(probs: torch.Tensor, class_ids: list[int], names: list[str],
-                             threshold: float = 0.5, min_pixels: int = 1) -> list[ClassMask]:
-    """Per class: pixels where its probability passes ``threshold`` and beats the other classes.
+                             threshold: float | list[float] = 0.5, min_pixels: int = 1) -> list[ClassMask]:
+    """Per class: pixels where its probability passes ``threshold`` (one for all, or one per class) and
+    beats the other classes.
 
     ``probs`` is (K, H, W) for the K classes named in one prompt. Overlaps go to the most probable
     class, so the masks are disjoint and form one semantic map. Classes with fewer than
@@ -29,8 +30,9 @@ def masks_from_probabilities(probs: torch.Tensor, class_ids: list[int], names: l
     probs = probs.float()
     winner = probs.argmax(0)
     result = []
+    thresholds = threshold if isinstance(threshold, list) else [threshold] * len(class_ids)
     for k, (class_id, name) in enumerate(zip(class_ids, names)):
-        mask = ((winner == k) & (probs[k] > threshold)).cpu().numpy()
+        mask = ((winner == k) & (probs[k] > thresholds[k])).cpu().numpy()
         if mask.sum() >= min_pixels:
             result.append(ClassMask(class_id, name, mask, float(probs[k].cpu().numpy()[mask].mean())))
     return result

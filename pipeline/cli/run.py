@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -59,11 +60,15 @@ def _execute(config: RunConfig, phases: frozenset[Phase], settings: ExecutorSett
 def _run_phases(config: RunConfig, phases: frozenset[Phase], settings: ExecutorSettings) -> ExecutionReport | None:
     """Phases A, B, C as asked; phase C's report (None without it) for the caller to judge."""
     runtime = Runtime(config)
-    runtime.check_weights(oracle=Phase.ORACLE in phases, grounding=Phase.LABEL in phases and Phase.TRAIN not in phases)
-    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, output {config.out}")
+    attention = config.labeler == "attention"
+    runtime.check_weights(oracle=Phase.ORACLE in phases, attention=attention,
+                          grounding=Phase.LABEL in phases and Phase.TRAIN not in phases and not attention)
+    console.print(f"datagen: preset [bold]{config.preset_name}[/] on {runtime.device}, labeler {config.labeler}, "
+                  f"output {config.out}")
     executor = make_executor(settings, worker=ShardWorker(config, runtime))
     executor.check()
-    prepare_output(config, runtime.sd_source(), runtime.oracle_source(), labelling=Phase.LABEL in phases)
+    prepare_output(config, runtime.sd_source(), None if attention else runtime.oracle_source(),
+                   labelling=Phase.LABEL in phases)
     with progress_bar(console) as progress:
         if Phase.ORACLE in phases:
             _stop_on_failed_shards(run_shard_phase(config, Phase.ORACLE, executor, progress), Phase.ORACLE)
@@ -74,7 +79,8 @@ def _run_phases(config: RunConfig, phases: frozenset[Phase], settings: ExecutorS
                               f"{record['last_loss']:.4f} in {record['steps']} steps")
         if Phase.LABEL not in phases:
             return None
-        labels = record_labeller(config, training_record(config.out))  # before any shard: a kill keeps it
+        labels = record_labeller(config, training_record(config.out),  # before any shard: a kill keeps it
+                                 runtime.attention.describe() if attention else None)
         if labels["zero_shot"] is False:
             console.print(f"[yellow]labels of {config.out}: {NOT_ZERO_SHOT}[/]", highlight=False)
         report = run_shard_phase(config, Phase.LABEL, executor, progress)
@@ -139,7 +145,7 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         shard_size: opt.ShardSize = None, shard_mb: opt.ShardMb = None, batch_size: opt.BatchSize = None,
         executor: opt.ExecutorKind = "local", ray_address: opt.RayAddress = None, workers: opt.Workers = None,
         gpus_per_worker: opt.GpusPerWorker = None, cpus_per_worker: opt.CpusPerWorker = 1.0,
-        encode_cpus: opt.EncodeCpus = 1.0,
+        encode_cpus: opt.EncodeCpus = 1.0, labeler: opt.Labeler = "grounding",
     ):
         settings = opt.executor_settings(kind=executor, ray_address=ray_address, workers=workers,
                                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
@@ -147,17 +153,23 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                                 oracle_weights=oracle_weights, device=device, bootstrap_n=bootstrap_n,
                                 train_steps=train_steps, shard_size=shard_size, shard_mb=shard_mb,
-                                batch_size=batch_size)
-        _execute(config, phases, settings)
+                                batch_size=batch_size, labeler=labeler)
+        _execute(config, frozenset({Phase.LABEL}) if config.labeler == "attention" else phases, settings)
 
     command.__doc__ = help_text
+    if Phase.LABEL not in phases:  # --labeler is phase C's choice: generate and train do not offer it
+        signature = inspect.signature(command)
+        command.__signature__ = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name != "labeler"])
     return command
 
 
-app.command("run")(_phase_command(ALL_PHASES, "Every phase: oracle bootstrap, grounding training, labelling."))
+app.command("run")(_phase_command(ALL_PHASES, "Every phase: oracle bootstrap, grounding training, labelling "
+                                              "(with --labeler attention: labelling only)."))
 for _phase, _help in ((Phase.ORACLE, "Phase A: seen-class images labelled by the Mask R-CNN oracle."),
                       (Phase.TRAIN, "Phase B: train the grounding module on the oracle shards."),
-                      (Phase.LABEL, "Phase C: generate and label the dataset with the grounding module.")):
+                      (Phase.LABEL, "Phase C: generate and label the dataset with the grounding module (or "
+                                    "with cross-attention maps: --labeler attention).")):
     app.command(_phase.command)(_phase_command(frozenset({_phase}), _help))
 
 

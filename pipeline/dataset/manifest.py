@@ -25,7 +25,7 @@ from pipeline.dataset.layout import (
 )
 from pipeline.dataset.provenance import code_version, model_record
 from pipeline.dataset.shards import finished_stats
-from pipeline.dataset.zero_shot import LABELS, labels_entry
+from pipeline.dataset.zero_shot import LABELS, attention_labels_entry, labels_entry
 from stages.metrics import IGNORE_INDEX
 
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
@@ -102,8 +102,9 @@ def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
     write_text_atomic(path, text)
 
 
-def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labelling: bool) -> None:
-    """Create or reopen the output folder and (re)write its manifest and classes file."""
+def prepare_output(config: RunConfig, sd_source: str, oracle_source: str | None, labelling: bool) -> None:
+    """Create or reopen the output folder and (re)write its manifest and classes file; ``oracle_source``
+    is None when no oracle is used (the attention labeler), and then no oracle folder is made."""
     out = config.out
     check_output(config, labelling)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,11 +114,12 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
-        "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": model_record(oracle_source)},
+        "model_revisions": {"stable_diffusion": model_record(sd_source),
+                            "oracle": model_record(oracle_source) if oracle_source else None},
         "code": code_version(),
         "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, labelling)
-    for sub in (ORACLE_DIR, DATA_DIR):
+    for sub in (ORACLE_DIR, DATA_DIR) if oracle_source else (DATA_DIR,):
         (out / sub).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out / sub)
     write_json_atomic(out / CLASSES, {
@@ -133,12 +135,14 @@ def _read_manifest(out) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def record_labeller(config: RunConfig, training_record: dict | None) -> dict:
-    """Before phase C labels shards with the checkpoint of ``training_record``: keep in the manifest's
-    ``labels`` what labelled the dataset and whether its labels are zero-shot (``pipeline.dataset.zero_shot``);
-    returns that entry. Runs under the output lock, after ``prepare_output``."""
+def record_labeller(config: RunConfig, training_record: dict | None, attention: dict | None = None) -> dict:
+    """Before phase C labels shards with the checkpoint of ``training_record``, or with the attention
+    labeler that ``attention`` describes: keep in the manifest's ``labels`` what labelled the dataset and
+    whether its labels are zero-shot (``pipeline.dataset.zero_shot``); returns that entry. Runs under the
+    output lock, after ``prepare_output``."""
     manifest = _read_manifest(config.out)
     has_shards = bool(finished_stats(config.out / DATA_DIR))
-    entry = labels_entry(manifest.get(LABELS), training_record, has_shards)
+    entry = attention_labels_entry(attention) if attention is not None else \
+        labels_entry(manifest.get(LABELS), training_record, has_shards)
     write_text_atomic(config.out / MANIFEST, json.dumps(manifest | {LABELS: entry}, indent=1, sort_keys=True))
     return entry

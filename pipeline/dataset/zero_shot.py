@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, MANIFEST, TRAINING_RECORD
 
-LABELS = "labels"  # the manifest's entry: {"zero_shot": bool | None, "grounding": [what labelled it]}
+LABELS = "labels"  # the manifest's entry: {"zero_shot": bool | None, "grounding": [what labelled it]}, or
+#   for the attention labeler {"labeler": "attention", "zero_shot": true, "attention": its settings}
 NOT_ZERO_SHOT = ("NOT zero-shot: the grounding module was trained with unseen classes as targets "
                  "(train-annotated --train-on-unseen), so its unseen-class labels and every unseen score "
                  "computed from them are not zero-shot")
@@ -65,6 +66,12 @@ def labels_entry(previous: dict | None, record: dict | None, has_shards: bool) -
     if summary not in labelled_by:
         labelled_by.append(summary)
     return {"zero_shot": combine(c.get("zero_shot") for c in labelled_by), "grounding": labelled_by}
+
+
+def attention_labels_entry(description: dict) -> dict:
+    """The manifest's ``labels`` for the attention labeler (``AttentionLabeler.describe``): nothing is
+    trained, so no class, seen or unseen, was ever a target: zero-shot by construction."""
+    return {"labeler": "attention", "zero_shot": True, "attention": description}
 
 
 def dataset_zero_shot(folder: Path, manifest: dict | None = None) -> bool | None:

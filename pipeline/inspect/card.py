@@ -36,13 +36,38 @@ def _grounding(out: Path) -> str:
     return line
 
 
+GROUNDING_OPENING = """Synthetic semantic segmentation data made by Grounded Diffusion (Li et al., ICCV 2023): Stable
+Diffusion images, labelled by a grounding module trained on the seen classes (Mask R-CNN oracle
+masks, or annotated images), which also labels the unseen ones."""
+ATTENTION_OPENING = """Synthetic semantic segmentation data made by datagen's attention labeler: Stable Diffusion
+images, labelled by the UNet's own cross-attention maps of each class's prompt tokens, recorded while
+it sampled the image (no detector, no training; the settings and their published sources are in
+`stages/attention/settings.py`)."""
+
+
+def _labeler(manifest: dict) -> tuple[str, str]:
+    """What labelled the dataset: the card's opening paragraph and its table row."""
+    labels = manifest.get(LABELS, {})
+    if labels.get("labeler") != "attention":
+        return GROUNDING_OPENING, "| labeler | `grounding`: the grounding module |"
+    attention = labels.get("attention", {})
+    settings = json.dumps(attention.get("settings"), sort_keys=True)
+    return ATTENTION_OPENING, (
+        f"| labeler | `attention`: settings `{settings}`; {len(attention.get('cross_attention_layers', []))} "
+        f"cross-attention and {len(attention.get('self_attention_layers', []))} self-attention layers recorded at "
+        f"timesteps {attention.get('timesteps')} |")
+
+
 def _zero_shot(out: Path, manifest: dict) -> tuple[str, str]:
     """The card's warning (empty when zero-shot) and its table row."""
     status = dataset_zero_shot(out, manifest)
-    labellers = manifest.get(LABELS, {}).get("grounding", [])
+    labels = manifest.get(LABELS, {})
+    labellers = labels.get("grounding", [])
     sources = ", ".join(sorted({str(c.get("source")) for c in labellers})) or "not recorded"
+    origin = "nothing trained: the attention labeler" if labels.get("labeler") == "attention" else \
+        f"labelled by checkpoints trained on: {sources}"
     row = f"| zero-shot labels | {'yes' if status else '**no**' if status is False else 'unknown'}: " \
-          f"{describe(status)} (labelled by checkpoints trained on: {sources}) |"
+          f"{describe(status)} ({origin}) |"
     warning = f"\n> **{describe(status)}.**\n" if status is False else ""
     return warning, row
 
@@ -64,11 +89,11 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
     last = max(sh["count"] - 1, 0)
     preset_json = json.dumps(preset, sort_keys=True)
     warning, zero_shot_row = _zero_shot(out, manifest)
+    opening, labeler_row = _labeler(manifest)
+    oracle = _model(models.get('oracle'), sources.get('oracle', '?')) if sources.get('oracle', '?') else "not used"
     return f"""# datagen dataset `{out.name}`
 
-Synthetic semantic segmentation data made by Grounded Diffusion (Li et al., ICCV 2023): Stable
-Diffusion images, labelled by a grounding module trained on the seen classes (Mask R-CNN oracle
-masks, or annotated images), which also labels the unseen ones.
+{opening}
 {warning}{tiny}
 ## What made it
 
@@ -76,7 +101,8 @@ masks, or annotated images), which also labels the unseen ones.
 |---|---|
 | code | datagen {code.get('datagen', manifest.get('packages', {}).get('datagen', '?'))}{commit} |
 | Stable Diffusion | {_model(models.get('stable_diffusion'), sources.get('stable_diffusion', '?'))} |
-| Mask R-CNN oracle | {_model(models.get('oracle'), sources.get('oracle', '?'))} |
+| Mask R-CNN oracle | {oracle} |
+{labeler_row}
 | grounding module | {_grounding(out)} |
 {zero_shot_row}
 | model preset | `{config['preset_name']}` |

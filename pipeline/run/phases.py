@@ -30,11 +30,11 @@ def shard_tasks(config: RunConfig, phase: Phase) -> list[ShardTask]:
 def run_shard_phase(config: RunConfig, phase: Phase, executor: Executor,
                     progress: Progress | None = None) -> ExecutionReport:
     """Phase A (seen-class prompts -> images + latents at the capture step -> Mask R-CNN labels) or
-    phase C (prompts over all classes -> images + features in flight -> grounding labels): the
-    shards not yet finished, on ``executor``."""
+    phase C (prompts over all classes -> images + features or attention in flight -> grounding or
+    attention labels): the shards not yet finished, on ``executor``."""
     todo = pending(shard_tasks(config, phase))
     total = sum(t.end - t.start for t in todo)
-    description = {Phase.ORACLE: "A oracle bootstrap", Phase.LABEL: "C label"}[phase]
+    description = {Phase.ORACLE: "A oracle bootstrap", Phase.LABEL: f"C label ({config.labeler})"}[phase]
     bar = progress.add_task(description, total=total) if progress and todo else None
     return executor.run(todo, config, lambda k: progress.advance(bar, k) if bar is not None else None)
 
@@ -77,7 +77,8 @@ def check_earlier_phases(config: RunConfig, phases: frozenset[Phase]) -> None:
     if Phase.TRAIN in phases and Phase.ORACLE not in phases:
         check_phase_a_finished(config)
     trained = _training_record(config)
-    if Phase.LABEL in phases and Phase.TRAIN not in phases and (config.out / GROUNDING_DIR).exists() \
+    if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \
+            and (config.out / GROUNDING_DIR).exists() \
             and not training_is_current(config) and (trained or {}).get("source") != "annotated":
         raise PhaseError(f"the grounding checkpoint in {config.out} was trained on other oracle samples than "
                          "those now on disk: run `datagen train` with the same flags first")

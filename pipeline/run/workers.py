@@ -26,7 +26,8 @@ from pipeline.dataset.shards import write_shard
 from pipeline.run import faults
 from pipeline.runtime import Runtime
 from stages.grounding.model import class_embeddings
-from stages.label import masks_from_probabilities, missing_classes, semantic_mask
+from stages.label import ClassMask, masks_from_probabilities, missing_classes, semantic_mask
+from stages.metrics import IGNORE_INDEX
 from stages.prompts import PromptSpec, prompt_specs
 
 ProgressFn = Callable[[int], None]
@@ -75,6 +76,8 @@ class ShardWorker:
         rt.diffusion
         if phase is Phase.ORACLE:
             rt.oracle
+        elif self.config.labeler == "attention":
+            rt.attention
         else:
             rt.class_text, rt.grounding
 
@@ -101,7 +104,9 @@ class ShardWorker:
     def _label(self, phase: Phase, batch: list[PromptSpec]) -> list:
         for spec in batch:
             faults.sample_fault(spec.index)
-        return self._oracle_batch(batch) if phase is Phase.ORACLE else self._grounding_batch(batch)
+        if phase is Phase.ORACLE:
+            return self._oracle_batch(batch)
+        return self._attention_batch(batch) if self.config.labeler == "attention" else self._grounding_batch(batch)
 
     def _batch_isolating_failures(self, phase: Phase, batch: list[PromptSpec]) -> list:
         """Samples of a batch; if the batch raises, each sample alone, so one bad sample fails alone."""
@@ -118,9 +123,22 @@ class ShardWorker:
                 results.append(_raised(err))
         return results
 
-    def _provenance(self, phase: Phase, timestep: int) -> dict:
-        return {"phase": phase, "preset": self.config.preset_name, "run_seed": self.config.seed,
-                "capture_timestep": timestep, "fingerprint": self.config.fingerprint()}
+    def _provenance(self, phase: Phase, timestep: int | None) -> dict:
+        """What made a sample; ``timestep``: the capture step's (the grounding module's input), None for
+        the attention labeler, which records a range of steps (its ``labeler_settings``)."""
+        captured = {} if timestep is None else {"capture_timestep": timestep}
+        return {"phase": phase, "preset": self.config.preset_name, "run_seed": self.config.seed, **captured,
+                "fingerprint": self.config.fingerprint()}
+
+    def _filtered(self, finite: bool, masks: list[ClassMask], spec: PromptSpec) -> SampleFailure | None:
+        """Why phase C does not write a labelled sample, or None to write it."""
+        if not finite:
+            return SampleFailure("nan_latents")
+        if not masks:
+            return SampleFailure("empty_mask")
+        if missing_classes(masks, spec.classes, self.config.preset.min_mask_fraction):
+            return SampleFailure("missing_mask")
+        return None
 
     def _oracle_batch(self, batch: list[PromptSpec]) -> list:
         rt = self.runtime
@@ -151,18 +169,35 @@ class ShardWorker:
         for b, spec in enumerate(batch):
             ids = [self.vocab[n].id for n in spec.classes]
             masks = masks_from_probabilities(probs[b, : len(ids)], ids, list(spec.classes))
-            if not gen.finite[b]:
-                results.append(SampleFailure("nan_latents"))
-            elif not masks:
-                results.append(SampleFailure("empty_mask"))
-            elif missing_classes(masks, spec.classes, self.config.preset.min_mask_fraction):
-                results.append(SampleFailure("missing_mask"))
-            else:
-                image = gen.images[b]
-                instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in masks]
-                results.append(LabelledSample(
-                    spec, ids, image, "grounding", instances, self._provenance(Phase.LABEL, gen.timestep),
-                    seg=semantic_mask(masks, image.shape[:2])))
+            failure = self._filtered(gen.finite[b], masks, spec)
+            if failure:
+                results.append(failure)
+                continue
+            image = gen.images[b]
+            instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in masks]
+            results.append(LabelledSample(
+                spec, ids, image, "grounding", instances, self._provenance(Phase.LABEL, gen.timestep),
+                seg=semantic_mask(masks, image.shape[:2])))
+        return results
+
+    def _attention_batch(self, batch: list[PromptSpec]) -> list:
+        labeler = self.runtime.attention
+        gen, maps = labeler.generate(batch, [[self.vocab[n].prompt_name for n in s.classes] for s in batch])
+        settings = labeler.settings.to_dict() | {"timesteps": labeler.timesteps}
+        results = []
+        for b, spec in enumerate(batch):
+            ids = [self.vocab[n].id for n in spec.classes]
+            labels = labeler.label(maps[b], ids, list(spec.classes))
+            failure = self._filtered(gen.finite[b], labels.masks, spec)
+            if failure:
+                results.append(failure)
+                continue
+            image = gen.images[b]
+            seg = semantic_mask(labels.masks, image.shape[:2])
+            seg[labels.uncertain] = IGNORE_INDEX
+            instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in labels.masks]
+            results.append(LabelledSample(spec, ids, image, "attention", instances,
+                                          self._provenance(Phase.LABEL, None), seg=seg, labeler_settings=settings))
         return results
 
 

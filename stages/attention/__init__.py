@@ -1,0 +1,1 @@
+"""The attention labeler: masks from the UNet's cross-attention maps, with no detector and no training."""

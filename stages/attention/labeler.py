@@ -1,0 +1,84 @@
+"""The attention labeler: class masks from the UNet's own cross-attention, recorded while it samples.
+
+No detector and no training: each prompted class's map is the cross-attention of its tokens (averaged
+over heads, the chosen layers and the chosen steps), optionally propagated through self-attention,
+upsampled to the image, normalised and thresholded (``AttentionSettings`` names the published methods).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stages.attention.maps import AttentionLabels, attention_masks, class_maps, class_token_positions
+from stages.attention.record import AttentionLayer, AttentionRecorder, AttentionRecordingError, attention_layers
+from stages.attention.settings import AttentionSettings
+from stages.generate import Diffusion, Generation
+from stages.prompts import PromptSpec
+
+
+def _resolutions(layers: list[AttentionLayer]) -> list[int]:
+    return sorted({layer.resolution for layer in layers}, reverse=True)
+
+
+class AttentionLabeler:
+    """Records attention while ``diffusion`` samples and turns it into class masks; raises
+    ``AttentionRecordingError`` at construction when the settings name layers the UNet lacks."""
+
+    def __init__(self, diffusion: Diffusion, settings: AttentionSettings):
+        self.diffusion, self.settings = diffusion, settings
+        every = [layer for layer in attention_layers(diffusion.pipe.unet) if layer.part in settings.blocks]
+        cross = [layer for layer in every if layer.cross]
+        self.cross_layers = [layer for layer in cross
+                             if settings.resolutions is None or layer.resolution in settings.resolutions]
+        if not self.cross_layers:
+            raise AttentionRecordingError(
+                f"attention.resolutions {list(settings.resolutions or [])} in blocks {list(settings.blocks)}: this "
+                f"UNet has cross-attention there at {_resolutions(cross) or 'no resolution'}")
+        self.self_layers = []
+        if settings.refine:
+            own = [layer for layer in every if not layer.cross]
+            self.self_layers = [layer for layer in own if layer.resolution == settings.refine.resolution]
+            if not self.self_layers:
+                raise AttentionRecordingError(
+                    f"attention.refine.resolution {settings.refine.resolution}: this UNet has self-attention in "
+                    f"blocks {list(settings.blocks)} at {_resolutions(own) or 'no resolution'}")
+        recorded = settings.recorded_steps(diffusion.steps)
+        if not recorded:
+            raise AttentionRecordingError(f"attention.steps {list(settings.steps)} select none of the "
+                                          f"{diffusion.steps} sampling steps")
+        scheduler = diffusion.pipe.scheduler
+        scheduler.set_timesteps(diffusion.steps)
+        self.timesteps = [int(scheduler.timesteps[i]) for i in recorded]
+
+    @property
+    def resolution(self) -> int:
+        """Where the maps are combined: the refinement's resolution, else the finest recorded one."""
+        return self.settings.refine.resolution if self.settings.refine else _resolutions(self.cross_layers)[0]
+
+    def describe(self) -> dict:
+        """The settings and what they select in this UNet and schedule: for the manifest and the card."""
+        return {"settings": self.settings.to_dict(), "timesteps": self.timesteps,
+                "cross_attention_layers": [layer.name for layer in self.cross_layers],
+                "self_attention_layers": [layer.name for layer in self.self_layers]}
+
+    def generate(self, specs: list[PromptSpec], prompt_names: list[list[str]],
+                 capture_features: bool = False) -> tuple[Generation, list[torch.Tensor]]:
+        """Sample ``specs`` while recording; the generation and, per sample, its (K, H, W) class maps
+        in [0, 1] for the K names of ``prompt_names`` (each class as its prompt writes it)."""
+        tokenizer = self.diffusion.pipe.tokenizer
+        positions = [class_token_positions(tokenizer, s.prompt, names) for s, names in zip(specs, prompt_names)]
+        unet = self.diffusion.pipe.unet
+        with AttentionRecorder(unet, self.cross_layers + self.self_layers, set(self.timesteps)) as recorder:
+            gen = self.diffusion.generate(specs, capture_features=capture_features)
+        with torch.inference_mode():
+            recorded = recorder.take(self.resolution)
+            size = gen.images.shape[1]
+            power = self.settings.refine.power if self.settings.refine else 1
+            maps = [class_maps(recorded.cross[b], positions[b], size,
+                               None if recorded.affinity is None else recorded.affinity[b], power).cpu()
+                    for b in range(len(specs))]
+        return gen, maps
+
+    def label(self, maps: torch.Tensor, class_ids: list[int], names: list[str]) -> AttentionLabels:
+        """Disjoint class masks (and the uncertain pixels) from one sample's maps."""
+        return attention_masks(maps, class_ids, names, self.settings.threshold, self.settings.uncertain)
