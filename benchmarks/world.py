@@ -1,7 +1,8 @@
 """The proof on a miniature world: build (or reuse) the world, run the unchanged datagen commands on it
 and print one table: the oracle on rendered ground truth, how often it finds the prompted class in
-generated images, Protocol I seen / unseen mIoU, ZS3 seen / unseen / hIoU for `real-seen` and
-`real-seen+synthetic`, and the CPU minutes of each step.
+generated images, Protocol I seen / unseen mIoU of both labelers (grounding, attention) on the same
+test images, ZS3 seen / unseen / hIoU for `real-seen` and `real-seen+synthetic`, and the CPU minutes
+of each step.
 
     python benchmarks/world.py --out runs/bench-world
 """
@@ -59,7 +60,8 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
     step("run (A+B+C)", "run", "--vocab", vocab_name, "--models", models, "--n", str(n), "--out", str(dataset),
          "--seed", str(seed), "--device", "cpu")
     protocol1 = step("eval grounding", "eval", "grounding", "--vocab", vocab_name, "--models", models,
-                     "--out", str(dataset), "--n", str(eval_n), "--seed", str(seed), "--device", "cpu")
+                     "--out", str(dataset), "--n", str(eval_n), "--seed", str(seed), "--device", "cpu",
+                     "--labeler", "both")
     real = write_scene_dataset(out / "real", [c.name for c in vocab.classes], real_train, real_val,
                                load_preset(models).image_size, seed=seed + 1000)
     zs3 = {}
@@ -80,8 +82,9 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
                                                             for k, v in world["losses"].items()}},
         "phase_a": {"planned": planned, "labelled": written,
                     "oracle_finds_prompted": written / planned if planned else None},
-        "protocol1": {"miou_seen": protocol1["miou_seen"], "miou_unseen": protocol1["miou_unseen"],
-                      "per_class": {c["name"]: c["iou"] for c in protocol1["classes"]}},
+        "protocol1": {labeler: {"miou_seen": scores["miou_seen"], "miou_unseen": scores["miou_unseen"],
+                                "per_class": {c["name"]: c["iou"][labeler] for c in protocol1["classes"]}}
+                      for labeler, scores in protocol1["scores"].items()},
         "zs3": {mode: {k: m[k] for k in ("miou_seen", "miou_unseen", "hiou")} for mode, m in zs3.items()},
         "times": times, "n": n, "eval_n": eval_n, "real_train": real_train, "real_val": real_val,
         "zs3_steps": zs3_steps, "models": models,
@@ -102,8 +105,9 @@ def table(report: dict) -> Table:
     found = report["world"]["generated_found"]
     t.add_row("world build: oracle finds the prompted class (one-class prompts, all classes)",
               _fmt(sum(found.values()) / len(found)))
-    t.add_row("Protocol I mIoU seen (grounding vs oracle)", _fmt(report["protocol1"]["miou_seen"]))
-    t.add_row("Protocol I mIoU unseen", _fmt(report["protocol1"]["miou_unseen"]))
+    for labeler, scores in report["protocol1"].items():
+        t.add_row(f"Protocol I mIoU seen / unseen ({labeler} vs oracle)",
+                  f"{_fmt(scores['miou_seen'])} / {_fmt(scores['miou_unseen'])}")
     for mode, m in report["zs3"].items():
         t.add_row(f"ZS3 {mode}: seen / unseen / hIoU",
                   f"{_fmt(m['miou_seen'])} / {_fmt(m['miou_unseen'])} / {_fmt(m['hiou'])}")

@@ -15,7 +15,7 @@ from pipeline.dataset.atomic import write_json_atomic
 from pipeline.dataset.layout import EVAL_DIR
 from pipeline.dataset.manifest import check_output, output_lock
 from pipeline.dataset.voc import voc_images
-from pipeline.evaluate.protocol1 import evaluate_grounding
+from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
 from pipeline.runtime import Runtime
 from pipeline.training.job import train_on_annotated
 
@@ -68,15 +68,19 @@ def eval_grounding(
     json_path: Annotated[Path | None,
                          typer.Option("--json", help="Report file (default OUT/eval/protocol1.json).")] = None,
     batch_size: opt.BatchSize = None,
+    labeler: Annotated[str, typer.Option(help="Which labeler to score: grounding (the checkpoint in --out), "
+                                              "attention (cross-attention maps, the preset's attention "
+                                              "settings), or both, on the same images.")] = "grounding",
 ):
-    """Protocol I: mIoU of the grounding module against the oracle, seen and unseen classes apart."""
+    """Protocol I: mIoU of a labeler (or both) against the oracle, seen and unseen classes apart."""
+    labelers = labelers_of(labeler)
     config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                             oracle_weights=oracle_weights, device=device, batch_size=batch_size)
     runtime = Runtime(config)
-    runtime.check_weights(oracle=True, grounding=True)
+    runtime.check_weights(oracle=True, grounding="grounding" in labelers, attention="attention" in labelers)
     with progress_bar(console) as progress:
         bar = progress.add_task("Protocol I", total=n)
-        report = evaluate_grounding(config, runtime, n, lambda k: progress.advance(bar, k))
+        report = evaluate_labelers(config, runtime, n, labelers, lambda k: progress.advance(bar, k))
     target = json_path or config.out / EVAL_DIR / "protocol1.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(target, report)
@@ -90,16 +94,23 @@ def _fmt(value: float | None) -> str:
 
 
 def protocol1_table(report: dict) -> Table:
+    """One table: per class, each labeler's IoU against the oracle; then each labeler's mIoU seen and unseen."""
+    labelers, scores = report["labelers"], report["scores"]
     zero_shot = report.get("zero_shot")
     note = report.get("zero_shot_note", "")
-    table = Table(title=f"Protocol I: grounding vs oracle on {report['images']} generated images",
+    table = Table(title=f"Protocol I: {' and '.join(labelers)} vs oracle on {report['images']} generated images",
                   caption=f"[bold red]{note}[/]" if zero_shot is False else note)
-    for column, justify in (("class", "left"), ("split", "left"), ("IoU", "right"), ("pairs", "right"),
-                            ("oracle missed", "right")):
-        table.add_column(column, justify=justify)
+    table.add_column("class")
+    table.add_column("split")
+    for labeler in labelers:
+        table.add_column(f"IoU {labeler}", justify="right")
+    table.add_column("pairs", justify="right")
+    table.add_column("oracle missed", justify="right")
     for c in report["classes"]:
-        table.add_row(c["name"], c["split"], _fmt(c["iou"]), str(c["pairs"]), str(c["oracle_missed"]))
-    table.add_row("[bold]mIoU seen[/]", "", f"[bold]{_fmt(report['miou_seen'])}[/]", "", "")
-    unseen = "mIoU unseen" + (" (NOT zero-shot)" if zero_shot is False else "")
-    table.add_row(f"[bold]{unseen}[/]", "", f"[bold]{_fmt(report['miou_unseen'])}[/]", "", "")
+        table.add_row(c["name"], c["split"], *(_fmt(c["iou"][labeler]) for labeler in labelers), str(c["pairs"]),
+                      str(c["oracle_missed"]))
+    for split in ("seen", "unseen"):
+        label = f"mIoU {split}" + (" (NOT zero-shot)" if split == "unseen" and zero_shot is False else "")
+        table.add_row(f"[bold]{label}[/]", "", *(f"[bold]{_fmt(scores[labeler][f'miou_{split}'])}[/]"
+                                                 for labeler in labelers), "", "")
     return table

@@ -34,7 +34,8 @@ class SelfAttentionRefinement(BaseModel):
 
 
 class AttentionSettings(BaseModel):
-    """How the attention labeler turns cross-attention into masks (see the module docstring for sources)."""
+    """How the attention labeler turns cross-attention into masks (see the module docstring for sources);
+    the defaults are DAAM's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     resolutions: tuple[PositiveInt, ...] | None = None  # latent resolutions of the recorded cross-attention
@@ -42,7 +43,7 @@ class AttentionSettings(BaseModel):
     blocks: tuple[Literal[BLOCKS], ...] = BLOCKS  # which UNet parts' layers are recorded
     steps: tuple[float, float] = (0.0, 1.0)  # the recorded part of the sampling run, as fractions: step i
     #   of N (0 = the noisiest) is recorded when start * N <= i < end * N; [0, 1]: every step (DAAM, Dataset Diffusion)
-    threshold: float | Literal["otsu"] = 0.5  # a class's pixels: its normalised map above this (and above
+    threshold: float | Literal["otsu"] = 0.4  # a class's pixels: its normalised map above this (and above
     #   the other classes'); otsu: a threshold per image and class
     uncertain: float | None = None  # pixels whose best class is in [uncertain, threshold): 255, not scored
     refine: SelfAttentionRefinement | None = None  # self-attention propagation (Dataset Diffusion, DiffSegmenter)

@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.config import RunConfig, load_preset
 from pipeline.runtime import Runtime
 from pipeline.training.job import install, new_trainer
@@ -29,23 +31,38 @@ def trained(tmp_path_factory, cache_dir):
     return out
 
 
-def test_eval_grounding_reports_seen_and_unseen_miou(trained, voc):
-    result = datagen("eval", "grounding", *ARGS, "--out", str(trained))
+def test_eval_grounding_reports_seen_and_unseen_miou_of_both_labelers_in_one_table(trained, voc):
+    result = datagen("eval", "grounding", *ARGS, "--out", str(trained), "--labeler", "both")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == json.loads((trained / "eval" / "protocol1.json").read_text())
-    assert report["protocol"] == "I" and report["images"] == 8
+    assert report["protocol"] == "I" and report["images"] == 8 and report["labelers"] == ["grounding", "attention"]
     assert [c["name"] for c in report["classes"]] == [c.name for c in voc.classes]
     assert {c["split"] for c in report["classes"] if c["name"] in ("sheep", "sofa", "train")} == {"unseen"}
     prompted = sum(c["pairs"] + c["oracle_missed"] for c in report["classes"])
     assert 8 <= prompted <= 16  # one or two classes per image
     scored = [c for c in report["classes"] if c["pairs"]]
-    assert scored and all(0 <= c["iou"] <= 1 for c in scored)
-    assert all(c["iou"] is None for c in report["classes"] if not c["pairs"])
-    for split, key in (("seen", "miou_seen"), ("unseen", "miou_unseen")):
-        ious = [c["iou"] for c in scored if c["split"] == split]
-        assert report[key] == (pytest.approx(sum(ious) / len(ious)) if ious else None)
-    assert "Protocol I" in result.stderr and "mIoU unseen" in result.stderr
+    assert scored
+    for labeler in ("grounding", "attention"):
+        assert all(0 <= c["iou"][labeler] <= 1 for c in scored)
+        assert all(c["iou"][labeler] is None for c in report["classes"] if not c["pairs"])
+        for split in ("seen", "unseen"):
+            ious = [c["iou"][labeler] for c in scored if c["split"] == split]
+            expected = pytest.approx(sum(ious) / len(ious)) if ious else None
+            assert report["scores"][labeler][f"miou_{split}"] == expected
+    assert report["scores"]["attention"]["zero_shot"] is True
+    assert report["scores"]["attention"]["attention"]["settings"]["threshold"] == 0.6
+    assert report["scores"]["grounding"]["grounding"]["source"] == "test"
+    assert "IoU grounding" in result.stderr and "IoU attention" in result.stderr and "mIoU unseen" in result.stderr
+
+
+def test_eval_attention_needs_no_checkpoint(tmp_path, cache_dir):
+    result = CliRunner().invoke(app, ["eval", "grounding", *ARGS[:4], "--n", "2", "--batch-size", "2",
+                                      "--labeler", "attention", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "none" / "eval" / "protocol1.json").read_text())
+    assert report["labelers"] == ["attention"] and report["zero_shot"] is True
+    assert sum(c["pairs"] + c["oracle_missed"] for c in report["classes"]) >= 2
 
 
 def test_eval_grounding_without_a_checkpoint_says_so(tmp_path, cache_dir):

@@ -1,0 +1,135 @@
+"""The attention labeler on the tiny preset: token positions, what is recorded (conditional half, chosen
+layers and steps, fused attention everywhere else), map and mask shapes, batch independence."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from pipeline.config import ConfigError, load_preset
+from stages.attention.labeler import AttentionLabeler
+from stages.attention.maps import attention_masks, class_token_positions, otsu_threshold
+from stages.attention.record import AttentionRecorder, AttentionRecordingError, RecordingProcessor
+from stages.attention.settings import AttentionSettings, SelfAttentionRefinement
+from stages.generate import Diffusion
+from stages.models import clip_tokenizer
+from stages.prompts import PromptSpec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
+
+PAIR = PromptSpec(0, "a photograph of a potted plant and a dog", ("pottedplant", "dog"), 11)
+ONE = PromptSpec(1, "a photograph of a cat", ("cat",), 12)
+OTHER = PromptSpec(2, "a photograph of a sheep and a bus", ("sheep", "bus"), 13)
+NAMES = {0: ["potted plant", "dog"], 1: ["cat"], 2: ["sheep", "bus"]}
+REFINED = AttentionSettings(resolutions=(8, 16), refine=SelfAttentionRefinement(resolution=16), threshold=0.6,
+                            uncertain=0.5)
+
+
+def names(specs):
+    return [NAMES[s.index] for s in specs]
+
+
+@pytest.fixture(scope="module")
+def diffusion(tiny_pipe):
+    return Diffusion(tiny_pipe, steps=4, guidance=7.5, capture_step=1)
+
+
+def test_class_tokens_are_found_in_prompt_order_multi_token_names_included():
+    tok = clip_tokenizer()
+    ids = tok("a photograph of a potted plant and a plant").input_ids
+    positions = class_token_positions(tok, "a photograph of a potted plant and a plant", ["potted plant", "plant"])
+    assert positions == [[5, 6], [9]]  # BOS, a, photograph, of, a, potted, plant, and, a, plant
+    assert ids[6] == ids[9] == tok("plant", add_special_tokens=False).input_ids[0]
+    with pytest.raises(AttentionRecordingError, match="'cow'"):
+        class_token_positions(tok, "a photograph of a dog", ["cow"])
+
+
+def test_recording_keeps_fused_attention_on_other_layers_and_images_unchanged(diffusion):
+    unet = diffusion.pipe.unet
+    before = dict(unet.attn_processors)
+    assert all(isinstance(p, AttnProcessor2_0) for p in before.values())
+    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(8,), steps=(0.5, 1.0)))
+    recorded = {layer.name for layer in labeler.cross_layers}
+    assert recorded and all(".attn2." in name for name in recorded)  # the 8x8 cross-attention layers only
+    with AttentionRecorder(unet, labeler.cross_layers, set(labeler.timesteps)) as recorder:
+        during = dict(unet.attn_processors)
+        gen = diffusion.generate([PAIR], capture_features=False)
+    for name, processor in during.items():
+        if name in recorded:
+            assert isinstance(processor, RecordingProcessor)
+        else:
+            assert processor is before[name]  # the very same fused AttnProcessor2_0 instance
+    assert dict(unet.attn_processors) == before  # restored on exit
+    assert len(labeler.timesteps) == 2  # steps [0.5, 1) of 4: the last two
+    assert recorder.take(8).calls == len(recorded) * 2  # each recorded layer at each recorded step
+    np.testing.assert_array_equal(gen.images, diffusion.generate([PAIR], capture_features=False).images)
+
+
+def test_maps_come_from_the_conditional_half_of_the_guided_batch(diffusion):
+    unet = diffusion.pipe.unet
+    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(16,)))
+    latent = diffusion.initial_noise([5])
+    t = labeler.timesteps[0]
+
+    def recorded(unconditional: str, conditional: str) -> torch.Tensor:
+        embeddings = torch.cat([diffusion.encode_prompts([text])[1:] for text in (unconditional, conditional)])
+        with AttentionRecorder(unet, labeler.cross_layers, {t}) as recorder, torch.inference_mode():
+            unet(torch.cat([latent, latent]), t, encoder_hidden_states=embeddings)
+        return recorder.take(16).cross
+
+    base = recorded("", "a photograph of a dog")
+    assert base.shape == (1, 77, 16, 16)
+    torch.testing.assert_close(base.sum(1), torch.ones(1, 16, 16))  # a softmax over the 77 tokens
+    torch.testing.assert_close(recorded("a photograph of a cat", "a photograph of a dog"), base)
+    assert not torch.allclose(recorded("", "a photograph of a cat"), base, atol=1e-4)
+
+
+def test_maps_and_masks_have_the_image_shape_and_masks_are_disjoint(diffusion):
+    labeler = AttentionLabeler(diffusion, REFINED)
+    assert {layer.resolution for layer in labeler.self_layers} == {16}
+    gen, maps = labeler.generate([PAIR, ONE], names([PAIR, ONE]))
+    assert gen.images.shape == (2, 64, 64, 3) and [m.shape for m in maps] == [(2, 64, 64), (1, 64, 64)]
+    for m in maps:  # each class's map spans [0, 1]
+        assert torch.allclose(m.amax((1, 2)), torch.ones(len(m))) and torch.allclose(m.amin((1, 2)), torch.zeros(1))
+    labels = labeler.label(maps[0], [16, 12], list(PAIR.classes))
+    assert all(m.mask.shape == (64, 64) for m in labels.masks) and labels.uncertain.shape == (64, 64)
+    covered = sum(m.mask.astype(int) for m in labels.masks) + labels.uncertain
+    assert covered.max() <= 1  # classes and uncertain pixels never overlap
+
+
+def test_a_samples_maps_do_not_depend_on_its_batch(diffusion):
+    labeler = AttentionLabeler(diffusion, REFINED)
+    _, alone = labeler.generate([PAIR], names([PAIR]))
+    _, first = labeler.generate([PAIR, OTHER], names([PAIR, OTHER]))
+    _, second = labeler.generate([ONE, PAIR], names([ONE, PAIR]))
+    for batched in (first[0], second[1]):
+        torch.testing.assert_close(batched, alone[0], atol=1e-4, rtol=0)  # float32 sums in another order
+    torch.testing.assert_close(second[0], labeler.generate([ONE], names([ONE]))[1][0], atol=1e-4, rtol=0)
+
+
+def test_overlaps_go_to_the_strongest_class_and_the_uncertain_band_is_kept_apart():
+    maps = torch.tensor([[[0.9, 0.7, 0.55, 0.1]], [[0.8, 0.8, 0.1, 0.0]]])  # (2 classes, 1, 4)
+    labels = attention_masks(maps, [1, 2], ["a", "b"], threshold=0.6, uncertain=0.5)
+    assert [m.name for m in labels.masks] == ["a", "b"]
+    np.testing.assert_array_equal(labels.masks[0].mask, [[True, False, False, False]])
+    np.testing.assert_array_equal(labels.masks[1].mask, [[False, True, False, False]])
+    np.testing.assert_array_equal(labels.uncertain, [[False, False, True, False]])
+
+
+def test_otsu_splits_two_modes():
+    values = torch.cat([torch.full((300,), 0.2), torch.full((100,), 0.7)]) + torch.linspace(-0.05, 0.05, 400)
+    assert values[299] < otsu_threshold(values) < values[300]  # 0.225 .. 0.7
+    labels = attention_masks(values.reshape(1, 20, 20), [3], ["a"], threshold="otsu")
+    assert labels.masks[0].mask.sum() == 100
+
+
+def test_settings_that_do_not_fit_fail_with_one_line(diffusion):
+    with pytest.raises(AttentionRecordingError, match=r"at \[16, 8, 4\]"):
+        AttentionLabeler(diffusion, AttentionSettings(resolutions=(32,)))
+    with pytest.raises(AttentionRecordingError, match=r"refine.resolution 4: .* at \[16, 8\]"):  # mid block's 4x4
+        AttentionLabeler(diffusion, AttentionSettings(blocks=("down",), refine=SelfAttentionRefinement(resolution=4)))
+    with pytest.raises(ConfigError, match="attention.steps"):
+        load_preset("tiny", {"attention": {"steps": [0.91, 0.95]}})  # none of the 10 steps
+    for bad in ({"uncertain": 0.7, "threshold": 0.6}, {"threshold": "otsu", "uncertain": 0.3}, {"steps": [0.5, 0.2]}):
+        with pytest.raises(ConfigError, match="attention"):
+            load_preset("tiny", {"attention": bad})
