@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-grounding bench-world clean
+.PHONY: install demo test test-fast bench bench-labelers bench-grounding bench-world clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 # Tiny-preset throughput of the in-process and Ray executors, and the time outside model compute.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/executors.py
+
+# Seconds per image of plain generation and of phase C with each labeler (grounding, attention), 1 thread.
+bench-labelers: $(STAMP)
+	$(BIN)/python benchmarks/labelers.py
 
 # Proof that the grounding module learns: toy shapes in VOC layout, held-out mIoU and CPU time.
 bench-grounding: $(STAMP)

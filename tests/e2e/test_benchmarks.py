@@ -46,3 +46,10 @@ def test_grounding_toy_benchmark(cache_dir, tmp_path):
     assert 0 <= report["miou"] <= 1 and 0 < report["all_background_miou"] <= 1, report
     assert report["validation_curve"][-1] == [2, report["miou"]], report
     assert (tmp_path / "bench" / "toy-voc" / "ImageSets" / "Segmentation" / "val.txt").is_file()
+
+
+def test_labelers_benchmark(cache_dir):
+    """`make bench-labelers` at 2 images: seconds per image of plain generation and of each labeler."""
+    report = run_script("labelers", "--images", "2", "--batch-size", "2", "--repeats", "1", cache_dir=cache_dir)
+    assert [r["what"] for r in report] == ["plain generation", "grounding labeler", "attention labeler"], report
+    assert report[0]["vs_plain"] == 1 and all(r["s_per_image"] > 0 for r in report), report
