@@ -71,6 +71,10 @@ def conditional_probabilities(attn: Attention, hidden_states: torch.Tensor,
                               context: torch.Tensor | None) -> torch.Tensor:
     """(B, queries, keys): softmax(q k^T * scale) of the conditional half ([B:]) of a guided batch of 2B,
     averaged over heads. ``context`` is the prompt embeddings (cross-attention) or None (self-attention)."""
+    if any(getattr(attn, norm, None) is not None for norm in ("group_norm", "spatial_norm", "norm_cross", "norm_q",
+                                                                "norm_k")):
+        raise AttentionRecordingError("this attention layer normalises its inputs, which the recorder does not "
+                                      "reproduce: record Stable Diffusion's transformer attention layers only")
     half = hidden_states.shape[0] // 2
     x = hidden_states[half:]
     keys_from = x if context is None else context[half:]
