@@ -12,7 +12,6 @@ from stages.attention.maps import attention_masks, class_token_positions, otsu_t
 from stages.attention.record import AttentionRecorder, AttentionRecordingError, RecordingProcessor
 from stages.attention.settings import AttentionSettings, SelfAttentionRefinement
 from stages.generate import Diffusion
-from stages.models import clip_tokenizer
 from stages.prompts import PromptSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
@@ -34,8 +33,8 @@ def diffusion(tiny_pipe):
     return Diffusion(tiny_pipe, steps=4, guidance=7.5, capture_step=1)
 
 
-def test_class_tokens_are_found_in_prompt_order_multi_token_names_included():
-    tok = clip_tokenizer()
+def test_class_tokens_are_found_in_prompt_order_multi_token_names_included(tiny_pipe):
+    tok = tiny_pipe.tokenizer  # the real CLIP BPE vocabulary
     ids = tok("a photograph of a potted plant and a plant").input_ids
     positions = class_token_positions(tok, "a photograph of a potted plant and a plant", ["potted plant", "plant"])
     assert positions == [[5, 6], [9]]  # BOS, a, photograph, of, a, potted, plant, and, a, plant
