@@ -34,15 +34,16 @@ from pipeline.runtime import Runtime
 from pipeline.training.job import new_trainer
 
 
-def worker(labeler: str, models: str, vocab: str, images: int, batch_size: int, out: Path) -> ShardWorker:
+def workers(models: str, vocab: str, images: int, batch_size: int, out: Path) -> dict[str, ShardWorker]:
+    """A shard worker per labeler, sharing one runtime (the same loaded models)."""
     preset = load_preset(models, {"batch_size": batch_size, "shard_size": images})
-    config = RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, n=images, labeler=labeler,
-                       device="cpu")
-    runtime = Runtime(config)
-    if labeler == "grounding":
-        runtime.__dict__["grounding"] = new_trainer(config, runtime).module.eval()  # untrained: same cost
-    result = ShardWorker(config, runtime)
-    result.load_models(Phase.LABEL)
+    configs = {labeler: RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, n=images, labeler=labeler,
+                                  device="cpu") for labeler in ("grounding", "attention")}
+    runtime = Runtime(configs["grounding"])
+    runtime.__dict__["grounding"] = new_trainer(configs["grounding"], runtime).module.eval()  # untrained: same cost
+    result = {labeler: ShardWorker(config, runtime) for labeler, config in configs.items()}
+    for w in result.values():
+        w.load_models(Phase.LABEL)
     return result
 
 
@@ -70,23 +71,23 @@ def main(models: Annotated[str, typer.Option(help="Model preset (tiny offline; w
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="datagen-bench-") as out:  # the workers' output folder (unwritten)
-        task = ShardTask(Phase.LABEL, 0, 0, images, Path(out))
-        workers = {labeler: worker(labeler, models, vocab, images, batch_size, Path(out))
-                   for labeler in ("grounding", "attention")}
-    plain = workers["grounding"].runtime.diffusion
-    specs = workers["grounding"].specs(task)
+    out = Path(tempfile.gettempdir()) / "datagen-bench-labelers"  # the workers' output folder: nothing is written
+    task = ShardTask(Phase.LABEL, 0, 0, images, out)
+    by_labeler = workers(models, vocab, images, batch_size, out)
+    plain = by_labeler["grounding"].runtime.diffusion
+    specs = by_labeler["grounding"].specs(task)
 
     def generate_only():
         for i in range(0, images, batch_size):
             plain.generate(specs[i:i + batch_size], capture_features=False)
 
     runs = {"plain generation": generate_only} | {f"{labeler} labeler": (lambda w=w: w.compute(task))
-                                                  for labeler, w in workers.items()}
+                                                  for labeler, w in by_labeler.items()}
     results = seconds_per_image(runs, images, repeats)
+    assert not out.exists()  # compute only: encoding and writing are not measured
     base = results["plain generation"]
     report = [{"what": what, "s_per_image": round(s, 4), "vs_plain": round(s / base, 3)} for what, s in results.items()]
-    steps = workers["attention"].config.preset.steps
+    steps = by_labeler["attention"].config.preset.steps
     print(f"{models} preset, {images} images in batches of {batch_size}, {steps} DDIM steps, 1 torch thread, "
           f"median of {repeats} timed passes")
     for r in report:

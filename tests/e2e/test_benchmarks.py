@@ -49,7 +49,7 @@ def test_grounding_toy_benchmark(cache_dir, tmp_path):
 
 
 def test_labelers_benchmark(cache_dir):
-    """`make bench-labelers` at 2 images: seconds per image of plain generation and of each labeler."""
-    report = run_script("labelers", "--images", "2", "--batch-size", "2", "--repeats", "1", cache_dir=cache_dir)
+    """`make bench-labelers` at 1 image: seconds per image of plain generation and of each labeler."""
+    report = run_script("labelers", "--images", "1", "--batch-size", "1", "--repeats", "1", cache_dir=cache_dir)
     assert [r["what"] for r in report] == ["plain generation", "grounding labeler", "attention labeler"], report
     assert report[0]["vs_plain"] == 1 and all(r["s_per_image"] > 0 for r in report), report
