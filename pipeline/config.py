@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stages.errors import DatagenError
 from stages.generate import FEATURE_LAYOUTS
@@ -70,10 +79,13 @@ class Preset(BaseModel):
     capture_step: int = Field(gt=0)
     features: Literal[FEATURE_LAYOUTS] = "official"  # which UNet outputs the grounding module reads
     dtype: Literal["float32", "float16", "bfloat16"]
-    oracle_weights: str
+    oracle_backend: Literal["torchvision", "detectron2"] = "torchvision"  # the oracle's detector library
+    oracle_config: str | None = Field(None, validate_default=True)  # detectron2 only: a model-zoo config
+    #   name or a .yaml / LazyConfig .py file
+    oracle_weights: str  # torchvision: COCO_V1, tiny, world or a .pth/.safetensors state dict; detectron2: .pkl/.pth
     oracle_score_threshold: float = Field(ge=0, le=1)  # the top instance per class must score this much
     oracle_input_size: Literal["auto"] | PositiveInt = "auto"  # auto: 800 (COCO's scale) on a GPU,
-    #   the image size on a CPU; the detector resizes its input to this short side
+    #   the image size on a CPU (detectron2: its config's test size); the detector resizes its input to this short side
     min_mask_fraction: float = Field(0.001, ge=0, lt=1)  # phase C: a prompted class whose mask covers
     #   less of the image filters the sample ("missing_mask"): it would be written as background
     grounding: GroundingArchitecture = GroundingArchitecture()
@@ -82,6 +94,24 @@ class Preset(BaseModel):
     batch_size: int = Field(gt=0)
     shard_size: int = Field(gt=0)
     world: WorldSpec | None = None  # what `sd: world` / `oracle_weights: world` are built from (datagen world build)
+
+    @field_validator("oracle_config")
+    @classmethod
+    def _config_for_detectron2(cls, config: str | None, info: ValidationInfo) -> str | None:
+        backend = info.data.get("oracle_backend")
+        if backend == "torchvision" and config is not None:
+            raise ValueError("a detectron2 config: set oracle_backend: detectron2, or remove it")
+        if backend == "detectron2" and config is None:
+            raise ValueError("oracle_backend detectron2 needs one: a model-zoo config name (e.g. "
+                             "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) or a .yaml / .py file")
+        return config
+
+    @field_validator("oracle_weights")
+    @classmethod
+    def _checkpoint_for_detectron2(cls, weights: str, info: ValidationInfo) -> str:
+        if info.data.get("oracle_backend") == "detectron2" and Path(weights).suffix not in (".pkl", ".pth"):
+            raise ValueError(f"'{weights}': the detectron2 backend takes a .pkl or .pth checkpoint")
+        return weights
 
 
 def default_cache_dir() -> Path:

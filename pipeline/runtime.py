@@ -14,7 +14,7 @@ from pipeline.world import WORLD, built_world, world_spec
 from stages.generate import Diffusion
 from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
-from stages.oracle import COCO_INPUT_SIZE, Oracle, detector_categories, load_maskrcnn
+from stages.oracle import COCO_INPUT_SIZE, Oracle, import_detectron2_backend, load_oracle
 from stages.weights import WeightsMissingError
 
 TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
@@ -76,18 +76,21 @@ class Runtime:
 
     @cached_property
     def oracle(self) -> Oracle:
-        model = load_maskrcnn(self.oracle_input_size, self.oracle_source(),
-                              box_score_thresh=self.preset.oracle_score_threshold).to(self.device)
-        return Oracle(model, self.config.vocabulary(), score_threshold=self.preset.oracle_score_threshold,
-                      device=self.device, categories=detector_categories(self.oracle_source()))
+        p = self.preset
+        return load_oracle(p.oracle_backend, self.oracle_source(), self.config.vocabulary(), config=p.oracle_config,
+                           input_size=self.oracle_input_size, score_threshold=p.oracle_score_threshold,
+                           device=self.device)
 
     @property
-    def oracle_input_size(self) -> int:
-        """The detector's input size: the preset's, or on ``auto`` COCO's 800 on a GPU (where Mask R-CNN
-        was trained and small objects survive) and the image size on a CPU (4x cheaper at 512)."""
+    def oracle_input_size(self) -> int | None:
+        """The detector's input size: the preset's, or on ``auto`` for torchvision COCO's 800 on a GPU (where
+        Mask R-CNN was trained and small objects survive) and the image size on a CPU (4x cheaper at 512); for
+        detectron2 None, the size its config tests at."""
         size = self.preset.oracle_input_size
         if size != "auto":
             return size
+        if self.preset.oracle_backend == "detectron2":
+            return None
         return COCO_INPUT_SIZE if self.device.startswith("cuda") else self.preset.image_size
 
     @cached_property
@@ -99,7 +102,10 @@ class Runtime:
         return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
 
     def check_weights(self, oracle: bool, grounding: bool) -> None:
-        """Fail fast, before any work, when weights are missing (WeightsMissingError)."""
+        """Fail fast, before any work, when weights are missing (WeightsMissingError) or the oracle's
+        backend is not installed (OracleBackendError, before any model loads)."""
+        if oracle and self.preset.oracle_backend == "detectron2":
+            import_detectron2_backend()
         self.pipe
         if oracle:
             self.oracle

@@ -23,7 +23,7 @@ from pipeline.dataset.layout import (
     ORACLE_DIR,
     RESUME_DIR,
 )
-from pipeline.dataset.provenance import code_version, model_record
+from pipeline.dataset.provenance import code_version, model_record, oracle_record
 from pipeline.dataset.shards import finished_stats
 from pipeline.dataset.zero_shot import LABELS, labels_entry
 from stages.metrics import IGNORE_INDEX
@@ -113,7 +113,8 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str, labell
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
-        "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": model_record(oracle_source)},
+        "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": oracle_record(
+            config.preset.oracle_backend, config.preset.oracle_config, oracle_source)},
         "code": code_version(),
         "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, labelling)

@@ -21,6 +21,14 @@ def _model(record: dict | None, fallback: str) -> str:
     return f"`{record['source']}`, {pin}"
 
 
+def _oracle(record: dict | None, fallback: str) -> str:
+    """The oracle's row: backend (manifests before backends existed: torchvision), config, weights."""
+    record = record or {}
+    config = record.get("config")
+    config = f" `{config['source']}` (sha256 `{config['sha256']}`)" if config else ""
+    return f"`{record.get('backend', 'torchvision')}`{config}, weights {_model(record or None, fallback)}"
+
+
 def _grounding(out: Path) -> str:
     weights, training = out / GROUNDING_DIR / "model.safetensors", out / GROUNDING_DIR / "training.json"
     if not weights.exists():
@@ -76,7 +84,7 @@ masks, or annotated images), which also labels the unseen ones.
 |---|---|
 | code | datagen {code.get('datagen', manifest.get('packages', {}).get('datagen', '?'))}{commit} |
 | Stable Diffusion | {_model(models.get('stable_diffusion'), sources.get('stable_diffusion', '?'))} |
-| Mask R-CNN oracle | {_model(models.get('oracle'), sources.get('oracle', '?'))} |
+| Mask R-CNN oracle | {_oracle(models.get('oracle'), sources.get('oracle', '?'))} |
 | grounding module | {_grounding(out)} |
 {zero_shot_row}
 | model preset | `{config['preset_name']}` |

@@ -97,6 +97,8 @@ def test_dataset_card_pins_what_made_the_data(tiny_dataset):
     manifest = json.loads((tiny_dataset / "manifest.json").read_text())
     assert manifest["model_revisions"]["stable_diffusion"]["sha256"] in card
     assert manifest["model_revisions"]["oracle"]["sha256"] in card
+    assert manifest["model_revisions"]["oracle"]["backend"] == "torchvision"
+    assert "| Mask R-CNN oracle | `torchvision`, weights `" in card
     assert manifest["code"]["datagen"] == "0.1.0" and "git_commit" in manifest["code"]
     assert "| seed | 3 |" in card and "| 16 | pottedplant | unseen |" in card and "noise" in card
     assert "read_webdataset" in card and "load_dataset(\"webdataset\"" in card and "index.wids.json" in card
