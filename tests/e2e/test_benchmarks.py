@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from detectron2_fixtures import needs_detectron2
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,3 +48,12 @@ def test_grounding_toy_benchmark(cache_dir, tmp_path):
     assert 0 <= report["miou"] <= 1 and 0 < report["all_background_miou"] <= 1, report
     assert report["validation_curve"][-1] == [2, report["miou"]], report
     assert (tmp_path / "bench" / "toy-voc" / "ImageSets" / "Segmentation" / "val.txt").is_file()
+
+
+@needs_detectron2
+def test_oracle_backends_benchmark(cache_dir):
+    """`make bench-oracle` at one 32-px image: CPU seconds per image of each backend, without and with detections."""
+    rows = run_script("oracle_backends", "--sizes", "32", "--images", "1", "--image-size", "32", cache_dir=cache_dir)
+    assert [(r["backend"], r["input_size"], r["detections_per_image"] > 0) for r in rows] == [
+        ("torchvision", 32, False), ("detectron2", 32, False), ("torchvision", 32, True), ("detectron2", 32, True)]
+    assert all(math.isfinite(r["cpu_s_per_image"]) and r["cpu_s_per_image"] > 0 for r in rows), rows
