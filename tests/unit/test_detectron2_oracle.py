@@ -10,9 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from detectron2_fixtures import MODEL_ZOO_CONFIG, needs_detectron2, random_checkpoint, write_small_config
 
-from pipeline.config import RunConfig, load_preset, resolve_vocabulary
+from pipeline.cli.options import run_config
+from pipeline.config import CONFIG_DIR, ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.runtime import Runtime
 from stages.oracle import (
     COCO_DETECTOR_CATEGORIES,
@@ -122,6 +124,27 @@ def detectron2_config(tmp_path, **preset) -> RunConfig:
                                   "oracle_weights": str(tmp_path / "model_final.pkl"), **preset})
     return RunConfig(vocab="voc", out=tmp_path / "out", preset_name="d2", preset=preset, n=1, device="cpu",
                      cache_dir=tmp_path / "cache")
+
+
+def test_oracle_weights_flag_replaces_the_detectron2_checkpoint(tmp_path):
+    preset = yaml.safe_load((CONFIG_DIR / "presets" / "tiny.yaml").read_text())
+    preset.update(oracle_backend="detectron2", oracle_config=MODEL_ZOO_CONFIG, oracle_weights="/models/zoo.pkl")
+    (tmp_path / "d2.yaml").write_text(yaml.safe_dump(preset))
+    flags = {"vocab": "voc", "out": tmp_path / "out", "models": str(tmp_path / "d2.yaml"), "seed": 0, "device": "cpu"}
+    assert run_config(**flags).preset.oracle_weights == "/models/zoo.pkl"
+    assert run_config(**flags, oracle_weights="/models/mine.pth").preset.oracle_weights == "/models/mine.pth"
+    with pytest.raises(ConfigError, match=r"oracle_weights: .*'COCO_V1': the detectron2 backend takes a \.pkl"):
+        run_config(**flags, oracle_weights="COCO_V1")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"oracle_backend": "detectron2"}, "oracle_config: .*needs one: a model-zoo config name"),
+    ({"oracle_config": MODEL_ZOO_CONFIG}, "oracle_config: .*set oracle_backend: detectron2"),
+    ({"oracle_backend": "mmdet"}, "oracle_backend: Input should be 'torchvision' or 'detectron2'"),
+])
+def test_presets_that_mix_up_the_backends_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        load_preset("tiny", settings)
 
 
 def test_detectron2_runs_at_its_configs_input_size_unless_the_preset_sets_one(tmp_path):
