@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,6 +27,7 @@ from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
 from stages.world.spec import WorldSpec
+from stages.yaml_file import read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -41,12 +41,14 @@ def one_line(err: ValidationError, name: Callable[[str], str]) -> ConfigError:
     location joins the field path with dots (``train.steps``); ``name`` turns it into what the user
     typed (a flag, a file's key)."""
     first = err.errors()[0]
-    return ConfigError(f"{name('.'.join(str(p) for p in first['loc']))}: {first['msg']}")
+    message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{name('.'.join(str(p) for p in first['loc'])).rstrip(': ')}: {message}")
 
 
 class TrainSettings(TrainOptions):
     """The trainer's options plus what the training jobs feed it (``stages.grounding.train.TrainOptions``)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     batch_size: int = Field(gt=0)
     checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = none
     validate_every: int = Field(0, ge=0)  # steps between validations; the last step always validates
@@ -58,7 +60,7 @@ class Guidance(BaseModel):
     5.0 and tests at 7.5: phase A's oracle data uses ``oracle``; phase C and Protocol I use ``label``.
     A single number sets both."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     oracle: float = 5.0
     label: float = 7.5
 
@@ -69,9 +71,11 @@ class Guidance(BaseModel):
 
 
 class Preset(BaseModel):
-    """Models and their sizes; everything a preset file sets."""
+    """Models and their sizes; everything a preset file sets. Checked whole on loading (no NaN or
+    infinity, a capture step within the steps); ``pipeline.runtime.Runtime.check_preset`` checks the sizes
+    against the models once they are loaded, before any output is written."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sd: str
     image_size: int = Field(gt=0)
     steps: int = Field(gt=0)
@@ -112,6 +116,13 @@ class Preset(BaseModel):
         if info.data.get("oracle_backend") == "detectron2" and Path(weights).suffix not in (".pkl", ".pth"):
             raise ValueError(f"'{weights}': the detectron2 backend takes a .pkl or .pth checkpoint")
         return weights
+
+    @model_validator(mode="after")
+    def _capture_within_steps(self) -> "Preset":
+        if self.capture_step > self.steps:
+            raise ValueError(f"capture_step {self.capture_step} is beyond the {self.steps} steps (it counts DDIM "
+                             "steps from the end: 1 is the last)")
+        return self
 
 
 def default_cache_dir() -> Path:
@@ -167,9 +178,11 @@ def resolve_vocabulary(name_or_path: str) -> Vocabulary:
 
 
 def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
-    raw = yaml.safe_load(config_file("presets", name_or_path, "model preset").read_text())
+    raw = read_yaml_mapping(config_file("presets", name_or_path, "model preset"), "model preset", ConfigError)
     for key, value in (overrides or {}).items():  # nested dicts (e.g. train) are merged, None skipped
         if isinstance(value, dict):
+            if not isinstance(raw.get(key, {}), dict):
+                continue  # the preset's own value is wrong: validation names it
             value = {**raw.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
         if value is not None:
             raw[key] = value

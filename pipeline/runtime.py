@@ -6,13 +6,14 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import ConfigError, RunConfig, one_line
 from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.layout import GROUNDING_DIR
 from pipeline.world import WORLD, built_world, world_spec
 from stages.generate import Diffusion
-from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingModule, load_grounding
+from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingConfig, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
 from stages.oracle import COCO_INPUT_SIZE, Oracle, import_detectron2_backend, load_oracle
 from stages.weights import WeightsMissingError
@@ -93,6 +94,24 @@ class Runtime:
             return None
         return COCO_INPUT_SIZE if self.device.startswith("cuda") else self.preset.image_size
 
+    def check_preset(self) -> None:
+        """The preset's image size and grounding sizes against the loaded models: every UNet resolution whole
+        (image_size a multiple of the VAE's and the UNet's downsampling), one ``reduce_channels`` entry per
+        resolution, a patch size dividing the finest. Refused here, not in phase B after phase A's work."""
+        p, name = self.preset, self.config.preset_name
+        factor, levels = self.pipe.vae_scale_factor, len(self.pipe.unet.config.block_out_channels)
+        multiple = factor * 2 ** (levels - 1)
+        if p.image_size % multiple:
+            raise ConfigError(f"model preset '{name}': image_size {p.image_size} is not a multiple of {multiple} (the "
+                              f"VAE downsamples {factor}x, the UNet {levels - 1} times more by 2), e.g. "
+                              f"{max(1, round(p.image_size / multiple)) * multiple}")
+        resolutions = {p.image_size // factor >> k: 1 for k in range(levels)}
+        try:
+            GroundingConfig(feature_channels=resolutions, text_dim=1, image_size=p.image_size,
+                            **p.grounding.model_dump())
+        except ValidationError as err:
+            raise one_line(err, lambda _: f"model preset '{name}': grounding") from err
+
     @cached_property
     def class_text(self) -> ClassTextEncoder:
         return ClassTextEncoder(self.pipe.text_encoder, self.pipe.tokenizer)
@@ -102,11 +121,13 @@ class Runtime:
         return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
 
     def check_weights(self, oracle: bool, grounding: bool) -> None:
-        """Fail fast, before any work, when weights are missing (WeightsMissingError) or the oracle's
-        backend is not installed (OracleBackendError, before any model loads)."""
+        """Fail fast, before any work, when weights are missing (WeightsMissingError), the oracle's backend
+        is not installed (OracleBackendError, before any model loads) or the preset's sizes do not fit the
+        models (ConfigError, ``check_preset``)."""
         if oracle and self.preset.oracle_backend == "detectron2":
             import_detectron2_backend()
         self.pipe
+        self.check_preset()
         if oracle:
             self.oracle
         if grounding and not (self.config.out / GROUNDING_DIR / WEIGHTS_FILE).exists():
