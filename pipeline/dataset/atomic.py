@@ -37,7 +37,7 @@ def make_folder(path: Path) -> Path:
     """``path`` and its parents created if missing; WriteError naming it when they cannot be."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
-    except FileExistsError as err:
+    except (FileExistsError, NotADirectoryError) as err:
         raise WriteError(f"cannot create folder {path}: a file of that name (or above it) is in the way") from err
     except OSError as err:
         raise WriteError(f"cannot create folder {path}: {err.strerror or err}") from err

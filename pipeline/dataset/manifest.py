@@ -82,9 +82,9 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
 
 
 def whole_manifest(manifest: dict) -> bool:
-    """The parts of a manifest that readers and reruns use are the types datagen writes."""
-    vocabulary, config = manifest.get("vocabulary"), manifest.get("config", {})
-    return isinstance(vocabulary, dict) and whole_class_list(vocabulary.get("classes")) \
+    """The parts of a manifest that readers and reruns use, where present, are the types datagen writes."""
+    vocabulary, config = manifest.get("vocabulary", {}), manifest.get("config", {})
+    return isinstance(vocabulary, dict) and whole_class_list(vocabulary.get("classes", [])) \
         and isinstance(config, dict) and isinstance(config.get("preset", {}), dict)
 
 

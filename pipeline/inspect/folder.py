@@ -105,7 +105,7 @@ def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
     if version > FORMAT_VERSION:
         raise DataError(f"{out} was written in dataset format {version}; this datagen reads format "
                            f"{FORMAT_VERSION} and older: upgrade datagen to read it")
-    if not whole_manifest(manifest):
+    if not whole_manifest(manifest) or "classes" not in manifest["vocabulary"]:
         raise DataError(f"{out}/manifest.json is damaged (its config or vocabulary is not what datagen writes)")
     classes = _read_json(out / "classes.json", "rewrite it by rerunning the run command") \
         if (out / "classes.json").exists() else None

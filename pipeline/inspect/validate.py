@@ -63,7 +63,7 @@ def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
     for sid, shard in found.items():
         stats, where = ds.stats(shard), f"{ds.folder.name}/{shard.name}"
         if not whole_stats(stats):
-            problems.append(Problem(where, None, "its stats are damaged (counts that are not integers): the shard "
+            problems.append(Problem(where, None, "its stats are damaged (counts missing or not integers): the shard "
                                     "counts as unfinished; rerun the run command to redo it"))
             samples += _check_shard(ds, shard, None, where, problems)
             continue
