@@ -90,8 +90,10 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, ...], class_ids: Collec
     says what they are, for the message)."""
     if mask.shape != tuple(image_shape[:2]):
         raise DataError(f"{member} is {mask.shape[1]}x{mask.shape[0]}, the image {image_shape[1]}x{image_shape[0]}")
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    if bad := sorted(set(present.tolist()) - {0, IGNORE_INDEX, *class_ids}):
+    ok = np.zeros(256, dtype=bool)
+    ok[[0, IGNORE_INDEX, *(i for i in class_ids if 0 <= i < 256)]] = True
+    if not np.take(ok, mask).all():  # a table lookup: 0.7 ms for 512x512 (np.unique: 10x that)
+        bad = np.flatnonzero(np.bincount(mask.ravel(), minlength=256) * ~ok).tolist()
         raise DataError(f"{member} holds class ids {bad}, not 0/{IGNORE_INDEX} or {allowed}")
 
 
