@@ -148,18 +148,21 @@ class _CheckedShards:
     or more samples than its stats say (none at all when it has no stats)."""
 
     def __init__(self, handler):
-        self.handler = handler
+        self.handler, self.stopped = handler, False
 
     def __call__(self, sources):
-        keys, current = set(), None
+        keys, current, self.stopped = set(), None, False
         for source in sources:
             if source.get("pass") != current:
                 keys, current = set(), source.get("pass")
             yield from self._shard(source["url"], keys)
+            if self.stopped:
+                return
 
     def _refused(self, err: DataError) -> bool:
-        """True to go on (the handler skipped it), False to stop reading."""
-        return bool(self.handler(err))
+        """True to go on (the handler skipped it); False when the handler asks to stop reading."""
+        self.stopped = not self.handler(err)
+        return not self.stopped
 
     def _shard(self, url: str, keys: set[str]):
         count = 0

@@ -193,3 +193,11 @@ def test_first_sample_is_checked_like_the_rest(dataset):
     write_shard(dataset / "data", 0, raw, json.loads((dataset / "data" / "shard-000000.stats.json").read_text()))
     with pytest.raises(DataError, match="key 000000000000: seg.png holds class ids \\[99\\]"):
         first_sample(dataset)
+
+
+def test_a_handler_that_returns_false_stops_reading_there(dataset):
+    set_member("pyd", pickle.dumps(1))(dataset)  # refused by the shard stage
+    copy_shard_0_as_shard_2(dataset)  # would be refused later, if reading went on
+    refused = []
+    read = [meta["key"] for *_, meta in training_dataset(dataset, handler=lambda err: refused.append(err) and False)]
+    assert read == ["000000000000", "000000000001", "000000000002", "000000000003"] and len(refused) == 1
