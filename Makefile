@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-labelers bench-grounding bench-world clean
+.PHONY: install demo test test-fast bench bench-labelers bench-grounding bench-world bench-oracle clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -41,6 +41,11 @@ bench-grounding: $(STAMP)
 # Proof on a miniature world: build (or reuse) the world's models, run datagen on it, print the table.
 bench-world: $(STAMP)
 	$(BIN)/python benchmarks/world.py --out runs/bench-world
+
+# CPU seconds per image of the oracle's backends, torchvision and detectron2, at the same input sizes
+# (needs detectron2: README, "The detectron2 oracle backend").
+bench-oracle: $(STAMP)
+	$(BIN)/python benchmarks/oracle_backends.py
 
 clean:
 	rm -rf $(VENV) runs

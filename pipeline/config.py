@@ -10,8 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stages.attention.settings import AttentionSettings
 from stages.errors import DatagenError
@@ -20,10 +28,12 @@ from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
 from stages.world.spec import WorldSpec
+from stages.yaml_file import read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 LABELERS = ("grounding", "attention")  # phase C's labelers: the trained grounding module, or cross-attention maps
-GROUNDING_ONLY = ("oracle_weights", "oracle_score_threshold", "oracle_input_size", "grounding", "train", "bootstrap_n")
+GROUNDING_ONLY = ("oracle_backend", "oracle_config", "oracle_weights", "oracle_score_threshold",  # preset keys the
+                  "oracle_input_size", "grounding", "train", "bootstrap_n")  # attention labeler does not use
 
 
 class ConfigError(DatagenError, ValueError):
@@ -35,12 +45,14 @@ def one_line(err: ValidationError, name: Callable[[str], str]) -> ConfigError:
     location joins the field path with dots (``train.steps``); ``name`` turns it into what the user
     typed (a flag, a file's key)."""
     first = err.errors()[0]
-    return ConfigError(f"{name('.'.join(str(p) for p in first['loc']))}: {first['msg']}")
+    message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{name('.'.join(str(p) for p in first['loc'])).rstrip(': ')}: {message}")
 
 
 class TrainSettings(TrainOptions):
     """The trainer's options plus what the training jobs feed it (``stages.grounding.train.TrainOptions``)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     batch_size: int = Field(gt=0)
     checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = none
     validate_every: int = Field(0, ge=0)  # steps between validations; the last step always validates
@@ -52,7 +64,7 @@ class Guidance(BaseModel):
     5.0 and tests at 7.5: phase A's oracle data uses ``oracle``; phase C and Protocol I use ``label``.
     A single number sets both."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     oracle: float = 5.0
     label: float = 7.5
 
@@ -63,9 +75,12 @@ class Guidance(BaseModel):
 
 
 class Preset(BaseModel):
-    """Models and their sizes; everything a preset file sets."""
+    """Models and their sizes; everything a preset file sets. Checked whole on loading (no NaN or
+    infinity, a capture step within the steps, attention steps that select one of them);
+    ``pipeline.runtime.Runtime.check_preset`` checks the sizes against the models once they are loaded,
+    before any output is written."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sd: str
     image_size: int = Field(gt=0)
     steps: int = Field(gt=0)
@@ -73,10 +88,13 @@ class Preset(BaseModel):
     capture_step: int = Field(gt=0)
     features: Literal[FEATURE_LAYOUTS] = "official"  # which UNet outputs the grounding module reads
     dtype: Literal["float32", "float16", "bfloat16"]
-    oracle_weights: str
+    oracle_backend: Literal["torchvision", "detectron2"] = "torchvision"  # the oracle's detector library
+    oracle_config: str | None = Field(None, validate_default=True)  # detectron2 only: a model-zoo config
+    #   name or a .yaml / LazyConfig .py file
+    oracle_weights: str  # torchvision: COCO_V1, tiny, world or a .pth/.safetensors state dict; detectron2: .pkl/.pth
     oracle_score_threshold: float = Field(ge=0, le=1)  # the top instance per class must score this much
     oracle_input_size: Literal["auto"] | PositiveInt = "auto"  # auto: 800 (COCO's scale) on a GPU,
-    #   the image size on a CPU; the detector resizes its input to this short side
+    #   the image size on a CPU (detectron2: its config's test size); the detector resizes its input to this short side
     min_mask_fraction: float = Field(0.001, ge=0, lt=1)  # phase C: a prompted class whose mask covers
     #   less of the image filters the sample ("missing_mask"): it would be written as background
     grounding: GroundingArchitecture = GroundingArchitecture()
@@ -87,8 +105,29 @@ class Preset(BaseModel):
     shard_size: int = Field(gt=0)
     world: WorldSpec | None = None  # what `sd: world` / `oracle_weights: world` are built from (datagen world build)
 
+    @field_validator("oracle_config")
+    @classmethod
+    def _config_for_detectron2(cls, config: str | None, info: ValidationInfo) -> str | None:
+        backend = info.data.get("oracle_backend")
+        if backend == "torchvision" and config is not None:
+            raise ValueError("a detectron2 config: set oracle_backend: detectron2, or remove it")
+        if backend == "detectron2" and config is None:
+            raise ValueError("oracle_backend detectron2 needs one: a model-zoo config name (e.g. "
+                             "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) or a .yaml / .py file")
+        return config
+
+    @field_validator("oracle_weights")
+    @classmethod
+    def _checkpoint_for_detectron2(cls, weights: str, info: ValidationInfo) -> str:
+        if info.data.get("oracle_backend") == "detectron2" and Path(weights).suffix not in (".pkl", ".pth"):
+            raise ValueError(f"'{weights}': the detectron2 backend takes a .pkl or .pth checkpoint")
+        return weights
+
     @model_validator(mode="after")
-    def _attention_records_a_step(self) -> Preset:
+    def _steps_within_the_run(self) -> Preset:
+        if self.capture_step > self.steps:
+            raise ValueError(f"capture_step {self.capture_step} is beyond the {self.steps} steps (it counts DDIM "
+                             "steps from the end: 1 is the last)")
         if not self.attention.recorded_steps(self.steps):
             raise ValueError(f"attention.steps {list(self.attention.steps)} select none of the {self.steps} "
                              "sampling steps")
@@ -156,9 +195,11 @@ def resolve_vocabulary(name_or_path: str) -> Vocabulary:
 
 
 def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
-    raw = yaml.safe_load(config_file("presets", name_or_path, "model preset").read_text())
+    raw = read_yaml_mapping(config_file("presets", name_or_path, "model preset"), "model preset", ConfigError)
     for key, value in (overrides or {}).items():  # nested dicts (e.g. train) are merged, None skipped
         if isinstance(value, dict):
+            if not isinstance(raw.get(key, {}), dict):
+                continue  # the preset's own value is wrong: validation names it
             value = {**raw.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
         if value is not None:
             raw[key] = value

@@ -6,16 +6,17 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import ConfigError, RunConfig, one_line
 from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.layout import GROUNDING_DIR
 from pipeline.world import WORLD, built_world, world_spec
 from stages.attention.labeler import AttentionLabeler
 from stages.generate import Diffusion
-from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingModule, load_grounding
+from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingConfig, GroundingModule, load_grounding
 from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
-from stages.oracle import COCO_INPUT_SIZE, Oracle, detector_categories, load_maskrcnn
+from stages.oracle import COCO_INPUT_SIZE, Oracle, import_detectron2_backend, load_oracle
 from stages.weights import WeightsMissingError
 
 TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
@@ -83,19 +84,43 @@ class Runtime:
 
     @cached_property
     def oracle(self) -> Oracle:
-        model = load_maskrcnn(self.oracle_input_size, self.oracle_source(),
-                              box_score_thresh=self.preset.oracle_score_threshold).to(self.device)
-        return Oracle(model, self.config.vocabulary(), score_threshold=self.preset.oracle_score_threshold,
-                      device=self.device, categories=detector_categories(self.oracle_source()))
+        p = self.preset
+        return load_oracle(p.oracle_backend, self.oracle_source(), self.config.vocabulary(), config=p.oracle_config,
+                           input_size=self.oracle_input_size, score_threshold=p.oracle_score_threshold,
+                           device=self.device)
 
     @property
-    def oracle_input_size(self) -> int:
-        """The detector's input size: the preset's, or on ``auto`` COCO's 800 on a GPU (where Mask R-CNN
-        was trained and small objects survive) and the image size on a CPU (4x cheaper at 512)."""
+    def oracle_input_size(self) -> int | None:
+        """The detector's input size: the preset's, or on ``auto`` for torchvision COCO's 800 on a GPU (where
+        Mask R-CNN was trained and small objects survive) and the image size on a CPU (4x cheaper at 512); for
+        detectron2 None, the size its config tests at."""
         size = self.preset.oracle_input_size
         if size != "auto":
             return size
+        if self.preset.oracle_backend == "detectron2":
+            return None
         return COCO_INPUT_SIZE if self.device.startswith("cuda") else self.preset.image_size
+
+    def check_preset(self, grounding: bool = True) -> None:
+        """The preset's image size and (``grounding``) grounding sizes against the loaded models: every UNet
+        resolution whole (image_size a multiple of the VAE's and the UNet's downsampling), one
+        ``reduce_channels`` entry per resolution, a patch size dividing the finest. Refused here, not in
+        phase B after phase A's work."""
+        p, name = self.preset, self.config.preset_name
+        factor, levels = self.pipe.vae_scale_factor, len(self.pipe.unet.config.block_out_channels)
+        multiple = factor * 2 ** (levels - 1)
+        if p.image_size % multiple:
+            raise ConfigError(f"model preset '{name}': image_size {p.image_size} is not a multiple of {multiple} (the "
+                              f"VAE downsamples {factor}x, the UNet {levels - 1} times more by 2), e.g. "
+                              f"{max(1, round(p.image_size / multiple)) * multiple}")
+        if not grounding:
+            return
+        resolutions = {p.image_size // factor >> k: 1 for k in range(levels)}
+        try:
+            GroundingConfig(feature_channels=resolutions, text_dim=1, image_size=p.image_size,
+                            **p.grounding.model_dump())
+        except ValidationError as err:
+            raise one_line(err, lambda _: f"model preset '{name}': grounding") from err
 
     @cached_property
     def class_text(self) -> ClassTextEncoder:
@@ -106,9 +131,14 @@ class Runtime:
         return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
 
     def check_weights(self, oracle: bool, grounding: bool, attention: bool = False) -> None:
-        """Fail fast, before any work, when weights are missing (WeightsMissingError) or the attention
-        settings do not fit the UNet (AttentionRecordingError)."""
+        """Fail fast, before any work, when weights are missing (WeightsMissingError), the oracle's backend
+        is not installed (OracleBackendError, before any model loads; only when the oracle is used), the
+        preset's sizes do not fit the models (ConfigError, ``check_preset``; the grounding sizes unless only
+        the attention labeler is used) or the attention settings do not fit the UNet (AttentionRecordingError)."""
+        if oracle and self.preset.oracle_backend == "detectron2":
+            import_detectron2_backend()
         self.pipe
+        self.check_preset(grounding=grounding or not attention)
         if attention:
             self.attention
         if oracle:

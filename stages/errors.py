@@ -10,3 +10,8 @@ class DatagenError(Exception):
 
 class DataError(DatagenError, ValueError):
     """Input data that cannot be used: a folder, image, mask, shard or JSON file; named in the message."""
+
+
+class WriteError(DatagenError):
+    """An output file or folder that cannot be written (full disk, read-only file system, no permission);
+    named in the message. What was written before it stays whole: writes are atomic."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import string
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from stages.errors import DatagenError
+from stages.yaml_file import read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -67,26 +69,35 @@ class VocabularyError(DatagenError, ValueError):
     """A vocabulary file that cannot be used."""
 
 
+KEYS = {"name", "classes", "unseen", "templates", "pair_templates", "text_template"}
+CLASS_KEYS = {"name", "detector", "synonyms"}
+RESERVED = "background"  # id 0 of every mask: no class may be called so
+FORBIDDEN = "|"  # breaks the dataset card's class table
+
+
+def normalize(name: str) -> str:
+    """"Potted plant", "potted_plant" and "pottedplant" are one name."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 def load_vocabulary(path: Path) -> Vocabulary:
-    """Read a vocabulary YAML file (see configs/vocab/voc.yaml for the format)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise VocabularyError(f"cannot read vocabulary {path}: {err}") from err
-    if not isinstance(raw, dict) or not isinstance(raw.get("classes"), list) or not raw["classes"]:
+    """Read a vocabulary YAML file (see configs/vocab/voc.yaml for the format); VocabularyError, one line
+    naming the file and the entry, for anything a run could not use as it reads."""
+    raw = read_yaml_mapping(path, "vocabulary", VocabularyError)
+
+    def fail(problem: str) -> VocabularyError:
+        return VocabularyError(f"vocabulary {path}: {problem}")
+
+    if unknown := sorted(set(raw) - KEYS):
+        raise fail(f"unknown keys {unknown} (known: {sorted(KEYS)})")
+    if not isinstance(raw.get("classes"), list) or not raw["classes"]:
         raise VocabularyError(f"vocabulary {path} has no 'classes' list")
-    unseen = set(raw.get("unseen", []))
-    classes = []
-    for i, entry in enumerate(raw["classes"], start=1):
-        entry = {"name": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict) or not entry.get("name"):
-            raise VocabularyError(f"vocabulary {path}: class #{i} has no name")
-        name = str(entry["name"])
-        classes.append(ClassInfo(
-            id=i, name=name, seen=name not in unseen,
-            detector_name=str(entry.get("detector", name)),
-            synonyms=tuple(entry.get("synonyms", ())),
-        ))
+    unseen = set(_names(raw.get("unseen", []), "unseen", fail))
+    classes = [_class(i, entry, unseen, fail) for i, entry in enumerate(raw["classes"], start=1)]
+    spellings: dict[str, str] = {}  # normalised name -> the first class spelled so
+    for c in classes:
+        if (twin := spellings.setdefault(normalize(c.name), c.name)) != c.name:
+            raise fail(f"classes '{twin}' and '{c.name}' are one name once case, spaces and punctuation are ignored")
     names = [c.name for c in classes]
     if len(set(names)) != len(names):
         raise VocabularyError(f"vocabulary {path} repeats a class name")
@@ -94,7 +105,62 @@ def load_vocabulary(path: Path) -> Vocabulary:
         raise VocabularyError(f"vocabulary {path}: unseen classes not in the class list: {sorted(missing)}")
     if len(classes) > 254:
         raise VocabularyError(f"vocabulary {path} has {len(classes)} classes; seg.png holds at most 254")
-    kwargs = {k: tuple(raw[k]) for k in ("templates", "pair_templates") if k in raw}
+    kwargs = {key: tuple(_templates(raw[key], key, places, fail))
+              for key, places in (("templates", 1), ("pair_templates", 2)) if key in raw}
     if "text_template" in raw:
-        kwargs["text_template"] = raw["text_template"]
-    return Vocabulary(name=raw.get("name", Path(path).stem), classes=tuple(classes), **kwargs)
+        kwargs["text_template"] = _template(raw["text_template"], "text_template", 1, fail)
+    name = raw.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name.strip():
+        raise fail(f"name must be a text, not {name!r}")
+    return Vocabulary(name=name, classes=tuple(classes), **kwargs)
+
+
+def _class(i: int, entry, unseen: set[str], fail) -> ClassInfo:
+    """Class #i of the list: a name, or a mapping with name, detector and synonyms."""
+    entry = entry if isinstance(entry, dict) else {"name": entry}
+    if unknown := sorted(set(entry) - CLASS_KEYS):
+        raise fail(f"class #{i} has unknown keys {unknown} (known: {sorted(CLASS_KEYS)})")
+    name = _name(entry.get("name"), f"class #{i}", fail)
+    if FORBIDDEN in name:
+        raise fail(f"class #{i} {name!r} holds '{FORBIDDEN}': class names appear in the dataset card's table")
+    if normalize(name) == RESERVED:
+        raise fail(f"class #{i} is named {name!r}: '{RESERVED}' is id 0 of every mask, not a class")
+    detector = _name(entry.get("detector", name), f"class #{i} {name!r}: detector", fail)
+    synonyms = _names(entry.get("synonyms", []), f"class #{i} {name!r}: synonyms", fail)
+    return ClassInfo(id=i, name=name, seen=name not in unseen, detector_name=detector, synonyms=tuple(synonyms))
+
+
+def _name(value, where: str, fail) -> str:
+    """A class name or spelling: a non-empty text on one line, with a letter or digit."""
+    if not isinstance(value, str) or not value.strip():
+        raise fail(f"{where} must be a name (a text), not {value!r}")
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise fail(f"{where} {value!r} holds a line break or control character")
+    if not normalize(value):
+        raise fail(f"{where} {value!r} has no letter or digit")
+    return value
+
+
+def _names(value, where: str, fail) -> list[str]:
+    if not isinstance(value, list):
+        raise fail(f"{where} must be a list of names, not {value!r}")
+    return [_name(v, f"{where} entry", fail) for v in value]
+
+
+def _templates(value, key: str, places: int, fail) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise fail(f"{key} must be a non-empty list of texts, not {value!r}")
+    return [_template(v, key, places, fail) for v in value]
+
+
+def _template(value, key: str, places: int, fail) -> str:
+    """A prompt template with exactly ``places`` '{}' placeholders (one per class it names)."""
+    if not isinstance(value, str):
+        raise fail(f"{key} entry {value!r} is not a text")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as err:
+        raise fail(f"{key} entry {value!r}: {err}") from err
+    if len(fields) != places or any(fields):
+        raise fail(f"{key} entry {value!r} must hold exactly {places} '{{}}' placeholder{'s' * (places > 1)}")
+    return value

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +119,14 @@ def corrupt_member(shard: Path, key: str, member: str = "jpg", data: bytes = b"n
                 content = data
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(content))
+
+
+def decompression_bomb(side: int = 30000) -> bytes:
+    """A PNG whose header says side x side 8-bit pixels (900 MB at 30000) in a file of a few hundred bytes:
+    its pixel data stops after one row, so only a reader that trusts the header before decoding pays."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # grey, 8 bits, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) \
+        + chunk(b"IEND", b"")

@@ -11,9 +11,9 @@ from pipeline.cli import options as opt
 from pipeline.cli.app import app, console, eval_app
 from pipeline.cli.progress import progress_bar
 from pipeline.dataset import zero_shot
-from pipeline.dataset.atomic import write_json_atomic
+from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.layout import EVAL_DIR
-from pipeline.dataset.manifest import check_output, output_lock
+from pipeline.dataset.manifest import check_output, check_writable, output_lock
 from pipeline.dataset.voc import voc_images
 from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
 from pipeline.runtime import Runtime
@@ -47,7 +47,8 @@ def train_annotated(
     runtime.check_weights(oracle=False, grounding=False)
     for name in filter(None, (split, val_split)):  # a bad folder is one line, before --out exists or a bar is drawn
         voc_images(data, name)
-    config.out.mkdir(parents=True, exist_ok=True)
+    check_writable(config.out)
+    make_folder(config.out)
     with output_lock(config), progress_bar(console) as progress:
         record = train_on_annotated(config, runtime, data, split, val_split or None, progress, train_on_unseen)
     last = record["validation"][-1]["miou"] if record["validation"] else None
@@ -82,7 +83,7 @@ def eval_grounding(
         bar = progress.add_task("Protocol I", total=n)
         report = evaluate_labelers(config, runtime, n, labelers, lambda k: progress.advance(bar, k))
     target = json_path or config.out / EVAL_DIR / "protocol1.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     write_json_atomic(target, report)
     console.print(protocol1_table(report))
     console.print(f"report: {target}", highlight=False)

@@ -19,7 +19,9 @@ Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), ti
                                           "world), or a YAML file.")]
 Seed = Annotated[int, typer.Option(help="Run seed: same config and seed give the same samples.")]
 SdPath = Annotated[str | None, typer.Option(help="Stable Diffusion hub id or local diffusers folder.")]
-OracleWeights = Annotated[str | None, typer.Option(help="Mask R-CNN state dict (.pth/.safetensors) or COCO_V1.")]
+OracleWeights = Annotated[str | None, typer.Option(help="Oracle weights: COCO_V1 or a torchvision Mask R-CNN state "
+                                                       "dict (.pth/.safetensors); a detectron2 checkpoint (.pkl/.pth) "
+                                                       "for oracle_backend: detectron2.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 BootstrapN = Annotated[int | None, typer.Option(help="Oracle samples for training (phase A).")]
 TrainSteps = Annotated[int | None, typer.Option(help="Grounding training steps (phase B).")]

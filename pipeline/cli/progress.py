@@ -17,18 +17,29 @@ from rich.text import Text
 
 
 class ItemsPerSecond(ProgressColumn):
-    """The task's rate, e.g. ``2.50 samples/s`` (nothing until rich has measured one); a task may name
-    its own unit (``progress.add_task(..., unit="images")``)."""
+    """The task's rate, e.g. ``2.50 samples/s`` (nothing until rich has measured one, or while it is not
+    positive: a retried shard takes back the samples it had counted); a task may name its own unit
+    (``progress.add_task(..., unit="images")``)."""
 
     def __init__(self, unit: str = "samples"):
         super().__init__()
         self.unit = unit
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} {task.fields.get('unit', self.unit)}/s" if task.speed else "")
+        speed = task.speed
+        return Text(f"{speed:.2f} {task.fields.get('unit', self.unit)}/s" if speed and speed > 0 else "")
+
+
+class TimeRemaining(TimeRemainingColumn):
+    """rich's estimate, unknown (``-:--:--``) while the rate is not positive instead of a negative time."""
+
+    def render(self, task) -> Text:
+        if not task.finished and task.speed is not None and task.speed <= 0:
+            return Text("-:--:--", style="progress.remaining")
+        return super().render(task)
 
 
 def progress_bar(console: Console, unit: str = "samples") -> Progress:
     """A Progress on ``console`` whose rate column counts ``unit`` (samples, steps, images...)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(unit),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemaining(), console=console, transient=False)

@@ -15,8 +15,15 @@ from pipeline.cli import options as opt
 from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
 from pipeline.config import ConfigError, RunConfig, resolve_vocabulary
-from pipeline.dataset.layout import ALL_PHASES, DATA_DIR, MANIFEST, WIDS_INDEX, Phase
-from pipeline.dataset.manifest import check_output, output_lock, prepare_output, record_labeller
+from pipeline.dataset.layout import ALL_PHASES, CLASSES, DATA_DIR, MANIFEST, WIDS_INDEX, Phase
+from pipeline.dataset.manifest import (
+    check_output,
+    check_writable,
+    output_lock,
+    prepare_output,
+    record_labeller,
+    restore_classes,
+)
 from pipeline.dataset.plan import errored_samples
 from pipeline.dataset.reader import write_wids_index
 from pipeline.dataset.shards import finished_stats, summarize
@@ -36,10 +43,15 @@ def _execute(config: RunConfig, phases: frozenset[Phase], settings: ExecutorSett
     check_output(config, labelling=labelling)
     if not has_pending_work(config, phases):
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
-        if labelling:
-            _write_card_and_index(config, only_if_stale=True)
+        with output_lock(config):
+            if restore_classes(config):
+                console.print(f"rewrote {config.out / CLASSES} (it was missing, damaged or another vocabulary's)",
+                              highlight=False)
+            if labelling:
+                _write_card_and_index(config, only_if_stale=True)
         _print_summary(config, phases)
         return
+    check_writable(config.out)
     with output_lock(config):
         if config.out.exists():
             recover_interrupted_training(config.out)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from stages.errors import WriteError
+
 STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live writer
 
 
@@ -26,10 +28,27 @@ def temporary_path(path: Path, kind: str = "tmp") -> Path:
     return Path(f"{path}.{kind}{uuid.uuid4().hex}")
 
 
+def cannot_write(path: Path, err: OSError) -> WriteError:
+    """The one line for an ``OSError`` while writing ``path`` (full disk, read-only file system, permissions)."""
+    return WriteError(f"cannot write {path}: {err.strerror or err}")
+
+
+def make_folder(path: Path) -> Path:
+    """``path`` and its parents created if missing; WriteError naming it when they cannot be."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise WriteError(f"cannot create folder {path}: a file of that name (or above it) is in the way") from err
+    except OSError as err:
+        raise WriteError(f"cannot create folder {path}: {err.strerror or err}") from err
+    return Path(path)
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is flushed to disk and renamed to ``path``.
-    On any failure the temporary is removed and ``path`` keeps its previous content."""
+    On any failure the temporary is removed and ``path`` keeps its previous content; an ``OSError``
+    (a full disk...) becomes a WriteError naming ``path``."""
     path = Path(path)
     tmp = temporary_path(path)
     try:
@@ -37,6 +56,10 @@ def replacing(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise cannot_write(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -65,6 +88,8 @@ def create_exclusive(path: Path, data: bytes) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError as err:
+        raise cannot_write(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -72,7 +97,8 @@ def create_exclusive(path: Path, data: bytes) -> bool:
 def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:
     """Let ``fill`` write a new version of ``folder`` into an empty temporary folder, then swap it in.
     Some version of ``folder`` exists at every moment but between the two renames, which
-    ``recover_folder`` repairs."""
+    ``recover_folder`` repairs. On any failure the temporary folder is removed and the previous
+    version stays; an ``OSError`` (a full disk...) becomes a WriteError naming ``folder``."""
     folder = Path(folder)
     tmp, old = temporary_path(folder), temporary_path(folder, "old")
     try:
@@ -81,6 +107,10 @@ def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise cannot_write(folder, err) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
-from stages.vocab import Vocabulary
-
-
-def normalize(name: str) -> str:
-    """"Potted plant", "potted_plant" and "pottedplant" are one name."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+from stages.vocab import Vocabulary, normalize
 
 
 def name_index(vocabulary: Vocabulary) -> dict[str, int]:

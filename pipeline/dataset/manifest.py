@@ -6,13 +6,22 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.dataset.atomic import create_exclusive, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from pipeline.dataset.atomic import (
+    create_exclusive,
+    make_folder,
+    remove_stale_temporaries,
+    temporary_path,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipeline.dataset.layout import (
     CLASSES,
     DATA_DIR,
@@ -23,8 +32,8 @@ from pipeline.dataset.layout import (
     ORACLE_DIR,
     RESUME_DIR,
 )
-from pipeline.dataset.provenance import code_version, model_record
-from pipeline.dataset.shards import finished_stats
+from pipeline.dataset.provenance import code_version, model_record, oracle_record
+from pipeline.dataset.shards import finished_stats, read_json_object
 from pipeline.dataset.zero_shot import LABELS, attention_labels_entry, labels_entry
 from stages.metrics import IGNORE_INDEX
 
@@ -52,9 +61,14 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         try:
-            old = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{manifest_path} is not valid JSON: {err}") from err
+            old = read_json_object(manifest_path)
+        except ValueError as err:
+            raise ConfigError(f"{manifest_path} is damaged ({err}): it cannot tell which config made {out}, so "
+                              "nothing there is touched; restore it, or choose another --out") from err
+        if not whole_manifest(old):
+            raise ConfigError(f"{manifest_path} is damaged (its config or vocabulary is not what datagen writes): it "
+                              f"cannot tell which config made {out}, so nothing there is touched; restore it, or "
+                              "choose another --out")
         if old.get("fingerprint") != config.fingerprint():
             raise ConfigError(
                 f"{out} holds a dataset made with another config (fingerprint {old.get('fingerprint')}, "
@@ -67,6 +81,35 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
                           f"pass --n {written_to} or more, or choose another --out")
 
 
+def whole_manifest(manifest: dict) -> bool:
+    """The parts of a manifest that readers and reruns use, where present, are the types datagen writes."""
+    vocabulary, config = manifest.get("vocabulary", {}), manifest.get("config", {})
+    return isinstance(vocabulary, dict) and whole_class_list(vocabulary.get("classes", [])) \
+        and isinstance(config, dict) and isinstance(config.get("preset", {}), dict)
+
+
+def whole_class_list(entries) -> bool:
+    """A class list as classes.json and the manifest's vocabulary hold it: distinct ids 1..254, names, seen."""
+    return isinstance(entries, list) and all(
+        isinstance(c, dict) and type(c.get("id")) is int and 0 < c["id"] < 255 and isinstance(c.get("name"), str)
+        and isinstance(c.get("seen"), bool) for c in entries) and len({c["id"] for c in entries}) == len(entries)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, an --out that cannot be written here: a file stands in its path, or a
+    folder cannot be made in its nearest existing folder (a read-only file system, no permission, a
+    virtual file system such as /proc), tried with an empty probe folder removed at once."""
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
+    probe = temporary_path(existing / ".datagen-probe")
+    try:
+        probe.mkdir()
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write in {existing} ({err.strerror or err})") from err
+    probe.rmdir()
+
+
 def _grounding_output(name: str) -> bool:
     """What `datagen train-annotated` (a checkpoint, its resume folder, their temporaries) and `datagen eval
     grounding` write in a folder before it holds a dataset: `datagen label` may make that folder its dataset,
@@ -76,17 +119,35 @@ def _grounding_output(name: str) -> bool:
 
 @contextmanager
 def output_lock(config: RunConfig) -> Iterator[None]:
-    """Hold an exclusive lock on the output folder (kept in the cache, so no stray file in OUT)."""
-    locks = config.cache_dir / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
+    """Hold an exclusive lock on the output folder (kept in the cache, so no stray file in OUT). The lock
+    file is removed on release, while still locked: a process that opened it meanwhile finds, once it
+    holds its lock, that the name points elsewhere, and locks the name's new file instead."""
     key = hashlib.sha256(str(config.out.resolve()).encode()).hexdigest()[:16]
-    with open(locks / f"{key}.lock", "w") as handle:
+    path = make_folder(config.cache_dir / "locks") / f"{key}.lock"
+    while True:
+        handle = open(path, "a")  # held open for the whole block, closed below
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise ConfigError(f"another datagen process is writing to {config.out}; wait for it or choose "
                               "another --out") from None
+        if _same_file(handle, path):
+            break
+        handle.close()  # locked a file its previous holder removed: lock the one the name now gives
+    try:
         yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
@@ -107,24 +168,41 @@ def prepare_output(config: RunConfig, sd_source: str, oracle_source: str | None,
     is None when no oracle is used (the attention labeler), and then no oracle folder is made."""
     out = config.out
     check_output(config, labelling)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     vocab = config.vocabulary()
     kept = {k: v for k, v in _read_manifest(out).items() if k == LABELS}  # what labelled the shards on disk
     claim_output(config, kept | {
         "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
         "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
-        "model_revisions": {"stable_diffusion": model_record(sd_source),
-                            "oracle": model_record(oracle_source) if oracle_source else None},
+        "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": oracle_record(
+            config.preset.oracle_backend, config.preset.oracle_config, oracle_source) if oracle_source else None},
         "code": code_version(),
         "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, labelling)
     for sub in (ORACLE_DIR, DATA_DIR) if oracle_source else (DATA_DIR,):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out / sub)
-    write_json_atomic(out / CLASSES, {
-        "background": 0, "ignore": IGNORE_INDEX,
-        "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocab.classes]})
+        remove_stale_temporaries(make_folder(out / sub))
+    write_json_atomic(out / CLASSES, classes_file(config))
+
+
+def classes_file(config: RunConfig) -> dict:
+    """What ``classes.json`` holds: the mask values of the vocabulary's classes, background and ignore."""
+    return {"background": 0, "ignore": IGNORE_INDEX,
+            "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in config.vocabulary().classes]}
+
+
+def restore_classes(config: RunConfig) -> bool:
+    """Rewrite ``classes.json`` of a finished dataset if it is missing, damaged or not this vocabulary's
+    (what `datagen validate` and `show` tell the user to rerun the run command for); True if it was.
+    Runs under the output lock."""
+    path = config.out / CLASSES
+    try:
+        if read_json_object(path) == classes_file(config):
+            return False
+    except ValueError:
+        pass
+    write_json_atomic(path, classes_file(config))
+    return True
 
 
 def _read_manifest(out) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.dataset.layout import Phase
-from pipeline.dataset.shards import read_stats
+from pipeline.dataset.shards import read_stats, whole_stats
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ ERRORED = "error: "  # failure reasons of samples that raised (filtered samples 
 
 def _written(task: ShardTask) -> dict | None:
     stats = read_stats(task.folder, task.shard_id)
-    return stats if stats and (stats.get("start"), stats.get("end")) == (task.start, task.end) else None
+    return stats if whole_stats(stats) and (stats["start"], stats["end"]) == (task.start, task.end) else None
 
 
 def missing(tasks: list[ShardTask]) -> list[ShardTask]:
-    """Tasks whose shard is missing, unfinished, or was written for another sample range."""
+    """Tasks whose shard is missing, unfinished (damaged stats included), or was written for another sample range."""
     return [task for task in tasks if _written(task) is None]
 
 

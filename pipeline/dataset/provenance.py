@@ -40,6 +40,19 @@ def model_record(source: str) -> dict:
     return {"source": source, "revision": _hub_revision(source)}
 
 
+def oracle_record(backend: str, config: str | None, weights: str) -> dict:
+    """The oracle pinned: its backend, its weights (``model_record``) and, for detectron2, its config:
+    the model-zoo name or path, the file it resolved to and that file's hash, and detectron2's version."""
+    record = {"backend": backend, **model_record(weights)}
+    if config is not None:
+        from stages.oracle import import_detectron2_backend
+
+        path = import_detectron2_backend().config_file(config)
+        record["config"] = {"source": config, "file": str(path.resolve()), "sha256": file_sha256(path),
+                            "detectron2": _version("detectron2")}
+    return record
+
+
 def _hub_revision(repo_id: str) -> str:
     """The commit of the cached snapshot a hub id loads from (offline: the cache only)."""
     from huggingface_hub import try_to_load_from_cache

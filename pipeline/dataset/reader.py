@@ -3,24 +3,33 @@
 Decoding never runs code from the data: only the members datagen writes are decoded (images with
 Pillow, ``seg.png`` as class ids, ``json``, ``npy`` without pickle); anything else, a ``.pyd`` or
 ``.pth`` member included, stays raw bytes. webdataset's and wids' default decoders would unpickle.
+
+``training_dataset`` also refuses what is not the format, so a training job never learns from it:
+each sample's members, key, image and mask are checked (``members``) against its json and the
+dataset's ``classes.json``, and each shard's sample count against its stats; a problem stops the
+job with one ``DataError`` line naming the shard and the key, unless the caller opts into skipping
+(``SkipBadSamples``).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
-from PIL import Image
 
 from pipeline.dataset.atomic import write_json_atomic
-from pipeline.dataset.layout import DATA_DIR, WIDS_INDEX
-from pipeline.dataset.shards import finished_shards, read_stats
+from pipeline.dataset.layout import CLASSES, DATA_DIR, WIDS_INDEX
+from pipeline.dataset.members import UNSAFE, check_mask, decode_json, decode_mask, decode_rgb, sample_classes
+from pipeline.dataset.shards import finished_shards, read_json_object, read_stats
+from stages.errors import DataError
 
 IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
 
@@ -32,7 +41,7 @@ def image_member(sample: dict):
 
 def decode_class_mask(data: bytes) -> np.ndarray:
     """``seg.png`` -> uint8 (H, W) class ids (webdataset's image decoders would make it RGB)."""
-    return np.array(Image.open(io.BytesIO(data)))
+    return decode_mask(data)
 
 
 def decode_npy(data: bytes) -> np.ndarray:
@@ -106,7 +115,154 @@ class _ShardPasses(torch.utils.data.IterableDataset):
         if self.seed is not None:
             random.Random(self.seed + self.passes).shuffle(urls)
         self.passes += 1
-        return iter([{"url": url} for url in urls])
+        return iter([{"url": url, "pass": self.passes} for url in urls])
+
+
+class SkipBadSamples:
+    """An explicit opt-in ``handler`` for ``training_dataset``: a sample that is not the format (or the
+    rest of a shard that cannot be read) is skipped and counted instead of stopping the job. Only
+    ``DataError`` is skipped; anything else still stops. Counts are per process: read them where the
+    dataset is iterated (a DataLoader with workers iterates copies in its worker processes)."""
+
+    def __init__(self):
+        self.skipped = 0
+        self.reasons: list[str] = []  # the first 100 messages, each naming shard and key
+
+    def __call__(self, err: Exception) -> bool:
+        if not isinstance(err, DataError):
+            raise err
+        self.skipped += 1
+        if len(self.reasons) < 100:
+            self.reasons.append(str(err))
+        return True
+
+
+def _stop(err: Exception) -> bool:
+    raise err
+
+
+class _CheckedShards:
+    """Pipeline stage: the samples of each shard, refused (``DataError`` to ``handler``) when a shard
+    cannot be read, a key is not a sample index (a member named as a path: ``../``, absolute) or repeats
+    within a pass, members are not the format's (a pickle member among them), or the shard holds fewer
+    or more samples than its stats say (none at all when it has no stats)."""
+
+    def __init__(self, handler):
+        self.handler, self.stopped = handler, False
+
+    def __call__(self, sources):
+        keys, current, self.stopped = set(), None, False
+        for source in sources:
+            if source.get("pass") != current:
+                keys, current = set(), source.get("pass")
+            yield from self._shard(source["url"], keys)
+            if self.stopped:
+                return
+
+    def _refused(self, err: DataError) -> bool:
+        """True to go on (the handler skipped it); False when the handler asks to stop reading."""
+        self.stopped = not self.handler(err)
+        return not self.stopped
+
+    def _shard(self, url: str, keys: set[str]):
+        count = 0
+        try:
+            for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=_stop):
+                try:
+                    _check_members(sample, keys)
+                except DataError as err:
+                    if self._refused(DataError(f"shard {url} key {sample['__key__']}: {err}")):
+                        continue
+                    return
+                count += 1
+                yield sample
+        except DataError:  # the handler's refusal: stop as it asked
+            raise
+        except (OSError, ValueError, EOFError, tarfile.TarError) as err:
+            reason = str(err.args[0] if err.args else err).split(" @ ")[0] or type(err).__name__
+            if "duplicate file name" in reason:  # webdataset's words for a member repeated within a sample
+                reason = f"member {reason.split(':')[0]} appears twice"
+            self._refused(DataError(f"shard {url} cannot be read ({reason})"))
+            return
+        written = _stats_written(url)
+        if written is None and count == 0:
+            self._refused(DataError(f"shard {url} holds no samples (an empty or zero-byte file?)"))
+        elif written is not None and count != written:
+            self._refused(DataError(f"shard {url} holds {count} samples, its stats say {written}: truncated or "
+                                    "damaged; run `datagen validate`"))
+
+
+def _check_members(sample: dict, keys: set[str]) -> None:
+    key, members = sample["__key__"], {k for k in sample if not k.startswith("__")}
+    if not key.isdigit():
+        path = "/" in key or "\\" in key or key.startswith(".")
+        raise DataError(f"member names {sorted(f'{key}.{m}' for m in members)} are "
+                        + ("paths (../ or absolute), not sample members" if path else "not <sample index>.<member>"))
+    if key in keys:
+        raise DataError("the key appears twice (in this shard or an earlier one)")
+    keys.add(key)
+    if unsafe := sorted(m for m in members if m.rsplit(".", 1)[-1] in UNSAFE):
+        raise DataError(f"member {', '.join(unsafe)} would run code when loaded (pickle): not a datagen sample")
+    images = members & set(IMAGE_MEMBERS)
+    if len(images) != 1 or members - images != {"json", "seg.png"}:
+        oracle = " (a phase A oracle shard? read the dataset's data/ shards)" if "latent.npy" in members else ""
+        raise DataError(f"members {sorted(members)}, expected an image (jpg or png), json and seg.png{oracle}")
+
+
+def _stats_written(url: str) -> int | None:
+    """The sample count a local shard's stats give, None when it has none (or they do not count)."""
+    if _is_remote(url):
+        return None
+    stats = read_stats(Path(url).parent, _shard_id(url)) if _shard_id(url) is not None else None
+    written = stats.get("written") if stats else None
+    return written if type(written) is int else None
+
+
+def _shard_id(url: str) -> int | None:
+    name = Path(url).name
+    digits = name.removeprefix("shard-").removesuffix(".tar")
+    return int(digits) if name.startswith("shard-") and name.endswith(".tar") and digits.isdigit() else None
+
+
+class _DatasetClasses:
+    """``classes.json`` (id -> name) of the dataset a local shard belongs to (beside its folder, or in
+    it), read once per folder; None for shards elsewhere, whose samples are checked against their
+    own json alone."""
+
+    def __init__(self):
+        self.found: dict[Path, dict[int, str] | None] = {}
+
+    def __call__(self, url: str) -> dict[int, str] | None:
+        if _is_remote(url):
+            return None
+        folder = Path(url).parent
+        if folder not in self.found:
+            path = next((p for p in (folder.parent / CLASSES, folder / CLASSES) if p.is_file()), None)
+            self.found[folder] = None if path is None else _class_names(path)
+        return self.found[folder]
+
+
+def _class_names(path: Path) -> dict[int, str]:
+    try:
+        entries = read_json_object(path).get("classes")
+        return {c["id"]: c["name"] for c in entries}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise DataError(f"{path} is damaged ({err if isinstance(err, ValueError) else 'not a classes list'}); "
+                        "rerun the run command to rewrite it") from err
+
+
+def checked_training_tuple(sample: dict, classes: _DatasetClasses) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A raw sample decoded and checked -> ``to_training_tuple``'s (image, mask, meta); DataError naming
+    the shard and key when the json, image or mask is not the format."""
+    try:
+        meta = decode_json(sample["json"])
+        class_ids = sample_classes(meta, classes(sample["__url__"]))
+        image = decode_rgb(image_member(sample), "the image")
+        mask = decode_mask(sample["seg.png"])
+        check_mask(mask, image.shape, class_ids, f"the sample's classes {sorted(class_ids)}")
+    except DataError as err:
+        raise DataError(f"shard {sample['__url__']} key {sample['__key__']}: {err}") from err
+    return to_training_tuple({"__key__": sample["__key__"], "jpg": image, "seg.png": mask, "json": meta})
 
 
 class _TrainingPipeline(wds.DataPipeline):
@@ -119,7 +275,7 @@ class _TrainingPipeline(wds.DataPipeline):
 
 
 def training_dataset(source, *, shuffle: int = 0, seed: int = 0, epochs: int | None = 1,
-                     handler=wds.reraise_exception) -> wds.DataPipeline:
+                     handler=_stop) -> wds.DataPipeline:
     """An IterableDataset of (image, mask, meta) tuples for a training loop (see ``to_training_tuple``).
 
     Shards are split first across nodes (torch.distributed rank, or RANK and WORLD_SIZE) and then
@@ -127,17 +283,30 @@ def training_dataset(source, *, shuffle: int = 0, seed: int = 0, epochs: int | N
     least nodes x workers shards. ``shuffle`` > 0 shuffles the shard order (seeded, the same on every
     node, a new order each epoch) and samples within a buffer of that size. ``epochs`` passes over the
     shards (None: endless); iteration stops early if a pass yields nothing to this node or worker.
-    ``handler`` gets every exception of reading, decoding and converting (webdataset's handler
-    protocol: return True to skip the sample, raise to stop); by default the exception is re-raised.
+
+    Every sample is checked before it is yielded (``_CheckedShards``, ``checked_training_tuple``): its
+    members, key, json, image, and a mask of one 8-bit channel, the image's size, with only 0, 255 and
+    the classes its json names, which must be those of the dataset's ``classes.json``; keys repeated
+    within what one process reads are refused, so is a shard holding other than its stats' count.
+    ``handler`` gets each problem as a ``DataError`` naming the shard and key (webdataset's handler
+    protocol: return True to skip, raise to stop); by default it is raised. ``SkipBadSamples()`` is
+    the opt-in to skip and count instead.
     """
+    classes = _DatasetClasses()
     stages = [_ShardPasses(shard_urls(source), seed if shuffle else None),
-              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=handler)]
+              wds.split_by_node, wds.split_by_worker, _CheckedShards(handler)]
     if shuffle:
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
-    stages += [wds.decode(*_handlers("rgb8"), pre=[], post=[], handler=handler),
-               wds.map(to_training_tuple, handler=handler)]
+    stages.append(wds.map(functools.partial(checked_training_tuple, classes=classes), handler=handler))
     pipeline = _TrainingPipeline(*stages)
     return pipeline if epochs == 1 else pipeline.repeat(nepochs=epochs or -1)
+
+
+def first_sample(source) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
+    """The first sample ``training_dataset`` would yield, checked the same way, read here whatever the
+    node or worker (a quick check of the data before a job starts); None when the shards hold none."""
+    samples = _CheckedShards(_stop)({"url": url} for url in shard_urls(source))
+    return next((checked_training_tuple(s, _DatasetClasses()) for s in samples), None)
 
 
 def write_wids_index(folder: Path) -> Path:

@@ -59,6 +59,8 @@ def read_json_object(path: Path) -> dict:
     object") when it is unreadable or not an object, for the caller to name the file and the remedy."""
     try:
         data = json.loads(path.read_text())
+    except RecursionError as err:
+        raise ValueError("not valid JSON (nested too deeply)") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"not valid JSON ({err})") from err
     if not isinstance(data, dict):
@@ -81,13 +83,28 @@ def read_stats(folder: Path, shard_id: int) -> dict | None:
 
 
 def _finished_stats_file(path: Path) -> dict | None:
-    """A stats file's content if its shard exists and the stats are whole JSON, else None."""
+    """A stats file's content if its shard exists and the stats are a whole JSON object, else None."""
     if not path.exists() or not path.with_name(path.name.replace(".stats.json", ".tar")).exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        stats = json.loads(path.read_text())
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError):
         return None
+    return stats if isinstance(stats, dict) else None
+
+
+COUNTS = ("shard", "start", "end", "planned", "written")  # what a run's stats count, as integers
+TALLIES = ("failed", "class_instances", "class_pixels")  # name -> integer count
+
+
+def whole_stats(stats: dict | None) -> bool:
+    """Stats a run can add up: integer counts and tallies. A shard whose stats are not (a damaged file)
+    is unfinished: a rerun redoes it, and `datagen validate` names it."""
+    def counts(tally) -> bool:
+        return isinstance(tally, dict) and all(type(v) is int for v in tally.values())
+
+    return isinstance(stats, dict) and all(type(stats.get(k)) is int for k in COUNTS) \
+        and all(counts(stats.get(k, {})) for k in TALLIES)
 
 
 def finished_shards(folder: Path) -> list[Path]:
@@ -98,9 +115,9 @@ def finished_shards(folder: Path) -> list[Path]:
 
 
 def finished_stats(folder: Path) -> list[dict]:
-    """The stats of every finished shard in a folder, in shard order."""
+    """The stats of every finished shard in a folder, in shard order (whole ones: see ``whole_stats``)."""
     stats = (_finished_stats_file(p) for p in sorted(Path(folder).glob("shard-*.stats.json")))
-    return [s for s in stats if s is not None]
+    return [s for s in stats if whole_stats(s)]
 
 
 def summarize(folder: Path) -> dict:

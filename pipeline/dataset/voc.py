@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from pipeline.dataset.members import decode_mask, decode_rgb
 from stages.errors import DataError
 
 # The VOC devkit's label values, in its own order (VOCdevkit/VOCcode/VOCinit.m); 255 marks borders.
@@ -70,13 +70,20 @@ def voc_images(root: Path, split: str) -> list[VocImage]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask's values (map them to vocabulary ids with ``labels.label_table``)."""
-    with Image.open(path) as mask:
-        if mask.mode not in ("P", "L"):
-            raise DataError(f"{path} is a {mask.mode} image; expected one class index per pixel (P or L)")
-        return np.array(mask)
+    """A mask's values (map them to vocabulary ids with ``labels.label_table``); DataError naming the file
+    when it does not decode, is a decompression bomb or is not one 8-bit value per pixel (P or L)."""
+    return decode_mask(path, str(path))
 
 
 def read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    """An image as uint8 (H, W, 3); DataError naming the file when it does not decode or is a bomb."""
+    return decode_rgb(path, str(path))
+
+
+def read_pair(item: VocImage) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, which must cover it pixel for pixel."""
+    image, mask = read_image(item.image), read_mask(item.mask)
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{item.mask} is {mask.shape[1]}x{mask.shape[0]}, its image {item.image} "
+                        f"{image.shape[1]}x{image.shape[0]}: a mask must cover its image pixel for pixel")
+    return image, mask

@@ -21,6 +21,14 @@ def _model(record: dict | None, fallback: str) -> str:
     return f"`{record['source']}`, {pin}"
 
 
+def _oracle(record: dict | None, fallback: str) -> str:
+    """The oracle's row: backend (manifests before backends existed: torchvision), config, weights."""
+    record = record or {}
+    config = record.get("config")
+    config = f" `{config['source']}` (sha256 `{config['sha256']}`)" if config else ""
+    return f"`{record.get('backend', 'torchvision')}`{config}, weights {_model(record or None, fallback)}"
+
+
 def _grounding(out: Path) -> str:
     weights, training = out / GROUNDING_DIR / "model.safetensors", out / GROUNDING_DIR / "training.json"
     if not weights.exists():
@@ -90,7 +98,7 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
     preset_json = json.dumps(preset, sort_keys=True)
     warning, zero_shot_row = _zero_shot(out, manifest)
     opening, labeler_row = _labeler(manifest)
-    oracle = _model(models.get('oracle'), sources.get('oracle', '?')) if sources.get('oracle', '?') else "not used"
+    oracle = _oracle(models.get('oracle'), sources.get('oracle', '?')) if sources.get('oracle', '?') else "not used"
     return f"""# datagen dataset `{out.name}`
 
 {opening}

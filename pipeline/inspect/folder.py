@@ -15,7 +15,8 @@ from pathlib import Path
 import webdataset as wds
 
 from pipeline.dataset.layout import FORMAT_VERSION, Phase
-from pipeline.dataset.shards import finished_shards, read_json_object, read_stats
+from pipeline.dataset.manifest import whole_class_list, whole_manifest
+from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, whole_stats
 from stages.errors import DataError
 
 
@@ -24,6 +25,13 @@ class CorruptShard(DataError):
         where = f"at key {key}" if key else "at its start"
         super().__init__(f"{shard} is truncated or corrupt ({where}): {problem}; run `datagen validate`")
         self.shard, self.key, self.problem = shard, key, problem
+
+
+class BadSample(DataError):
+    """A sample whose members do not decode or are not the format (``pipeline.dataset.members``)."""
+
+    def __init__(self, shard: Path, key: str, problem: str):
+        super().__init__(f"{shard} key {key}: {problem}; run `datagen validate`")
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -60,9 +68,12 @@ class DatasetFolder:
     def counted_stats(self, shard: Path) -> dict:
         """The shard's stats, or DataError when they lack the counts summaries add up."""
         stats = self.stats(shard)
-        if missing := [k for k in ("planned", "written") if not isinstance(stats.get(k), int)]:
+        if missing := [k for k in ("planned", "written") if type(stats.get(k)) is not int]:
             raise DataError(f"{shard.with_suffix('.stats.json')} has no {' or '.join(missing)} count: "
                                "not a finished datagen shard; run `datagen validate`")
+        if not whole_stats(stats):
+            raise DataError(f"{shard.with_suffix('.stats.json')} is damaged (its counts are not all integers): "
+                            "not a finished datagen shard; run `datagen validate`")
         return stats
 
     def samples(self, shard: Path) -> Iterator[dict]:
@@ -74,7 +85,7 @@ class DatasetFolder:
                                    f"{', '.join(sorted(missing))}")
             yield sample
         written = self.stats(shard).get("written")
-        if written is not None and count != written:
+        if type(written) is int and count != written:
             raise CorruptShard(shard, None, f"holds {count} samples, its stats say {written}")
 
 
@@ -94,10 +105,15 @@ def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
     if version > FORMAT_VERSION:
         raise DataError(f"{out} was written in dataset format {version}; this datagen reads format "
                            f"{FORMAT_VERSION} and older: upgrade datagen to read it")
+    if not whole_manifest(manifest) or "classes" not in manifest["vocabulary"]:
+        raise DataError(f"{out}/manifest.json is damaged (its config or vocabulary is not what datagen writes)")
     classes = _read_json(out / "classes.json", "rewrite it by rerunning the run command") \
         if (out / "classes.json").exists() else None
     if not classes or not isinstance(classes.get("classes"), list):
         raise DataError(f"{out} has no valid classes.json: not a complete datagen dataset")
+    if not whole_class_list(classes["classes"]):
+        raise DataError(f"{out}/classes.json is damaged (each class needs an id from 1 to 254, a name and seen); "
+                        "rewrite it by rerunning the run command")
     phase = Phase(phase)
     folder = out / phase.folder
     shards = finished_shards(folder) if folder.is_dir() else []

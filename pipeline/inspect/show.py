@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.dataset.atomic import write_bytes_atomic
+from pipeline.dataset.atomic import make_folder, write_bytes_atomic
+from pipeline.dataset.members import check_mask, decode_json, decode_mask, decode_rgb
 from pipeline.dataset.reader import image_member
-from pipeline.inspect.folder import DatasetFolder
+from pipeline.inspect.folder import BadSample, DatasetFolder
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 
@@ -41,12 +41,17 @@ def pick_samples(ds: DatasetFolder, n: int, class_name: str | None) -> list[dict
     picked = []
     for shard in ds.shards:
         for sample in ds.samples(shard):
-            mask = np.array(Image.open(io.BytesIO(sample["seg.png"])))
-            if class_name is None or (mask == ids[class_name]).any():
-                picked.append({"key": sample["__key__"], "meta": json.loads(sample["json"]),
-                               "image": Image.open(io.BytesIO(image_member(sample))).convert("RGB"), "mask": mask})
-                if len(picked) == n:
-                    return picked
+            try:
+                mask = decode_mask(sample["seg.png"])
+                if class_name is None or (mask == ids[class_name]).any():
+                    meta, image = decode_json(sample["json"]), decode_rgb(image_member(sample), "the image")
+                    check_mask(mask, image.shape, ds.names, "in the vocabulary")
+                    picked.append({"key": sample["__key__"], "meta": meta, "image": Image.fromarray(image),
+                                   "mask": mask})
+            except DataError as err:
+                raise BadSample(shard, sample["__key__"], str(err)) from err
+            if len(picked) == n:
+                return picked
     if not picked:
         raise DataError(f"no sample in {ds.out} has pixels labelled {class_name}")
     return picked
@@ -77,7 +82,7 @@ def contact_sheet(ds: DatasetFolder, samples: list[dict], title: str) -> Image.I
     for i, s in enumerate(samples):
         x, y = 8 + (i % columns) * (TILE + 8), 30 + (i // columns) * cell_h
         sheet.paste(overlay(s["image"], s["mask"]), (x, y))
-        caption = textwrap.wrap(s["meta"]["prompt"], width=TILE // 6)[:CAPTION_LINES]
+        caption = textwrap.wrap(str(s["meta"].get("prompt", "")), width=TILE // 6)[:CAPTION_LINES]
         for j, text in enumerate([*caption, s["key"]]):
             draw.text((x, y + TILE + 4 + j * line), text, fill="black" if j < len(caption) else "gray", font=font)
     split = {c["id"]: "seen" if c["seen"] else "unseen" for c in ds.classes}
@@ -100,7 +105,7 @@ def show(ds: DatasetFolder, n: int, class_name: str | None, save: Path) -> Path:
     preset = ds.manifest.get("config", {}).get("preset_name", "?")
     title = f"{ds.out.name}: {len(samples)} samples{f' with {class_name}' if class_name else ''}, preset {preset}"
     save = Path(save)
-    save.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(save.parent)
     png = io.BytesIO()
     contact_sheet(ds, samples, title).save(png, format="PNG")
     write_bytes_atomic(save, png.getvalue())

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.dataset.members import open_image
 from pipeline.dataset.plan import ERRORED
 from pipeline.dataset.reader import image_member
 from pipeline.dataset.shards import sum_stats
-from pipeline.inspect.folder import CorruptShard, DatasetFolder
+from pipeline.inspect.folder import BadSample, DatasetFolder
+from stages.errors import DataError
 
 
 def _spread(values: list[float]) -> dict:
     return {"min": min(values), "mean": round(sum(values) / len(values), 3), "max": max(values)} if values else {}
 
 
-def _size(data: bytes) -> str:
-    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+def _size(data: bytes, member: str) -> str:
+    with open_image(data, member) as image:  # reads the header only
         return f"{image.width}x{image.height}"
 
 
@@ -32,11 +32,11 @@ def scan_sizes(ds: DatasetFolder) -> tuple[Counter, Counter]:
     for shard in ds.shards:
         for sample in ds.samples(shard):
             try:
-                images[_size(image_member(sample))] += 1
+                images[_size(image_member(sample), "the image")] += 1
                 if "seg.png" in sample:
-                    masks[_size(sample["seg.png"])] += 1
-            except (OSError, TypeError, StopIteration) as err:
-                raise CorruptShard(shard, sample["__key__"], f"an image does not decode ({err})") from err
+                    masks[_size(sample["seg.png"], "seg.png")] += 1
+            except DataError as err:
+                raise BadSample(shard, sample["__key__"], str(err)) from err
     return images, masks
 
 

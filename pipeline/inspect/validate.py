@@ -6,21 +6,20 @@ Problems are collected (shard, key, what is wrong) rather than raised, so one ru
 from __future__ import annotations
 
 import io
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.dataset.layout import Phase
+from pipeline.dataset.members import UNSAFE, decode_image, decode_json, decode_mask
 from pipeline.dataset.plan import plan_shards
+from pipeline.dataset.shards import whole_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
+from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
-
-UNSAFE = {"pyd", "pickle", "pkl", "pth", "pt"}  # members that load by running code: never allowed
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,11 @@ def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
     samples = 0
     for sid, shard in found.items():
         stats, where = ds.stats(shard), f"{ds.folder.name}/{shard.name}"
+        if not whole_stats(stats):
+            problems.append(Problem(where, None, "its stats are damaged (counts missing or not integers): the shard "
+                                    "counts as unfinished; rerun the run command to redo it"))
+            samples += _check_shard(ds, shard, None, where, problems)
+            continue
         task = planned.get(sid)
         if task is None or (stats.get("start"), stats.get("end")) != (task.start, task.end):
             problems.append(Problem(where, None, f"holds samples {stats.get('start')}..{stats.get('end')}, "
@@ -73,7 +77,8 @@ def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
     return {"shards": len(found), "samples": samples}
 
 
-def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, problems: list[Problem]) -> int:
+def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str, problems: list[Problem]) -> int:
+    """Every sample of one shard against the format, and (unless ``stats`` is None: damaged) its stats."""
     keys, instances, pixels = [], Counter(), Counter()
     try:
         for sample in read_shard(shard):
@@ -86,6 +91,8 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, proble
                 pixels[inst.get("name")] += inst.get("area", 0)
     except CorruptShard as err:
         problems.append(Problem(where, err.key, f"truncated or corrupt tar at this key: {err.problem}"))
+        return len(keys)
+    if stats is None:
         return len(keys)
     if len(keys) != stats.get("written"):
         problems.append(Problem(where, keys[-1] if keys else None,
@@ -101,28 +108,27 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict, where: str, proble
 def _instances(sample: dict) -> list[dict]:
     """The sample's well-formed instances (for the per-class tallies; _check_sample reports the rest)."""
     try:
-        instances = json.loads(sample["json"]).get("instances", [])
-    except (KeyError, ValueError, AttributeError):
+        instances = decode_json(sample["json"]).get("instances", [])
+    except (KeyError, DataError):
         return []
     return [i for i in instances if isinstance(i, dict) and i.get("name") is not None] \
         if isinstance(instances, list) else []
 
 
-def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
+def _check_sample(ds: DatasetFolder, sample: dict, stats: dict | None) -> list[str]:
     key, members = sample["__key__"], set(sample) - {"__key__"}
     if unsafe := {m for m in members if m.rsplit(".", 1)[-1] in UNSAFE}:
         return [f"member {', '.join(sorted(unsafe))} would run code when loaded (pickle): not a datagen sample"]
     if members != ds.members:
         return [f"members {sorted(members)}, expected {sorted(ds.members)}"]
-    if not (key.isdigit() and stats.get("start", 0) <= int(key) < stats.get("end", 0)):
-        return [f"key is not a sample index in the shard's range {stats.get('start')}..{stats.get('end')}"]
+    if not key.isdigit() or (stats is not None and not stats.get("start", 0) <= int(key) < stats.get("end", 0)):
+        return [f"key is not a sample index in the shard's range {(stats or {}).get('start')}.."
+                f"{(stats or {}).get('end')}"]
     try:
-        meta = json.loads(sample["json"])
-        image = _decode_image(sample[ds.members.difference({"json", "seg.png", "latent.npy"}).pop()])
-    except (ValueError, OSError) as err:
-        return [f"json or image does not decode ({err})"]
-    if not isinstance(meta, dict):
-        return [f"json is a {type(meta).__name__}, not an object"]
+        meta = decode_json(sample["json"])
+        image = decode_image(sample[ds.members.difference({"json", "seg.png", "latent.npy"}).pop()], "image")
+    except DataError as err:
+        return [str(err)]
     class_ids = meta.get("class_ids", [])
     if not isinstance(class_ids, list) or not all(isinstance(i, int) for i in class_ids):
         return ["json's class_ids is not a list of class ids"]
@@ -140,9 +146,9 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict) -> list[str]:
     seg = None
     if ds.phase is Phase.LABEL:
         try:
-            seg = _decode_image(sample["seg.png"])
-        except (ValueError, OSError) as err:
-            return [*problems, f"seg.png does not decode ({err})"]
+            seg = decode_mask(sample["seg.png"])
+        except DataError as err:
+            return [*problems, str(err)]
         if seg.shape != (h, w):
             return [*problems, f"mask is {seg.shape[1]}x{seg.shape[0]} (or not one channel), image {w}x{h}"]
         if bad := sorted(set(np.unique(seg).tolist()) - {0, IGNORE_INDEX, *meta.get("class_ids", [])}):
@@ -176,8 +182,3 @@ def _check_instance(inst: dict, names: dict[int, str], shape: tuple[int, int], s
     if seg is not None and not np.array_equal(decoded, seg == cid):
         return [f"instance {names[cid]}: RLE disagrees with seg.png's pixels of class {cid}"]
     return []
-
-
-def _decode_image(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
 from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD, Phase
 from pipeline.dataset.plan import ShardTask, missing, pending, plan_shards
-from pipeline.dataset.shards import finished_shards, finished_stats, shard_name, summarize
+from pipeline.dataset.shards import finished_shards, finished_stats, read_json_object, shard_name, summarize
 from pipeline.run.executors import ExecutionReport, Executor
 from pipeline.runtime import Runtime
 from pipeline.training.job import run_training
@@ -45,8 +43,16 @@ def oracle_data(config: RunConfig) -> dict[str, int]:
 
 
 def _training_record(config: RunConfig) -> dict | None:
+    """The checkpoint's training record; None without one, PhaseError when it is damaged (then nothing
+    tells what the checkpoint was trained on: neither kept nor replaced without the user's word)."""
     record = config.out / GROUNDING_DIR / TRAINING_RECORD
-    return json.loads(record.read_text()) if record.exists() else None
+    if not record.exists():
+        return None
+    try:
+        return read_json_object(record)
+    except ValueError as err:
+        raise PhaseError(f"{record} is damaged ({err}): nothing tells what the grounding checkpoint beside it was "
+                         f"trained on; delete {record.parent} to train it again (the shards are kept)") from err
 
 
 def training_is_current(config: RunConfig) -> bool:

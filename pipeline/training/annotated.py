@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.dataset.labels import label_table
-from pipeline.dataset.voc import VocImage, label_names, read_image, read_mask
+from pipeline.dataset.voc import VocImage, label_names, read_pair
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
@@ -51,8 +51,9 @@ def load_annotated(item: VocImage, vocab: Vocabulary, size: int, train_on_unseen
     names, source = label_names(item.image.parent.parent)
     ignored = frozenset() if train_on_unseen else frozenset(c.id for c in vocab.unseen)
     table = label_table(names, vocab, source, ignored)
-    image = _resize_crop(Image.fromarray(read_image(item.image)), size, Image.BICUBIC)
-    raw = _resize_crop(Image.fromarray(read_mask(item.mask)), size, Image.NEAREST)
+    image, mask = read_pair(item)
+    image = _resize_crop(Image.fromarray(image), size, Image.BICUBIC)
+    raw = _resize_crop(Image.fromarray(mask), size, Image.NEAREST)
     if unnamed := sorted(set(np.unique(raw).tolist()) - set(names) - {IGNORE_INDEX}):
         raise DataError(f"{item.mask} holds class index {unnamed[-1]} but the vocabulary '{vocab.name}' has "
                         f"{len(vocab.classes)} classes and {source} names no class {unnamed[-1]}")

@@ -37,7 +37,7 @@ class AttentionSettings(BaseModel):
     """How the attention labeler turns cross-attention into masks (see the module docstring for sources);
     the defaults are DAAM's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     resolutions: tuple[PositiveInt, ...] | None = None  # latent resolutions of the recorded cross-attention
     #   layers (SD 1.x at 512 px: 64, 32, 16, 8); null: all of them (DAAM)
     blocks: tuple[Literal[BLOCKS], ...] = BLOCKS  # which UNet parts' layers are recorded

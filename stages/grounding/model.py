@@ -302,13 +302,14 @@ def grounding_loss(logits: Tensor, targets: Tensor, valid: Tensor, ignore: Tenso
 
 
 def save_grounding(module: GroundingModule, path_dir) -> None:
-    """Write ``model.safetensors`` and ``config.json`` into ``path_dir`` (created if needed)."""
-    from safetensors.torch import save_file
+    """Write ``model.safetensors`` and ``config.json`` into ``path_dir`` (created if needed). Written through
+    Python's file I/O, so a full disk is an ``OSError`` (safetensors' own writer raises its own error type)."""
+    from safetensors.torch import save
 
     folder = Path(path_dir)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / WEIGHTS_FILE).write_bytes(save(state))
     (folder / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2, sort_keys=True))
 
 

@@ -14,6 +14,7 @@ last checkpoint left it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -141,7 +142,9 @@ class GroundingTrainer:
         """Module, optimizer, schedule and progress into ``folder`` (the caller makes it appear whole)."""
         folder = Path(folder)
         save_grounding(self.module, folder)
-        torch.save(self.state_dict(), folder / TRAINER_STATE)
+        state = io.BytesIO()  # torch.save to a path turns a full disk into a RuntimeError; a write, an OSError
+        torch.save(self.state_dict(), state)
+        (folder / TRAINER_STATE).write_bytes(state.getvalue())
         progress = {"step": self.step, "losses": self.losses, "validation": self.validation,
                     "options": self.options.model_dump(), **(record or {})}
         (folder / PROGRESS).write_text(json.dumps(progress, indent=1))

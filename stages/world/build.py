@@ -15,7 +15,7 @@ from PIL import Image
 
 from stages.generate import Diffusion
 from stages.models import MASKRCNN_FILE, clip_tokenizer, load_stable_diffusion
-from stages.oracle import Oracle, build_small_maskrcnn, load_maskrcnn, save_detector
+from stages.oracle import Oracle, TorchvisionOracle, build_small_maskrcnn, load_maskrcnn, save_detector
 from stages.prompts import PromptSpec
 from stages.toy_shapes import FORMS, draw_scene
 from stages.toy_vae import fit_autoencoder
@@ -135,7 +135,7 @@ def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Prog
         save_detector(detector, folder / MASKRCNN_FILE, categories)
     with clock("report"):
         loaded = load_maskrcnn(spec.image_size, folder / MASKRCNN_FILE, box_score_thresh=0.05)
-        oracle = Oracle(loaded, vocab, score_threshold=REPORT_SCORE_THRESHOLD, categories=categories)
+        oracle = TorchvisionOracle(loaded, vocab, score_threshold=REPORT_SCORE_THRESHOLD, categories=categories)
         report["oracle_on_rendered"] = oracle_quality(oracle, val_images, val_masks, names)
         report["generated"] = _sample_grids(folder, vocab, spec, oracle)
     report["losses"] = {"vae": _curve(vae_losses), "unet": _curve(unet_losses), "oracle": _curve(oracle_losses)}

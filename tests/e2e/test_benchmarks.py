@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from detectron2_fixtures import needs_detectron2
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,3 +55,12 @@ def test_labelers_benchmark(cache_dir):
     report = run_script("labelers", "--images", "1", "--batch-size", "1", "--repeats", "1", cache_dir=cache_dir)
     assert [r["what"] for r in report] == ["plain generation", "grounding labeler", "attention labeler"], report
     assert report[0]["vs_plain"] == 1 and all(r["s_per_image"] > 0 for r in report), report
+
+
+@needs_detectron2
+def test_oracle_backends_benchmark(cache_dir):
+    """`make bench-oracle` at one 32-px image: CPU seconds per image of each backend, without and with detections."""
+    rows = run_script("oracle_backends", "--sizes", "32", "--images", "1", "--image-size", "32", cache_dir=cache_dir)
+    assert [(r["backend"], r["input_size"], r["detections_per_image"] > 0) for r in rows] == [
+        ("torchvision", 32, False), ("detectron2", 32, False), ("torchvision", 32, True), ("detectron2", 32, True)]
+    assert all(math.isfinite(r["cpu_s_per_image"]) and r["cpu_s_per_image"] > 0 for r in rows), rows

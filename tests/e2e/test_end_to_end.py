@@ -131,7 +131,7 @@ def test_prompts_command_prints_the_plan():
     (["--models", "huge"], "unknown model preset 'huge'"),
     (["--vocab", "nope"], "unknown vocabulary 'nope'"),
     (["--train-steps", "0"], "train.steps"),
-    (["--device", "tpu"], "--device: Value error, 'tpu' is not auto, cpu, cuda, cuda:N or mps"),
+    (["--device", "tpu"], "--device: 'tpu' is not auto, cpu, cuda, cuda:N or mps"),
     (["--executor", "dask"], "--executor: Input should be 'local' or 'ray'"),
     (["--workers", "0"], "--workers: Input should be greater than 0"),
 ])

@@ -76,7 +76,7 @@ def test_voc_folder_is_read_with_classes_prompts_and_ignore(toy, voc):
     (toy / "ImageSets" / "Segmentation" / "broken.txt").write_text("nope\n")
     with pytest.raises(DataError, match="nope.jpg is missing"):
         voc_images(toy, "broken")
-    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(toy / "SegmentationClass" / "edited.png")
+    Image.fromarray(np.full(seg.shape, 7, np.uint8)).save(toy / "SegmentationClass" / "edited.png")  # its image's size
     with pytest.raises(DataError, match="class index 7 but the vocabulary 'toy-shapes' has 5"):
         load_annotated(voc_images(toy, "edited")[0], vocab, 64)
 

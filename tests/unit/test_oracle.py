@@ -1,4 +1,4 @@
-"""Tests for the Mask R-CNN oracle (stages/oracle.py). No weights are ever downloaded."""
+"""Tests for the torchvision oracle (stages/oracle/torchvision_backend.py). No weights are ever downloaded."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from stages.oracle import (
     COCO_DETECTOR_CATEGORIES,
     COCO_WEIGHTS,
     Detection,
-    Oracle,
+    TorchvisionOracle,
     build_maskrcnn,
     coco_weights_path,
     load_maskrcnn,
@@ -75,7 +75,7 @@ def random_maskrcnn():
 @pytest.mark.parametrize("vocab_file", ["voc.yaml", "coco.yaml"])
 def test_every_vocabulary_class_maps_to_a_coco_category(vocab_file):
     vocab = load_vocabulary(ROOT / "configs/vocab" / vocab_file)
-    oracle = Oracle(FakeDetector([]), vocab)
+    oracle = TorchvisionOracle(FakeDetector([]), vocab)
     assert set(oracle.label_ids) == {c.name for c in vocab.classes}
     for c in vocab.classes:
         assert COCO_DETECTOR_CATEGORIES[oracle.label_ids[c.name]] == c.detector_name
@@ -91,7 +91,7 @@ def test_coco_categories_come_from_torchvision():
 def test_unknown_detector_name_is_rejected(bad):
     vocab = Vocabulary(name="bad", classes=(ClassInfo(1, "dog", True, "dog"), ClassInfo(2, "x", True, bad)))
     with pytest.raises(ValueError, match=bad):
-        Oracle(FakeDetector([]), vocab)
+        TorchvisionOracle(FakeDetector([]), vocab)
 
 
 def test_oracle_picks_top_scoring_detection_of_the_requested_class(voc):
@@ -110,7 +110,7 @@ def test_oracle_picks_top_scoring_detection_of_the_requested_class(voc):
         ]),
     ]
     detector = FakeDetector(outputs)
-    oracle = Oracle(detector, voc, score_threshold=0.5, mask_threshold=0.5)
+    oracle = TorchvisionOracle(detector, voc, score_threshold=0.5, mask_threshold=0.5)
     images = random_images(2)
     result = oracle.label(images, [["cat", "sofa", "bird"], ["sofa", "person", "tvmonitor", "cat"]])
 
@@ -138,17 +138,18 @@ def test_oracle_picks_top_scoring_detection_of_the_requested_class(voc):
 
 def test_oracle_thresholds_are_applied(voc):
     outputs = [fake_output([("dog", 0.30, (0, 0, 10, 10))])]
-    strict = Oracle(FakeDetector(outputs), voc, score_threshold=0.31)
+    strict = TorchvisionOracle(FakeDetector(outputs), voc, score_threshold=0.31)
     assert strict.label(random_images(1), [["dog"]]) == [{"dog": None}]
-    dog = Oracle(FakeDetector(outputs), voc, score_threshold=0.3).label(random_images(1), [["dog"]])[0]["dog"]
+    dog = TorchvisionOracle(FakeDetector(outputs), voc, score_threshold=0.3).label(random_images(1), [["dog"]])
+    dog = dog[0]["dog"]
     assert dog.mask.sum() == 100
-    loose = Oracle(FakeDetector(outputs), voc, score_threshold=0.3, mask_threshold=0.2)
+    loose = TorchvisionOracle(FakeDetector(outputs), voc, score_threshold=0.3, mask_threshold=0.2)
     full = loose.label(random_images(1), [["dog"]])
     assert full[0]["dog"].mask.all()
 
 
 def test_oracle_with_no_detections_and_bad_requests(voc):
-    oracle = Oracle(FakeDetector([fake_output([])]), voc)
+    oracle = TorchvisionOracle(FakeDetector([fake_output([])]), voc)
     assert oracle.label(random_images(1), [["dog", "cat"]]) == [{"dog": None, "cat": None}]
     assert oracle.label(random_images(0), []) == []
     with pytest.raises(ValueError, match="couch"):
@@ -163,7 +164,8 @@ def test_random_maskrcnn_runs_at_native_size(random_maskrcnn, voc):
     seen_shapes = []
     hook = model.backbone.register_forward_pre_hook(lambda _, args: seen_shapes.append(tuple(args[0].shape)))
     try:
-        result = Oracle(model, voc, score_threshold=0.0).label(random_images(2), [["person", "dog", "sofa"], ["cat"]])
+        result = TorchvisionOracle(model, voc, score_threshold=0.0).label(random_images(2),
+                                                                           [["person", "dog", "sofa"], ["cat"]])
     finally:
         hook.remove()
     assert seen_shapes == [(2, 3, SIZE, SIZE)]  # one batched forward, no resize

@@ -13,6 +13,11 @@ def _samples(n):
              "seg.png": encode_mask(np.full((4, 4), i, np.uint8))} for i in range(n)]
 
 
+def _stats(shard, start, end):
+    """What a run writes beside a finished shard (the counts a rerun trusts)."""
+    return {"shard": shard, "start": start, "end": end, "planned": end - start, "written": end - start, "failed": {}}
+
+
 def test_plan_covers_every_sample_once(tmp_path):
     tasks = plan_shards("label", 10, 4, tmp_path)
     assert [(t.start, t.end) for t in tasks] == [(0, 4), (4, 8), (8, 10)]
@@ -32,8 +37,8 @@ def test_written_shard_reads_back_and_is_byte_identical(tmp_path):
 
 def test_a_shard_without_stats_does_not_exist(tmp_path):
     tasks = plan_shards("label", 8, 4, tmp_path)
-    write_shard(tmp_path, 0, _samples(4), {"start": 0, "end": 4})
-    write_shard(tmp_path, 1, _samples(4), {"start": 4, "end": 8})
+    write_shard(tmp_path, 0, _samples(4), _stats(0, 0, 4))
+    write_shard(tmp_path, 1, _samples(4), _stats(1, 4, 8))
     stats_path(tmp_path, 1).unlink()  # killed between the tar rename and the stats write
     assert read_stats(tmp_path, 1) is None
     assert [t.shard_id for t in pending(tasks)] == [1]
@@ -41,7 +46,7 @@ def test_a_shard_without_stats_does_not_exist(tmp_path):
 
 
 def test_shard_written_for_another_range_is_redone(tmp_path):
-    write_shard(tmp_path, 0, _samples(2), {"start": 0, "end": 2})
+    write_shard(tmp_path, 0, _samples(2), _stats(0, 0, 2))
     assert [t.shard_id for t in pending(plan_shards("label", 4, 4, tmp_path))] == [0]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import config_file, one_line
+from pipeline.config import ConfigError, config_file, one_line
+from stages.yaml_file import read_yaml_mapping
 
 MODES = {
     "synthetic": "synthetic only: the segmenter learns from the synthetic shards alone",
@@ -20,7 +20,7 @@ MODES = {
 class SegmenterPreset(BaseModel):
     """The segmenter and its training recipe."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     architecture: Literal["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101"]
     backbone_weights: str | None
     aux_loss: bool
@@ -39,7 +39,8 @@ class SegmenterPreset(BaseModel):
 
 def load_segmenter_preset(name_or_path: str, overrides: dict | None = None) -> SegmenterPreset:
     """A packaged preset (tiny, standard) or a YAML file, with non-None ``overrides`` applied."""
-    raw = yaml.safe_load(config_file("segmenter", name_or_path, "segmenter preset").read_text()) or {}
+    raw = read_yaml_mapping(config_file("segmenter", name_or_path, "segmenter preset"), "segmenter preset",
+                            ConfigError)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return SegmenterPreset(**raw)

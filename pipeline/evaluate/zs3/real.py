@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from pipeline.dataset.labels import label_table
-from pipeline.dataset.voc import VocImage, label_names, read_image, read_mask, voc_images
+from pipeline.dataset.voc import VocImage, label_names, read_image, read_pair, voc_images
 from pipeline.evaluate.zs3.transforms import Transform
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
@@ -57,7 +57,8 @@ def voc_split(root: Path, split: str, vocabulary: Vocabulary, transform: Transfo
     table = label_table(names, vocabulary, f"VOC ({root}, {source})", ignored_ids)
 
     def load(item: VocImage):
-        return read_image(item.image), table[read_mask(item.mask)]
+        image, mask = read_pair(item)
+        return image, table[mask]
 
     load(images[0])  # a readable first pair, or one clear line now
     return RealSegmentation(f"VOC {split}", images, load, transform)
@@ -95,7 +96,11 @@ def coco_split(root: Path, split: str, vocabulary: Vocabulary, transform: Transf
         path = folder / info["file_name"]
         if not path.is_file():
             raise DataError(f"COCO image {path} is missing")
-        return read_image(path), mask
+        image = read_image(path)
+        if image.shape[:2] != mask.shape:
+            raise DataError(f"COCO image {path} is {image.shape[1]}x{image.shape[0]}, its annotations say "
+                            f"{mask.shape[1]}x{mask.shape[0]}")
+        return image, mask
 
     load(items[0])
     return RealSegmentation(f"COCO {split}", items, load, transform)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pipeline.config import ConfigError, resolve_vocabulary
-from pipeline.dataset.atomic import write_json_atomic
+from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.shards import read_json_object
 from pipeline.dataset.zero_shot import shards_zero_shot
 from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
@@ -27,6 +28,7 @@ from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
 from pipeline.evaluate.zs3.report import build_report, write_report, zero_shot_note
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.evaluate.zs3.train import (
+    TrainState,
     batch_shares,
     evaluate,
     new_train_state,
@@ -95,6 +97,22 @@ def _read_json(path: Path, remedy: str) -> dict:
         raise DataError(f"{path} is damaged ({err}); {remedy}") from err
 
 
+def _resume(state: TrainState, path: Path, device: torch.device, fingerprint: str) -> None:
+    """Continue from ``path``: a checkpoint this evaluation wrote (its fingerprint), else one line. It is
+    loaded with ``weights_only``: a file that would run code when unpickled is refused, never run."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        found = checkpoint.get("fingerprint") if isinstance(checkpoint, dict) else None
+        if found != fingerprint:
+            raise ValueError(f"its fingerprint is {found}, this evaluation's {fingerprint}")
+        state.load(checkpoint)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError) as err:
+        reason = "torch.load with weights_only refuses it: not tensors and plain values" \
+            if isinstance(err, pickle.UnpicklingError) else (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{path} is not a checkpoint of this evaluation ({reason}); delete it to train from "
+                        "the start") from err
+
+
 def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
     """Train, evaluate and write the report; returns it (None in the other torchrun processes than rank 0).
     A rerun resumes, or returns the finished report."""
@@ -137,13 +155,13 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     num_classes = len(vocabulary.classes) + 1
     model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)
     if procs.main:  # every input is checked: only now is the output folder made (and claimed by settings.json)
-        request.out.mkdir(parents=True, exist_ok=True)
+        make_folder(request.out)
         write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
     model = wrap_for_processes(model.to(procs.device), procs)
     state = new_train_state(model, preset, procs.device)
     checkpoint_path = request.out / CHECKPOINT
     if checkpoint_path.is_file():
-        state.load(torch.load(checkpoint_path, map_location=procs.device, weights_only=True))
+        _resume(state, checkpoint_path, procs.device, fingerprint)
         if procs.main:
             console.print(f"resuming from step {state.step} of {preset.steps} ({checkpoint_path})")
     torch.manual_seed(request.seed * 1000 + procs.rank + state.step)  # augmentations; a resume draws anew

@@ -150,9 +150,15 @@ def new_train_state(model: nn.Module, preset: SegmenterPreset, device: torch.dev
 
 
 def save_checkpoint(state: TrainState, path: Path, fingerprint: str) -> None:
-    """Written to a temporary name and renamed: a kill never leaves a torn checkpoint."""
-    with replacing(path) as tmp:
-        torch.save(state.state_dict(fingerprint), tmp)
+    """Written to a temporary name and renamed: a kill never leaves a torn checkpoint, a full disk is one line
+    (``atomic.WriteError``) and keeps the previous checkpoint."""
+    with replacing(path) as tmp, open(tmp, "wb") as stream:
+        try:
+            torch.save(state.state_dict(fingerprint), stream)
+        except RuntimeError as err:  # torch reports a failed write as its own error; the OSError is its context
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from err
+            raise
 
 
 def train(state: TrainState, batches: Iterator, steps: int, device: torch.device,

@@ -1,7 +1,4 @@
-"""Mask R-CNN oracle: labels generated images for the classes named in their prompts.
-
-Grounded Diffusion's rule: the oracle mask of class c in a generated image is the top-scoring
-Mask R-CNN instance of c; when the detector finds no instance of c, the image gets no label for c.
+"""The torchvision backend of the oracle: torchvision's Mask R-CNN (the default; it installs everywhere).
 
 The detector's categories belong to its weights: COCO's 91 for torchvision's weights and any plain
 state dict; a .safetensors file may name its own (``categories`` in its metadata, with
@@ -13,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +21,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from stages.vocab import Vocabulary, VocabularyError
+from stages.oracle.base import Candidates, Oracle
+from stages.vocab import Vocabulary
 from stages.weights import WeightsMissingError, downloads_allowed
 
 COCO_WEIGHTS = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
 COCO_DETECTOR_CATEGORIES: tuple[str, ...] = tuple(COCO_WEIGHTS.meta["categories"])
-_NOT_A_CLASS = ("__background__", "N/A")
 COCO_INPUT_SIZE = 800  # the short side torchvision's COCO Mask R-CNN is trained and evaluated at
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected instance: a boolean HxW mask, its score and its xyxy box."""
-
-    mask: np.ndarray
-    score: float
-    box: tuple[float, float, float, float]
 
 
 def build_maskrcnn(image_size: int, box_score_thresh: float | None = None) -> MaskRCNN:
@@ -173,63 +160,21 @@ def load_maskrcnn(image_size: int, weights: str | Path | None, box_score_thresh:
     return model.eval()
 
 
-def _detector_label_ids(vocab: Vocabulary, categories: tuple[str, ...]) -> dict[str, int]:
-    """Vocabulary class name -> the detector's label id for that class's category.
+class TorchvisionOracle(Oracle):
+    """The oracle on a torchvision Mask R-CNN (``load_maskrcnn``); its categories are ``detector_categories``."""
 
-    Unseen classes are mapped too (evaluation compares against the oracle on them); the pipeline
-    keeps them out of the oracle's training data by never prompting for them in phase A.
-    """
-    ids = {name: i for i, name in enumerate(categories) if name not in _NOT_A_CLASS}
-    unknown = sorted({c.detector_name for c in vocab.classes} - ids.keys())
-    if unknown:
-        which = "COCO categories" if categories == COCO_DETECTOR_CATEGORIES \
-            else f"the detector's categories {sorted(ids)}"
-        raise VocabularyError(f"vocabulary {vocab.name}: detector names that are not {which}: {unknown}")
-    return {c.name: ids[c.detector_name] for c in vocab.classes}
-
-
-def _top_detection(output: dict[str, torch.Tensor], label: int, score_threshold: float,
-                   mask_threshold: float) -> Detection | None:
-    """The top-scoring instance of ``label`` with score >= ``score_threshold`` in one image's output."""
-    scores = torch.where(output["labels"] == label, output["scores"], -torch.inf)
-    if scores.numel() == 0 or scores.max() < score_threshold:
-        return None
-    best = int(scores.argmax())
-    return Detection(
-        mask=(output["masks"][best, 0] > mask_threshold).cpu().numpy(),
-        score=float(scores[best]),
-        box=tuple(float(v) for v in output["boxes"][best]),
-    )
-
-
-class Oracle:
-    """Labels each generated image with the top Mask R-CNN instance of each class its prompt names."""
+    backend = "torchvision"
 
     def __init__(self, model: nn.Module, vocab: Vocabulary, score_threshold: float = 0.5,
                  mask_threshold: float = 0.5, device: str | torch.device = "cpu",
                  categories: tuple[str, ...] = COCO_DETECTOR_CATEGORIES):
-        self.label_ids = _detector_label_ids(vocab, categories)
+        super().__init__(vocab, categories, score_threshold, mask_threshold, device)
         self.model = model.to(device).eval()
-        self.score_threshold = score_threshold
-        self.mask_threshold = mask_threshold
-        self.device = torch.device(device)
 
     @torch.inference_mode()
-    def detect(self, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
-        """One batched forward pass over uint8 (B, H, W, 3) images; torchvision's per-image outputs."""
+    def candidates(self, images: np.ndarray) -> list[Candidates]:
+        """One batched forward pass; torchvision returns boxes and soft masks at each image's size."""
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        return self.model(list(batch))
-
-    def label(self, images: np.ndarray, class_names: list[list[str]]) -> list[dict[str, Detection | None]]:
-        """For each image, class name -> its top detection (None when the detector finds none)."""
-        if len(images) != len(class_names):
-            raise ValueError(f"{len(images)} images but {len(class_names)} class-name lists")
-        if unknown := sorted({n for names in class_names for n in names} - self.label_ids.keys()):
-            raise ValueError(f"class names not in the vocabulary: {unknown}")
-        if not class_names:
-            return []
-        outputs = self.detect(images)
-        return [
-            {n: _top_detection(out, self.label_ids[n], self.score_threshold, self.mask_threshold) for n in names}
-            for out, names in zip(outputs, class_names)
-        ]
+        return [Candidates(labels=out["labels"], scores=out["scores"], boxes=out["boxes"],
+                           masks=lambda chosen, soft=out["masks"]: soft[chosen, 0] > self.mask_threshold)
+                for out in self.model(list(batch))]
