@@ -10,6 +10,7 @@ fitted VAE, loadable with ``--sd-path``.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -20,14 +21,28 @@ from PIL import Image
 from stages.models import load_stable_diffusion
 
 
+def warmup_cosine(steps: int):
+    """The learning-rate factor of each step: linear warm-up over the first 5% of ``steps``, then cosine
+    decay to zero."""
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    return factor
+
+
 def fit_autoencoder(vae, data: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 1e-3,
-                    kl_weight: float = 1e-6, seed: int = 0, on_step=None) -> list[float]:
+                    kl_weight: float = 1e-6, seed: int = 0, on_step=None, anneal: bool = False) -> list[float]:
     """Train ``vae`` in place on ``data`` ((N, 3, H, W) in [-1, 1]): reconstruction + a small KL term,
-    then set its scaling factor as SD's (unit-variance latents). ``on_step(loss)`` after each step;
-    returns the losses."""
+    then set its scaling factor as SD's (unit-variance latents). ``anneal``: warm up over 5% of the
+    steps, then cosine-decay the rate to zero (a constant rate otherwise). ``on_step(loss)`` after each
+    step; returns the losses."""
     vae.train().requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps)) if anneal else None
     losses = []
     for _ in range(steps):
         batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
@@ -37,6 +52,8 @@ def fit_autoencoder(vae, data: torch.Tensor, steps: int, batch_size: int = 16, l
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule:
+            schedule.step()
         losses.append(loss.item())
         if on_step:
             on_step(losses[-1])
