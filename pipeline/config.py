@@ -69,7 +69,8 @@ class Preset(BaseModel):
     guidance: Guidance = Guidance()
     capture_step: int = Field(gt=0)
     features: Literal[FEATURE_LAYOUTS] = "official"  # which UNet outputs the grounding module reads
-    dtype: Literal["float32", "float16", "bfloat16"]
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # of the UNet, VAE, text encoder and
+    #   grounding module; auto: float16 on a GPU (CUDA, MPS), float32 on a CPU
     oracle_weights: str
     oracle_score_threshold: float = Field(ge=0, le=1)  # the top instance per class must score this much
     oracle_input_size: Literal["auto"] | PositiveInt = "auto"  # auto: 800 (COCO's scale) on a GPU,
@@ -102,6 +103,7 @@ class RunConfig(BaseModel):
     pair_fraction: float = Field(0.5, ge=0, le=1)
     image_format: Literal["jpg", "png"] = "jpg"
     device: str = "auto"
+    compile: bool = False  # torch.compile the UNet (pays on a GPU for long runs; the first batches compile)
     cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
 
     @field_validator("device")
@@ -115,8 +117,8 @@ class RunConfig(BaseModel):
         return resolve_vocabulary(self.vocab)
 
     def fingerprint(self) -> str:
-        """Identity of the dataset: all but n, out, device and cache (n may grow on a rerun)."""
-        fields = self.model_dump(mode="json", exclude={"n", "out", "device", "cache_dir"})
+        """Identity of the dataset: all but n, out, device, compile and cache (n may grow on a rerun)."""
+        fields = self.model_dump(mode="json", exclude={"n", "out", "device", "compile", "cache_dir"})
         fields["vocabulary"] = self.vocabulary().to_dict()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
