@@ -9,7 +9,7 @@ out: the samples reported after the first progress report (a finished batch, so 
 loaded) over the time from that report to the end of the run. The tiny preset has random weights:
 these numbers measure overheads of the pipeline, not the real model's speed.
 
-    python benchmarks/executors.py [--n 64] [--shard-size 8] [--batch-size 4]
+    python benchmarks/executors.py [--n 192] [--shard-size 16] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def measure(kind: str, config: RunConfig, settings: ExecutorSettings) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument("--n", type=int, default=192)
+    parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -15,9 +15,9 @@ that take each mode in turn (so load from other processes on the machine falls o
      mask head runs on a full set of detections, as COCO weights give), encoding and the shard write
   d  phase C with the attention labeler, where this datagen has one (``labeler: attention``)
 
-FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` on 1- and 2-step runs of
-each mode (the per-step and fixed parts, so the full count needs no long counted run; matrix products,
-convolutions and attention, not element-wise operations) and turned into
+FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products,
+convolutions and attention; not element-wise operations) on a 1-step run of each mode, with the UNet's
+count added for each further step (so no long counted run is needed), and turned into
 achieved TFLOP/s and a fraction of the device's dense fp16/bf16 peak where the device is in PEAK_TFLOPS.
 The first run of each mode after counting is the warm-up (with ``--compile``, the UNet's compilation),
 reported apart. ``--loading`` measures loading the SD folder with and without ``low_cpu_mem_usage``.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import shutil
@@ -55,8 +54,6 @@ from pipeline.runtime import Runtime
 from pipeline.training.job import feature_channels
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
 from stages.models import MASKRCNN_FILE, build_random_preset, random_preset_name
-
-HERE = Path(__file__).resolve().parent
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from the vendors' datasheets, matched
 # by substring against torch.cuda.get_device_name(). A device not listed has no fraction of peak.
@@ -174,17 +171,15 @@ class Modes:
         return time.perf_counter() - started, images
 
     def flops_per_image(self, mode: str) -> float:
-        """FLOPs per image at the configured steps, from counted 1- and 2-step runs after an uncounted one
-        (which fills the caches of the empty prompt's and the class names' embeddings, as in a long run)."""
+        """FLOPs per image at the configured steps: a counted 1-step run, plus the UNet's share of it once
+        for every further step. An uncounted run first fills the caches of the empty prompt's and the
+        class names' embeddings, as a long run has them."""
         self.run(mode, 0, 1, write=False)
-        counts = []
-        for steps in (1, 2):
-            counter = FlopCounterMode(display=False)
-            with counter, torch.inference_mode():
-                images = self.run(mode, 0, steps, write=False)
-            counts.append(counter.get_total_flops() / images)
-        per_step = counts[1] - counts[0]
-        return counts[0] - per_step + self.config.preset.steps * per_step
+        counter = FlopCounterMode(display=False, depth=1)
+        with counter, torch.inference_mode():
+            images = self.run(mode, 0, 1, write=False)
+        unet = sum(counter.get_flop_counts().get(type(self.runtime.pipe.unet).__name__, {}).values())
+        return (counter.get_total_flops() + (self.config.preset.steps - 1) * unet) / images
 
 
 def attention_config(config: RunConfig) -> RunConfig | str:
@@ -206,38 +201,42 @@ def untrained_grounding(config: RunConfig, runtime: Runtime) -> None:
     save_grounding(module, config.out / GROUNDING_DIR)
 
 
+LOAD = """
+import importlib.util, json, math, time, torch
+from diffusers import StableDiffusionPipeline
+started = time.perf_counter()
+pipe = StableDiffusionPipeline.from_pretrained({folder!r}, dtype=torch.{dtype}, safety_checker=None,
+    requires_safety_checker=False, local_files_only=True, low_cpu_mem_usage={low})
+loaded = time.perf_counter() - started
+pipe.to({device!r})
+with torch.inference_mode():
+    total = sum(float(p.float().sum()) for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+if {device!r}.startswith("cuda"):
+    torch.cuda.synchronize()
+ready = time.perf_counter() - started
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({{"from_pretrained_s": round(loaded, 2), "ready_s": round(ready, 2),
+                  "peak_rss_gb": round(hwm / 1e6, 2), "finite": math.isfinite(total),
+                  "accelerate": importlib.util.find_spec("accelerate") is not None}}))
+"""
+
+
 def measure_loading(folder: Path, dtype: str, device: str) -> dict:
-    """Loading the SD folder in a fresh process each, without and with ``low_cpu_mem_usage`` (which needs the
-    ``accelerate`` package): seconds until ``from_pretrained`` returns, seconds until the models are on the
-    device with every weight read once (diffusers maps safetensors files and reads lazily), peak resident
-    memory."""
+    """Loading the SD folder in a fresh process each (which imports torch and diffusers only), without and
+    with ``low_cpu_mem_usage`` (without the ``accelerate`` package diffusers ignores it: ``accelerate`` in the
+    result says whether it was there): seconds until ``from_pretrained``
+    returns, seconds until the models are on the device with every weight read once (diffusers maps
+    safetensors files, so weights are read when first used), and peak resident memory (VmHWM)."""
     results = {}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
     for low in (False, True):
-        done = subprocess.run([sys.executable, __file__, "--load-child", str(folder), dtype, device, str(low)],
-                              capture_output=True, text=True, env=env)
+        code = LOAD.format(folder=str(folder), dtype=dtype, device=device, low=low)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         if done.returncode == 0 and lines:
             results[f"low_cpu_mem_usage={low}"] = json.loads(lines[-1])
         else:
             results[f"low_cpu_mem_usage={low}"] = {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
     return results
-
-
-def load_child(folder: str, dtype: str, device: str, low: str) -> dict:
-    from diffusers import StableDiffusionPipeline
-
-    started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=getattr(torch, dtype), safety_checker=None,
-                                                   requires_safety_checker=False, local_files_only=True,
-                                                   low_cpu_mem_usage=low == "True")
-    loaded = time.perf_counter() - started
-    pipe.to(device)
-    with torch.inference_mode():
-        total = sum(float(p.float().sum()) for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
-    synchronize(device)
-    return {"from_pretrained_s": round(loaded, 2), "ready_s": round(time.perf_counter() - started, 2),
-            "peak_rss_gb": round(peak_rss_gb(), 2), "finite": math.isfinite(total)}
 
 
 def main() -> None:
@@ -255,11 +254,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (after FLOP counting)")
     parser.add_argument("--loading", action="store_true", help="also measure loading with/without low_cpu_mem_usage")
     parser.add_argument("--work", type=Path, default=None, help="folder for the shards (default: a temporary one)")
-    parser.add_argument("--load-child", nargs=4, default=None, help=argparse.SUPPRESS)  # measure_loading's process
     args = parser.parse_args()
-    if args.load_child:
-        print(json.dumps(load_child(*args.load_child)))
-        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for library in (diffusers, transformers):
         library.utils.logging.set_verbosity_error()
@@ -299,7 +294,7 @@ def run(args, sizes: dict, folder: Path, work: Path) -> dict:
     name = device_name(runtime.device)
     processors = sorted({type(p).__name__ for p in runtime.pipe.unet.attn_processors.values()})
 
-    say(f"models loaded in {load_s:.1f} s; counting FLOPs (1- and 2-step runs of each mode)")
+    say(f"models loaded in {load_s:.1f} s; counting FLOPs (1-step runs of each mode)")
     flops = {m: modes.flops_per_image(m) for m in modes.names}  # eager: a compiled graph hides its operations
     if args.compile:
         runtime.pipe.unet.compile()
@@ -322,7 +317,7 @@ def run(args, sizes: dict, folder: Path, work: Path) -> dict:
         per_image = seconds[m] / images[m]
         achieved = flops[m] / per_image / 1e12
         rows[m] = {"mode": MODES[m], "s_per_image": round(per_image, 4), "images": images[m],
-                   "warmup_s": warmup[m], "gflop_per_image": round(flops[m] / 1e9, 1),
+                   "warmup_s": warmup[m], "gflop_per_image": round(flops[m] / 1e9, 3),
                    "achieved_tflops": round(achieved, 3),
                    "fraction_of_peak": round(achieved / peak, 3) if peak else None}
     for m, why in modes.unavailable.items():

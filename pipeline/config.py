@@ -103,7 +103,7 @@ class RunConfig(BaseModel):
     pair_fraction: float = Field(0.5, ge=0, le=1)
     image_format: Literal["jpg", "png"] = "jpg"
     device: str = "auto"
-    compile: bool = False  # torch.compile the UNet (its first batches compile); the same computation, so not in the fingerprint
+    compile: bool = False  # torch.compile the UNet (first batches compile): same computation, not in the fingerprint
     cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
 
     @field_validator("device")

@@ -66,12 +66,12 @@ def test_throughput_benchmark(cache_dir):
         assert row["warmup_s"] > 0 and row["fraction_of_peak"] is None, row
     assert set(report["ratios"]) >= {"b/a", "c/a"} and all(math.isfinite(v) for v in report["ratios"].values())
     assert "d/a" in report["ratios"] or report["modes"]["d"]["unavailable"].startswith("not available"), report
-    # the oracle (a Mask R-CNN) and the grounding module add FLOPs to the same generation
-    assert report["modes"]["c"]["gflop_per_image"] > report["modes"]["b"]["gflop_per_image"] \
-        > report["modes"]["a"]["gflop_per_image"], report["modes"]
+    # the oracle (a Mask R-CNN) adds FLOPs to the same generation
+    assert report["modes"]["c"]["gflop_per_image"] > 2 * report["modes"]["a"]["gflop_per_image"], report["modes"]
     for key in ("low_cpu_mem_usage=False", "low_cpu_mem_usage=True"):
         loaded = report["loading"][key]
-        assert loaded["ready_s"] >= loaded["from_pretrained_s"] > 0 and loaded["peak_rss_gb"] > 0 and loaded["finite"], loaded
+        assert loaded["ready_s"] >= loaded["from_pretrained_s"] > 0 and loaded["peak_rss_gb"] > 0, loaded
+        assert loaded["finite"], loaded
 
 
 def test_memory_benchmark(cache_dir):

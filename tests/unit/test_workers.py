@@ -154,3 +154,16 @@ def test_a_failed_write_is_retried_from_the_computed_samples(config, monkeypatch
     assert report.failed_shards == {1: "OSError: disk full"} and [s["shard"] for s in report.stats] == [0, 2]
     assert [e for e in events if e[0] == "compute"] == [("compute", 0), ("compute", 1), ("compute", 2)]
     assert sum(counted) == 4 and read_stats(config.out, 1) is None
+
+
+def test_an_interrupt_still_writes_the_shard_already_computed(config):
+    class InterruptedAtShard1(Recording):
+        def compute(self, task, on_samples=None):
+            if task.shard_id == 1:
+                raise KeyboardInterrupt
+            return super().compute(task, on_samples)
+
+    tasks = plan_shards("oracle", 6, 2, config.out)
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(worker=InterruptedAtShard1(config, [])).run(tasks, config, lambda k: None)
+    assert read_stats(config.out, 0) is not None and read_stats(config.out, 1) is None
