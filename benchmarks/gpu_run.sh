@@ -46,6 +46,7 @@ diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$out
     ;;
   smoke)
     out=${2:-$(mktemp -d)}
+    mkdir -p "$out"
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
     benchmark eager --arch tiny --image-size 64 --steps 2 --batch-size 2 --rounds 1 --loading
     benchmark compile --arch tiny --image-size 64 --steps 2 --batch-size 2 --rounds 1 --compile
