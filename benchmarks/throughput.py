@@ -45,14 +45,14 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import RunConfig, default_cache_dir, load_preset
+from pipeline.config import Preset, RunConfig, default_cache_dir, load_preset
 from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.layout import GROUNDING_DIR, Phase
 from pipeline.dataset.plan import plan_shards
 from pipeline.run.workers import ShardWorker
 from pipeline.runtime import Runtime
-from pipeline.training.job import feature_channels
-from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
+from pipeline.training.job import new_trainer
+from stages.grounding.model import save_grounding
 from stages.models import MASKRCNN_FILE, build_random_preset, random_preset_name
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from the vendors' datasheets, matched
@@ -183,22 +183,22 @@ class Modes:
 
 
 def attention_config(config: RunConfig) -> RunConfig | str:
-    """Phase C's config with the attention labeler, or why there is none."""
-    if "labeler" not in RunConfig.model_fields:
-        return "not available: this datagen has no attention labeler (no `labeler` setting)"
+    """Phase C's config with the attention labeler (a ``labeler`` setting of the run or of its preset), or
+    why there is none."""
     try:
-        return config.model_copy(update={"labeler": "attention"})
+        if "labeler" in RunConfig.model_fields:
+            return RunConfig.model_validate({**config.model_dump(), "labeler": "attention"})
+        if "labeler" in Preset.model_fields:
+            preset = Preset.model_validate({**config.preset.model_dump(), "labeler": "attention"})
+            return config.model_copy(update={"preset": preset})
     except ValueError as err:
-        return f"not available: {err}"
+        return f"not available: {str(err).splitlines()[0]}"
+    return "not available: this datagen has no attention labeler (no `labeler` setting)"
 
 
 def untrained_grounding(config: RunConfig, runtime: Runtime) -> None:
-    """A paper-sized grounding checkpoint with random weights (training is not what is measured)."""
-    torch.manual_seed(0)
-    module = GroundingModule(GroundingConfig(
-        feature_channels=feature_channels(runtime), text_dim=runtime.pipe.text_encoder.config.hidden_size,
-        image_size=config.preset.image_size, **config.preset.grounding.model_dump()))
-    save_grounding(module, config.out / GROUNDING_DIR)
+    """A preset-sized grounding checkpoint with random weights (training is not what is measured)."""
+    save_grounding(new_trainer(config, runtime).module, config.out / GROUNDING_DIR)
 
 
 LOAD = """
