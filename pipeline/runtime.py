@@ -39,8 +39,7 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """The models' dtype: the preset's, or on ``auto`` float16 on a GPU and float32 on a CPU (where
-    half precision runs slower and float sums must agree across runs)."""
+    """The models' dtype: the preset's, or on ``auto`` float16 on a GPU (CUDA, MPS) and float32 on a CPU."""
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.float16
     return getattr(torch, dtype)
