@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-labelers bench-grounding bench-world bench-oracle clean
+.PHONY: install demo test test-fast bench bench-memory bench-throughput bench-labelers bench-grounding bench-world bench-oracle clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -26,13 +26,23 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
 
-# Tiny-preset throughput of the in-process and Ray executors, and the time outside model compute.
+# Tiny-preset throughput of the in-process and Ray executors (also in steady state), and the time outside
+# model compute.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/executors.py
 
 # Seconds per image of plain generation and of phase C with each labeler (grounding, attention), 1 thread.
 bench-labelers: $(STAMP)
 	$(BIN)/python benchmarks/labelers.py
+
+# Peak memory of phase C at n = 200 and 2000 (in-process executor): flat in n.
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py
+
+# SD 1.5's architecture (random weights): datagen's phases against bare diffusers, FLOPs, model loading.
+# Reduced size for a CPU; on a GPU: `$(BIN)/python benchmarks/throughput.py --full` (or benchmarks/gpu_run.sh).
+bench-throughput: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/throughput.py --loading
 
 # Proof that the grounding module learns: toy shapes in VOC layout, held-out mIoU and CPU time.
 bench-grounding: $(STAMP)

@@ -87,7 +87,8 @@ class Preset(BaseModel):
     guidance: Guidance = Guidance()
     capture_step: int = Field(gt=0)
     features: Literal[FEATURE_LAYOUTS] = "official"  # which UNet outputs the grounding module reads
-    dtype: Literal["float32", "float16", "bfloat16"]
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # of the UNet, VAE, text encoder and
+    #   grounding module; auto: float16 on a GPU (CUDA, MPS), float32 on a CPU
     oracle_backend: Literal["torchvision", "detectron2"] = "torchvision"  # the oracle's detector library
     oracle_config: str | None = Field(None, validate_default=True)  # detectron2 only: a model-zoo config
     #   name or a .yaml / LazyConfig .py file
@@ -153,6 +154,7 @@ class RunConfig(BaseModel):
     pair_fraction: float = Field(0.5, ge=0, le=1)
     image_format: Literal["jpg", "png"] = "jpg"
     device: str = "auto"
+    compile: bool = False  # torch.compile the UNet (first batches compile): same computation, not in the fingerprint
     cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
 
     @field_validator("device")
@@ -166,14 +168,15 @@ class RunConfig(BaseModel):
         return resolve_vocabulary(self.vocab)
 
     def fingerprint(self) -> str:
-        """Identity of the dataset: all but n, out, device and cache (n may grow on a rerun), and but the
+        """Identity of the dataset: all but n, out, device, compile and cache (n may grow on a rerun), and but the
         settings of the labeler not used (the grounding labeler's fingerprints are those from before
         the attention labeler existed)."""
         if self.labeler == "grounding":
             exclude = {"labeler": True, "preset": {"attention"}}
         else:
             exclude = {"preset": {**dict.fromkeys(GROUNDING_ONLY, True), "guidance": {"oracle": True}}}
-        fields = self.model_dump(mode="json", exclude={"n": True, "out": True, "device": True, "cache_dir": True,
+        fields = self.model_dump(mode="json", exclude={"n": True, "out": True, "device": True, "compile": True,
+                                                       "cache_dir": True,
                                                        **exclude})
         fields["vocabulary"] = self.vocabulary().to_dict()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

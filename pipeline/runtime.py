@@ -15,7 +15,7 @@ from pipeline.world import WORLD, built_world, world_spec
 from stages.attention.labeler import AttentionLabeler
 from stages.generate import Diffusion
 from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingConfig, GroundingModule, load_grounding
-from stages.models import MASKRCNN_FILE, build_tiny_preset, load_stable_diffusion, tiny_preset_name
+from stages.models import MASKRCNN_FILE, build_random_preset, fast_path, load_stable_diffusion, random_preset_name
 from stages.oracle import COCO_INPUT_SIZE, Oracle, import_detectron2_backend, load_oracle
 from stages.weights import WeightsMissingError
 
@@ -24,8 +24,8 @@ TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run see
 
 def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
     """The tiny preset's folder in the cache, built on first use (keyed by its content)."""
-    return build_folder_once(Path(cache_dir) / tiny_preset_name(seed, image_size),
-                             lambda folder: build_tiny_preset(folder, seed, image_size))
+    return build_folder_once(Path(cache_dir) / random_preset_name(seed, image_size),
+                             lambda folder: build_random_preset(folder, seed, image_size))
 
 
 def resolve_device(device: str) -> str:
@@ -40,12 +40,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The models' dtype: the preset's, or on ``auto`` float16 on a GPU (CUDA, MPS) and float32 on a CPU."""
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.float16
+    return getattr(torch, dtype)
+
+
 class Runtime:
     def __init__(self, config: RunConfig):
         self.config = config
         self.preset = config.preset
         self.device = resolve_device(config.device)
-        self.dtype = getattr(torch, self.preset.dtype) if self.device != "cpu" else torch.float32
+        self.dtype = resolve_dtype(self.preset.dtype, self.device)
 
     @cached_property
     def tiny_dir(self) -> Path:
@@ -68,7 +75,8 @@ class Runtime:
 
     @cached_property
     def pipe(self):
-        return load_stable_diffusion(self.sd_source(), self.device, self.dtype)
+        return fast_path(load_stable_diffusion(self.sd_source(), self.device, self.dtype), self.device,
+                         self.config.compile)
 
     @cached_property
     def diffusion(self) -> Diffusion:
@@ -128,7 +136,7 @@ class Runtime:
 
     @cached_property
     def grounding(self) -> GroundingModule:
-        return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).eval()
+        return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).to(self.dtype).eval()
 
     def check_weights(self, oracle: bool, grounding: bool, attention: bool = False) -> None:
         """Fail fast, before any work, when weights are missing (WeightsMissingError), the oracle's backend

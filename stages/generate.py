@@ -63,8 +63,7 @@ class FeatureCapture:
         """
         groups: dict[int, list[torch.Tensor]] = {}
         for out in self._outputs:
-            uncond, cond = out.chunk(2)
-            groups.setdefault(out.shape[-1], []).append(torch.cat([uncond, cond], dim=1))
+            groups.setdefault(out.shape[-1], []).extend(out.chunk(2))  # views: one copy per resolution, below
         self._outputs = []
         return {res: torch.cat(parts, dim=1) for res, parts in sorted(groups.items())}
 
@@ -93,6 +92,7 @@ class Diffusion:
         self.capture = FeatureCapture(pipe.unet, features)
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
+        self._empty_prompt: torch.Tensor | None = None  # the unconditional embedding, computed once
 
     @property
     def capture_timestep(self) -> int:
@@ -102,12 +102,19 @@ class Diffusion:
         return int(scheduler.timesteps[self.capture_index])
 
     @torch.inference_mode()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings of [""] * B + prompts, the guided batch's order."""
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
         tok = self.pipe.tokenizer
-        ids = tok([""] * len(prompts) + list(prompts), padding="max_length",
-                  max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
         return self.pipe.text_encoder(ids.to(self.device))[0]
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings of [""] * B + prompts, the guided batch's order; the empty prompt's is
+        computed once, so it is the same whatever the batch."""
+        if self._empty_prompt is None:
+            self._empty_prompt = self._embed([""])
+        return torch.cat([self._empty_prompt.expand(len(prompts), -1, -1), self._embed(prompts)])
 
     def _guided_eps(self, latents, t, embeddings, guidance: float):
         eps = self.pipe.unet(torch.cat([latents, latents]).to(self.dtype), t,

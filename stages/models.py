@@ -1,8 +1,9 @@
-"""Model loading: Stable Diffusion from a hub id or folder, and the offline ``tiny`` preset.
+"""Model loading: Stable Diffusion from a hub id or folder, and the offline random-weight presets.
 
 The tiny preset has the real architecture families, the real CLIP BPE vocabulary and random seeded
 weights. It is saved with ``save_pretrained`` and loaded back through the same ``from_pretrained``
-path a real run uses, so tests exercise the production loading code.
+path a real run uses, so tests exercise the production loading code. The same builder writes SD 1.5's
+exact architecture with random weights, for throughput measurements.
 """
 
 from __future__ import annotations
@@ -34,6 +35,30 @@ TINY_SD = {
     "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  vocab_size=49408, max_position_embeddings=77, projection_dim=32),
 }
+# Stable Diffusion v1.5's architecture (the unet, vae and text_encoder config.json of
+# stable-diffusion-v1-5, written out; defaults left out): random weights in it compute exactly as fast
+# as the real model, so throughput is measured without the weights (benchmarks/throughput.py).
+SD15_SD = {
+    "unet": dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), norm_num_groups=32, cross_attention_dim=768,
+        attention_head_dim=8, act_fn="silu", downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "vae": dict(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2, norm_num_groups=32, act_fn="silu", sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    ),
+    "text": dict(  # CLIP ViT-L/14's text tower
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    ),
+}
+ARCHITECTURES = {"tiny": TINY_SD, "sd15": SD15_SD}
 MASKRCNN_FILE = "maskrcnn.safetensors"
 
 
@@ -62,14 +87,18 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def tiny_preset_name(seed: int, image_size: int) -> str:
-    """The tiny preset's folder name in a cache: keyed by its architecture, seed and image size."""
-    spec = json.dumps({"arch": TINY_SD, "seed": seed, "image_size": image_size}, sort_keys=True)
-    return f"tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+def random_preset_name(seed: int, image_size: int, arch: str = "tiny") -> str:
+    """A random-weight preset's folder name in a cache: keyed by its architecture, seed and image size
+    (``arch``: a name in ARCHITECTURES; the tiny preset's keys are unchanged since before there were two)."""
+    spec = {"arch": ARCHITECTURES[arch], "seed": seed, "image_size": image_size}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{arch}-random-{digest}" if arch != "tiny" else f"tiny-{digest}"
 
 
-def build_tiny_preset(folder: Path, seed: int, image_size: int) -> None:
-    """Write the tiny preset (diffusers folder + Mask R-CNN weights) into the empty ``folder``."""
+def build_random_preset(folder: Path, seed: int, image_size: int, arch: str = "tiny") -> None:
+    """Write a random-weight preset (diffusers folder + COCO-sized Mask R-CNN weights) of architecture
+    ``arch`` (``tiny``, or ``sd15`` for SD 1.5's) into the empty ``folder``; the UNet's sample size is
+    set from ``image_size``, since it fixes the resolution that is sampled."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -77,10 +106,11 @@ def build_tiny_preset(folder: Path, seed: int, image_size: int) -> None:
     from stages.oracle import build_maskrcnn
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**TINY_SD["vae"])
-    latent = image_size // 2 ** (len(TINY_SD["vae"]["block_out_channels"]) - 1)
-    unet = UNet2DConditionModel(**{**TINY_SD["unet"], "sample_size": latent})
-    text = CLIPTextModel(CLIPTextConfig(**TINY_SD["text"]))
+    spec = ARCHITECTURES[arch]
+    vae = AutoencoderKL(**spec["vae"])
+    latent = image_size // 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
+    unet = UNet2DConditionModel(**{**spec["unet"], "sample_size": latent})
+    text = CLIPTextModel(CLIPTextConfig(**spec["text"]))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
@@ -122,6 +152,20 @@ def load_stable_diffusion(source: str, device: str = "cpu", dtype: torch.dtype =
             raise WeightsMissingError(f"Stable Diffusion weights '{source}' were downloaded but cannot be loaded "
                                       f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
     return pipe.to(device)
+
+
+def fast_path(pipe, device: str, compile_unet: bool = False):
+    """The pipeline made fast for ``device``: on CUDA the UNet and VAE in channels-last memory format
+    (the layout cuDNN's tensor-core convolutions read, saving a transpose per convolution); with
+    ``compile_unet``, the UNet compiled in place by torch.compile (its first calls compile; hooks
+    and attributes stay on the same module). Attention already runs PyTorch's fused
+    scaled_dot_product_attention: diffusers' default processor (``AttnProcessor2_0``)."""
+    if device.startswith("cuda"):
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        pipe.unet.compile()
+    return pipe
 
 
 def _from_pretrained(path: str, dtype: torch.dtype):

@@ -23,6 +23,10 @@ OracleWeights = Annotated[str | None, typer.Option(help="Oracle weights: COCO_V1
                                                        "dict (.pth/.safetensors); a detectron2 checkpoint (.pkl/.pth) "
                                                        "for oracle_backend: detectron2.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+Dtype = Annotated[str | None, typer.Option(help="Model dtype: auto (float16 on a GPU, float32 on a CPU), float32, "
+                                                "float16 or bfloat16 (default: the preset's).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (its first batches run slower "
+                                                         "while it compiles).")]
 BootstrapN = Annotated[int | None, typer.Option(help="Oracle samples for training (phase A).")]
 TrainSteps = Annotated[int | None, typer.Option(help="Grounding training steps (phase B).")]
 ShardSize = Annotated[int | None, typer.Option(help="Samples per shard.")]
@@ -44,15 +48,16 @@ EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/wri
 def run_config(*, vocab: str, out: Path, models: str, seed: int, device: str, n: int = 1,
                sd_path: str | None = None, oracle_weights: str | None = None, bootstrap_n: int | None = None,
                train_steps: int | None = None, shard_size: int | None = None, shard_mb: float | None = None,
-               batch_size: int | None = None, labeler: str = "grounding") -> RunConfig:
+               batch_size: int | None = None, labeler: str = "grounding", dtype: str | None = None,
+               compile: bool = False) -> RunConfig:
     """The validated run config: the model preset with the flags that were given (None: the preset's)."""
     preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
-                                  "shard_size": shard_size, "batch_size": batch_size,
+                                  "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
                                   "train": {"steps": train_steps}})
     resolve_vocabulary(vocab)  # fail early on a bad vocabulary
     try:
         config = RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device,
-                           labeler=labeler)
+                           labeler=labeler, compile=compile)
     except ValidationError as err:
         raise one_line(err, lambda where: f"--{where.replace('.', '-')}") from err
     return config if shard_mb is None else _sized(config, shard_size, shard_mb)

@@ -157,7 +157,8 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         shard_size: opt.ShardSize = None, shard_mb: opt.ShardMb = None, batch_size: opt.BatchSize = None,
         executor: opt.ExecutorKind = "local", ray_address: opt.RayAddress = None, workers: opt.Workers = None,
         gpus_per_worker: opt.GpusPerWorker = None, cpus_per_worker: opt.CpusPerWorker = 1.0,
-        encode_cpus: opt.EncodeCpus = 1.0, labeler: opt.Labeler = "grounding",
+        encode_cpus: opt.EncodeCpus = 1.0, labeler: opt.Labeler = "grounding", dtype: opt.Dtype = None,
+        compile: opt.Compile = False,
     ):
         settings = opt.executor_settings(kind=executor, ray_address=ray_address, workers=workers,
                                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
@@ -165,7 +166,7 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                                 oracle_weights=oracle_weights, device=device, bootstrap_n=bootstrap_n,
                                 train_steps=train_steps, shard_size=shard_size, shard_mb=shard_mb,
-                                batch_size=batch_size, labeler=labeler)
+                                batch_size=batch_size, labeler=labeler, dtype=dtype, compile=compile)
         _execute(config, frozenset({Phase.LABEL}) if config.labeler == "attention" else phases, settings)
 
     command.__doc__ = help_text

@@ -163,8 +163,8 @@ class ShardWorker:
         gen = rt.diffusion.generate(batch, capture_features=True)
         text_names = [[self.vocab[n].prompt_name for n in s.classes] for s in batch]
         embeddings, _ = class_embeddings(rt.class_text, text_names, self.vocab.text_template, rt.device)
-        with torch.inference_mode():
-            probs = torch.sigmoid(rt.grounding({r: f.float() for r, f in gen.features.items()}, embeddings))
+        with torch.inference_mode():  # features as captured (the module's dtype); one copy of the masks to the host
+            probs = torch.sigmoid(rt.grounding(gen.features, embeddings)).float().cpu()
         results = []
         for b, spec in enumerate(batch):
             ids = [self.vocab[n].id for n in spec.classes]

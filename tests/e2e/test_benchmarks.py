@@ -30,12 +30,15 @@ def run_script(name: str, *args: str, cache_dir: Path) -> dict:
 
 
 def test_executors_benchmark(cache_dir):
-    """`make bench` at 2 samples: a throughput row for each executor."""
-    results = run_script("executors", "--n", "2", "--shard-size", "2", "--batch-size", "2", cache_dir=cache_dir)
+    """`make bench` at 4 samples (2 shards): a throughput row for each executor, and its steady-state rate
+    after start-up where progress came in more than one report (Ray's is polled, so its may not)."""
+    results = run_script("executors", "--n", "4", "--shard-size", "2", "--batch-size", "2", cache_dir=cache_dir)
     assert [r["executor"].split(" ")[0] for r in results] == ["local", "ray", "local"], results
     for r in results:
-        assert r["samples"] == 2, r
-        assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0, r
+        assert r["samples"] == 4, r
+        assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0 and r["startup_s"] > 0, r
+    assert results[0]["steady_samples_per_s"] > 0 and results[2]["steady_samples_per_s"] > 0, results
+    assert results[1]["steady_samples_per_s"] is None or results[1]["steady_samples_per_s"] > 0, results
 
 
 def test_grounding_toy_benchmark(cache_dir, tmp_path):
@@ -64,3 +67,34 @@ def test_oracle_backends_benchmark(cache_dir):
     assert [(r["backend"], r["input_size"], r["detections_per_image"] > 0) for r in rows] == [
         ("torchvision", 32, False), ("detectron2", 32, False), ("torchvision", 32, True), ("detectron2", 32, True)]
     assert all(math.isfinite(r["cpu_s_per_image"]) and r["cpu_s_per_image"] > 0 for r in rows), rows
+
+def test_throughput_benchmark(cache_dir):
+    """`make bench-throughput` on the tiny architecture at 64 px, 2 steps, one image per mode: every mode
+    has seconds, FLOPs and its ratio to bare diffusers (the attention labeler too);
+    loading is measured with and without low_cpu_mem_usage."""
+    report = run_script("throughput", "--arch", "tiny", "--image-size", "64", "--steps", "2", "--batch-size", "1",
+                        "--rounds", "1", "--loading", cache_dir=cache_dir)
+    assert (report["image_size"], report["steps"], report["batch_size"]) == (64, 2, 1), report
+    assert report["dtype"] == "float32" and report["peak_tflops"] is None  # a CPU: no peak to compare with
+    assert report["attention_processors"] == ["AttnProcessor2_0"], report  # PyTorch's fused attention
+    for mode in ("a", "b", "c"):
+        row = report["modes"][mode]
+        assert row["images"] == 1 and row["s_per_image"] > 0 and row["gflop_per_image"] > 0, row
+        assert row["warmup_s"] > 0 and row["fraction_of_peak"] is None, row
+    assert set(report["ratios"]) >= {"b/a", "c/a"} and all(math.isfinite(v) for v in report["ratios"].values())
+    assert "d/a" in report["ratios"], report  # the attention labeler, measured like the others
+    # the oracle (a Mask R-CNN) adds FLOPs to the same generation
+    assert report["modes"]["c"]["gflop_per_image"] > 2 * report["modes"]["a"]["gflop_per_image"], report["modes"]
+    for key in ("low_cpu_mem_usage=False", "low_cpu_mem_usage=True"):
+        loaded = report["loading"][key]
+        assert loaded["ready_s"] >= loaded["from_pretrained_s"] > 0 and loaded["peak_rss_gb"] > 0, loaded
+        assert loaded["finite"], loaded
+
+
+def test_memory_benchmark(cache_dir):
+    """`make bench-memory` at n = 4 and 8: a fresh process per n, each with its peak memory, and their ratio."""
+    report = run_script("memory", "--n", "4", "8", "--image-size", "64", "--shard-size", "2", "--batch-size", "2",
+                        "--steps", "1", cache_dir=cache_dir)
+    assert [(r["n"], r["shards"]) for r in report["runs"]] == [(4, 2), (8, 4)], report
+    assert all(r["peak_gb"] >= r["peak_before_phase_gb"] > 0 for r in report["runs"]), report
+    assert math.isfinite(report["ratio"]) and report["ratio"] > 0, report

@@ -198,7 +198,12 @@ class RayExecutor(Executor):
                 computing[result] = actor
                 committing[commit.remote(result, config)] = task  # runs once the samples exist
             refs = [*computing, *probing, *committing]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_SECONDS, fetch_local=False)
+            # Wake on the first event (an actor left idle between shards costs throughput), then take all
+            # that are ready; the timeout keeps the progress bar moving while nothing finishes.
+            if ray.wait(refs, num_returns=1, timeout=POLL_SECONDS, fetch_local=False)[0]:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            else:
+                ready = []
             for ref in ready:
                 if ref in computing:  # done or died: the actor gets its next shard once it answers
                     actor = computing.pop(ref)
