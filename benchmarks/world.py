@@ -78,6 +78,7 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
         "world": {"folder": world["folder"], "oracle_miou_rendered": world["oracle_on_rendered"]["miou"],
                   "oracle_per_class_iou": world["oracle_on_rendered"]["per_class_iou"],
                   "generated_found": world["generated"]["oracle_finds_prompted_class"],
+                  "generated_top": world["generated"]["oracle_top_is_prompted_class"],
                   "build_times": world["times"], "losses": {k: [v["first"], v["last"]]
                                                             for k, v in world["losses"].items()}},
         "phase_a": {"planned": planned, "labelled": written,
@@ -103,6 +104,9 @@ def table(report: dict) -> Table:
     t.add_row("phase A: generated samples the oracle labels (finds a prompted class)",
               _fmt(report["phase_a"]["oracle_finds_prompted"]))
     found = report["world"]["generated_found"]
+    top = report["world"]["generated_top"]
+    t.add_row("world build: the oracle's top detection is the prompted class (chance 0.1)",
+              _fmt(sum(top.values()) / len(top)))
     t.add_row("world build: oracle finds the prompted class (one-class prompts, all classes)",
               _fmt(sum(found.values()) / len(found)))
     for labeler, scores in report["protocol1"].items():

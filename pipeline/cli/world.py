@@ -48,13 +48,16 @@ def build_command(
 def _table(report: dict) -> Table:
     oracle, generated = report["oracle_on_rendered"], report["generated"]
     table = Table(title="miniature world")
-    for column in ("class", "oracle IoU (rendered)", "oracle finds (rendered)", "oracle finds prompted (generated)"):
+    for column in ("class", "oracle IoU (rendered)", "oracle finds (rendered)", "oracle finds prompted (generated)",
+                   "top detection is prompted (generated)"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name in report["classes"]:
         table.add_row(name, f"{oracle['per_class_iou'].get(name, float('nan')):.3f}",
                       f"{oracle['found'].get(name, float('nan')):.2f}",
-                      f"{generated['oracle_finds_prompted_class'][name]:.2f}")
-    table.add_row("[bold]mean[/]", f"[bold]{oracle['miou']:.3f}[/]", "", f"[bold]{generated['mean']:.2f}[/]")
+                      f"{generated['oracle_finds_prompted_class'][name]:.2f}",
+                      f"{generated['oracle_top_is_prompted_class'][name]:.2f}")
+    table.add_row("[bold]mean[/]", f"[bold]{oracle['miou']:.3f}[/]", "", f"[bold]{generated['mean']:.2f}[/]",
+                  f"[bold]{generated['mean_top']:.2f}[/]")
     parts = ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in report["times"].items())
     losses = ", ".join(f"{k} {v['first']:.3f} -> {v['last']:.3f}" for k, v in report["losses"].items())
     table.caption = f"losses: {losses}; times: {parts}"
