@@ -9,6 +9,9 @@ by its folder, so ``pytest -m unit`` selects the fast ones. Helper modules share
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,39 @@ def tiny_dataset(tmp_path_factory, cache_dir):
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
+
+@dataclass
+class CliResult:
+    """One in-process ``datagen`` run: its exit code, stdout and stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def one_line(self) -> str:
+        """The one non-blank line of stderr (a user's error message); fails the test on more."""
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, self.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def datagen(capsys, monkeypatch):
+    """Run the CLI in this process, as ``datagen ARGS``: a ``CliResult``."""
+    from pipeline.cli import main
+
+    def run(*args) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["datagen", *map(str, args)])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out, err = capsys.readouterr()
+        return CliResult(exited.value.code or 0, out, err)
+
+    return run
+
+
+@pytest.fixture
+def copy(tiny_dataset, tmp_path):
+    """A copy of the shared tiny dataset, free to damage."""
+    return shutil.copytree(tiny_dataset, tmp_path / "copy")

@@ -1,5 +1,6 @@
-"""Training loops of the world's models: the latent diffusion UNet and the Mask R-CNN oracle (the VAE
-is fitted by ``stages.toy_vae.fit_autoencoder``), and the oracle's mask IoU on held-out scenes."""
+"""Training loops of the world's models: the text encoder's pretraining, the latent diffusion UNet and the
+Mask R-CNN oracle (the VAE is fitted by ``stages.toy_vae.fit_autoencoder``), and the oracle's mask IoU on
+held-out scenes."""
 
 from __future__ import annotations
 
@@ -19,10 +20,25 @@ EMA_DECAY = 0.995  # the saved UNet is an exponential average of the last few hu
 MIN_INSTANCE_PIXELS = 4  # a shape occluded down to fewer pixels is no training instance
 
 
-def _optimizer(params, fit: Fit) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with a linear warm-up over the first 5% of steps, then cosine decay to zero."""
+def _fit(params, fit: Fit, batch_loss: Callable[[], torch.Tensor], on_step: OnStep | None,
+         after_step: Callable[[], None] | None = None) -> list[float]:
+    """``fit.steps`` AdamW steps on ``batch_loss()`` (a fresh batch each call), the rate warmed up over the
+    first 5% of steps, then cosine-decayed to zero; ``after_step()`` after each update. The losses."""
     optimizer = torch.optim.AdamW(params, lr=fit.lr, weight_decay=1e-2)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(fit.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(fit.steps))
+    losses = []
+    for _ in range(fit.steps):
+        loss = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if after_step:
+            after_step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(losses[-1])
+    return losses
 
 
 def pretrain_text_encoder(text_encoder, token_ids: torch.Tensor, named: torch.Tensor, eos_token_id: int, fit: Fit,
@@ -36,22 +52,15 @@ def pretrain_text_encoder(text_encoder, token_ids: torch.Tensor, named: torch.Te
     generator = torch.Generator().manual_seed(seed)
     text_encoder.train().requires_grad_(True)
     probe = torch.nn.Linear(text_encoder.config.hidden_size, named.shape[1])
-    optimizer, schedule = _optimizer([*text_encoder.parameters(), *probe.parameters()], fit)
     after_eos = (token_ids == eos_token_id).cumsum(1) > 0
-    losses = []
-    for _ in range(fit.steps):
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(len(token_ids), (fit.batch_size,), generator=generator)
         logits = probe(text_encoder(token_ids[idx])[0])
         per_position = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, named[idx, None].expand_as(logits), reduction="none").mean(-1)
-        loss = per_position[after_eos[idx]].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if on_step:
-            on_step(losses[-1])
+        return per_position[after_eos[idx]].mean()
+    losses = _fit([*text_encoder.parameters(), *probe.parameters()], fit, batch_loss, on_step)
     text_encoder.eval().requires_grad_(False)
     return losses
 
@@ -69,9 +78,8 @@ def train_unet(unet, latents: torch.Tensor, captions: torch.Tensor, embeddings: 
     generator = torch.Generator().manual_seed(seed)
     unet.train().requires_grad_(True)
     ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
-    optimizer, schedule = _optimizer(unet.parameters(), fit)
-    losses = []
-    for _ in range(fit.steps):
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(len(latents), (fit.batch_size,), generator=generator)
         caption = torch.where(torch.rand(fit.batch_size, generator=generator) < caption_dropout, 0, captions[idx])
         clean = latents[idx]
@@ -79,15 +87,8 @@ def train_unet(unet, latents: torch.Tensor, captions: torch.Tensor, embeddings: 
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (fit.batch_size,), generator=generator)
         noisy = noise_scheduler.add_noise(clean, noise, t)
         predicted = unet(noisy, t, encoder_hidden_states=embeddings[caption]).sample
-        loss = torch.nn.functional.mse_loss(predicted, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        ema.update_parameters(unet)
-        losses.append(loss.item())
-        if on_step:
-            on_step(losses[-1])
+        return torch.nn.functional.mse_loss(predicted, noise)
+    losses = _fit(unet.parameters(), fit, batch_loss, on_step, after_step=lambda: ema.update_parameters(unet))
     return ema.module.eval().requires_grad_(False), losses
 
 
@@ -117,18 +118,11 @@ def train_oracle(model, images: np.ndarray, masks: np.ndarray, fit: Fit, seed: i
     targets = [instance_targets(m) for m in masks]
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
     model.train()
-    optimizer, schedule = _optimizer([p for p in model.parameters() if p.requires_grad], fit)
-    losses = []
-    for _ in range(fit.steps):
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(len(images), (fit.batch_size,), generator=generator).tolist()
-        loss = sum(model([pixels[i].float() / 255 for i in idx], [targets[i] for i in idx]).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if on_step:
-            on_step(losses[-1])
+        return sum(model([pixels[i].float() / 255 for i in idx], [targets[i] for i in idx]).values())
+    losses = _fit([p for p in model.parameters() if p.requires_grad], fit, batch_loss, on_step)
     model.eval()
     return losses
 

@@ -4,9 +4,6 @@ lost. The reader-, config- and fault-level tables are in tests/unit/test_hostile
 
 import io
 import json
-import shutil
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,32 +16,6 @@ from pipeline.inspect.folder import read_shard
 
 RUN = ["run", "--vocab", "voc", "--n", "16", "--models", "tiny", "--bootstrap-n", "4", "--train-steps", "3",
        "--shard-size", "4", "--batch-size", "2", "--seed", "3"]  # the tiny_dataset fixture's command
-
-
-@pytest.fixture
-def datagen(capsys, monkeypatch):
-    """Run the CLI in this process (as ``datagen ARGS``): exit code, stdout and stderr."""
-    from pipeline.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["datagen", *map(str, args)])
-        with pytest.raises(SystemExit) as exited:
-            main()
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=exited.value.code or 0, stdout=out, stderr=err)
-
-    return run
-
-
-def one_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-@pytest.fixture
-def copy(tiny_dataset, tmp_path):
-    return shutil.copytree(tiny_dataset, tmp_path / "copy")
 
 
 def png(array: np.ndarray) -> bytes:
@@ -84,12 +55,12 @@ def test_damaged_samples_are_one_line_naming_shard_and_key(datagen, copy, tmp_pa
     result = datagen("validate", copy)
     assert result.returncode == 1 and f"data/{shard} key {key}: {validate_says}" in result.stdout, result.stdout
     result = datagen("show", copy, "--save", tmp_path / "sheet.png")
-    line = one_line(result)
+    line = result.one_line()
     assert result.returncode == 2 and f"{shard} key {key}: {show_says or validate_says}" in line, line
     assert not (tmp_path / "sheet.png").exists()
     result = datagen("stats", copy)
     if stats_refuses:  # stats reads image and mask headers only: what they hold is validate's to check
-        assert result.returncode == 2 and f"{shard} key {key}:" in one_line(result)
+        assert result.returncode == 2 and f"{shard} key {key}:" in result.one_line()
     else:
         assert result.returncode == 0
 
@@ -108,7 +79,7 @@ def test_a_damaged_manifest_is_refused_alike_by_every_command(datagen, copy, dam
     before = {p.name: p.stat().st_mtime_ns for p in copy.rglob("*")}
     for command in (RUN, ["validate"], ["show"], ["stats"]):
         result = datagen(*command, *(["--out", copy] if command is RUN else [copy]))
-        line = one_line(result)
+        line = result.one_line()
         assert result.returncode == 2 and "manifest.json" in line and "damaged" in line, command
     assert {p.name: p.stat().st_mtime_ns for p in copy.rglob("*")} == before  # nothing touched
 
@@ -117,7 +88,7 @@ def test_a_damaged_manifest_is_refused_alike_by_every_command(datagen, copy, dam
 def test_run_rewrites_the_damaged_classes_file_that_validate_tells_it_to(datagen, copy, text, cache_dir):
     (copy / "classes.json").write_text(text)
     told = datagen("validate", copy)
-    assert told.returncode == 2 and "rewrite it by rerunning the run command" in one_line(told)
+    assert told.returncode == 2 and "rewrite it by rerunning the run command" in told.one_line()
     result = datagen(*RUN, "--out", copy)
     assert result.returncode == 0 and "rewrote" in result.stderr and "classes.json" in result.stderr
     assert datagen("validate", copy).returncode == 0
@@ -140,7 +111,7 @@ def test_damaged_stats_are_named_and_run_redoes_that_shard_to_the_same_bytes(dat
 def test_a_damaged_training_record_stops_run_with_one_line(datagen, copy):
     (copy / "grounding" / "training.json").write_text("[]")
     result = datagen(*RUN, "--out", copy)
-    assert result.returncode == 2 and "grounding/training.json is damaged" in one_line(result)
+    assert result.returncode == 2 and "grounding/training.json is damaged" in result.one_line()
     assert (copy / "grounding" / "model.safetensors").is_file()
 
 
@@ -162,7 +133,7 @@ def test_a_preset_that_cannot_run_is_refused_before_the_output_folder_is_claimed
                                                                                message):
     out = tmp_path / "out"
     result = datagen(*RUN, "--models", preset_file(tmp_path, **changes), "--out", out)
-    assert result.returncode == 2 and message in one_line(result) and not out.exists()
+    assert result.returncode == 2 and message in result.one_line() and not out.exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -175,7 +146,7 @@ def test_run_refuses_what_it_cannot_use_with_one_line(datagen, tmp_path, args, m
     vocab.write_text("- dog\n- cat\n")
     args = [str(vocab) if a == "VOCAB" else a for a in args]
     result = datagen(*RUN, "--out", tmp_path / "out", *args)
-    assert result.returncode == 2 and message.replace("VOCAB", str(vocab)) in one_line(result)
+    assert result.returncode == 2 and message.replace("VOCAB", str(vocab)) in result.one_line()
     assert not (tmp_path / "out").exists()
     result = datagen("prompts", "--vocab", vocab)
-    assert result.returncode == 2 and "holds a list" in one_line(result)
+    assert result.returncode == 2 and "holds a list" in result.one_line()

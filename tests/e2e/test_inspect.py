@@ -3,8 +3,6 @@
 import io
 import json
 import shutil
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,32 +12,6 @@ from pipeline.dataset.shards import encode_mask, finished_shards, write_shard
 from pipeline.dataset.sizing import samples_per_shard
 from pipeline.inspect.folder import open_output, read_shard
 from pipeline.inspect.show import class_colour, pick_samples
-
-
-@pytest.fixture
-def datagen(capsys, monkeypatch):
-    """Run the CLI in this process (as ``datagen ARGS``): exit code, stdout and stderr."""
-    from pipeline.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["datagen", *args])
-        with pytest.raises(SystemExit) as exited:
-            main()
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=exited.value.code or 0, stdout=out, stderr=err)
-
-    return run
-
-
-def one_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-@pytest.fixture
-def copy(tiny_dataset, tmp_path):
-    return shutil.copytree(tiny_dataset, tmp_path / "copy")
 
 
 def rewrite_sample(out, shard_index, change):
@@ -126,7 +98,7 @@ def _truncate(out):
 def test_bad_input_gets_one_line_and_exit_2(datagen, copy, damage, message, command):
     damage(copy)
     result = datagen(command, str(copy))
-    assert result.returncode == 2 and message in one_line(result) and not result.stdout
+    assert result.returncode == 2 and message in result.one_line() and not result.stdout
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -137,7 +109,7 @@ def test_bad_input_gets_one_line_and_exit_2(datagen, copy, damage, message, comm
 def test_validate_refuses_what_is_not_a_readable_dataset(datagen, copy, damage, message):
     damage(copy)
     result = datagen("validate", str(copy))
-    assert result.returncode == 2 and message in one_line(result)
+    assert result.returncode == 2 and message in result.one_line()
 
 
 def _resize_mask(sample):
@@ -208,7 +180,7 @@ def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
     del stats["written"]
     stats_path.write_text(json.dumps(stats))
     result = datagen("stats", str(copy))
-    assert result.returncode == 2 and "shard-000002.stats.json has no written count" in one_line(result)
+    assert result.returncode == 2 and "shard-000002.stats.json has no written count" in result.one_line()
     result = datagen("validate", str(copy))
     assert result.returncode == 1 and "data/shard-000002.tar: its stats are damaged (counts missing or not integers)" \
         in result.stdout  # and `run` redoes that shard
@@ -229,7 +201,7 @@ def test_shard_mb_run_records_its_shard_size_and_writes_shards_near_the_target(d
     assert samples_per_shard(0.001, 512, "jpg") == 1
     assert samples_per_shard(500, 512, "jpg") > samples_per_shard(500, 512, "png")
     result = datagen("run", "--models", "tiny", "--shard-size", "4", "--shard-mb", "10", "--out", str(tmp_path / "x"))
-    assert result.returncode == 2 and "not both" in one_line(result) and not (tmp_path / "x").exists()
+    assert result.returncode == 2 and "not both" in result.one_line() and not (tmp_path / "x").exists()
 
 
 def test_rerun_of_a_finished_dataset_restores_a_missing_card_and_index(datagen, copy):
