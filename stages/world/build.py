@@ -126,9 +126,11 @@ def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Prog
                                                [c.prompt_name for c in vocab.classes], step)
         finally:
             torch.set_num_threads(threads)
+        while not oracle_job.ready():  # the generator is done: the oracle's bar keeps moving meanwhile
+            oracle_job.wait(1.0)
+            if progress:
+                progress("oracle", oracle_done.value, spec.oracle.steps)
         losses["oracle"], clock.parts["oracle"] = oracle_job.get()
-    if progress:
-        progress("oracle", spec.oracle.steps, spec.oracle.steps)
     with clock("report"):
         loaded = load_maskrcnn(spec.image_size, folder / MASKRCNN_FILE, box_score_thresh=0.05)
         oracle = TorchvisionOracle(loaded, vocab, score_threshold=REPORT_SCORE_THRESHOLD, categories=categories)
