@@ -23,7 +23,8 @@ def class_token_positions(tokenizer, prompt: str, names: list[str]) -> list[list
         at = next((i for i in range(start, len(ids) - len(name_ids) + 1) if ids[i:i + len(name_ids)] == name_ids),
                   None)
         if not name_ids or at is None:
-            raise AttentionRecordingError(f"the tokens of class {name!r} are not in the (77-token) prompt {prompt!r}")
+            raise AttentionRecordingError(f"the tokens of class {name!r} are not in the "
+                                          f"({tokenizer.model_max_length}-token) prompt {prompt!r}")
         positions.append(list(range(at, at + len(name_ids))))
         start = at + len(name_ids)
     return positions
