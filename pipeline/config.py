@@ -8,10 +8,11 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveInt,
@@ -20,7 +21,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.functional_serializers import PlainSerializer
 
+from pipeline.dataset.location import location
 from stages.attention.settings import AttentionSettings
 from stages.errors import DatagenError
 from stages.generate import FEATURE_LAYOUTS
@@ -140,12 +143,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DATAGEN_CACHE", "~/.cache/datagen")).expanduser()
 
 
+# A local folder (Path) or an object-store prefix (UPath from an fsspec URL): ``pipeline.dataset.location``.
+OutputLocation = Annotated[Any, BeforeValidator(location), PlainSerializer(str, when_used="json")]
+
+
 class RunConfig(BaseModel):
     """A whole run. ``fingerprint`` covers every field that changes the samples."""
 
     model_config = ConfigDict(extra="forbid")
     vocab: str
-    out: Path
+    out: OutputLocation
     preset_name: str
     preset: Preset
     seed: int = 0

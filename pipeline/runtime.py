@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from pipeline.config import ConfigError, RunConfig, one_line
 from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.layout import GROUNDING_DIR
+from pipeline.dataset.location import local_copy
 from pipeline.world import WORLD, built_world, world_spec
 from stages.attention.labeler import AttentionLabeler
 from stages.generate import Diffusion
@@ -136,7 +137,8 @@ class Runtime:
 
     @cached_property
     def grounding(self) -> GroundingModule:
-        return load_grounding(self.config.out / GROUNDING_DIR, map_location=self.device).to(self.dtype).eval()
+        with local_copy(self.config.out / GROUNDING_DIR) as folder:  # an object store's: downloaded first
+            return load_grounding(folder, map_location=self.device).to(self.dtype).eval()
 
     def check_weights(self, oracle: bool, grounding: bool, attention: bool = False) -> None:
         """Fail fast, before any work, when weights are missing (WeightsMissingError), the oracle's backend

@@ -13,6 +13,7 @@ from pipeline.cli.progress import progress_bar
 from pipeline.dataset import zero_shot
 from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.layout import EVAL_DIR
+from pipeline.dataset.location import location
 from pipeline.dataset.manifest import check_output, check_writable, output_lock
 from pipeline.dataset.voc import voc_images
 from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
@@ -25,7 +26,7 @@ Data = Annotated[Path, typer.Option(help="VOC-layout folder: JPEGImages/, Segmen
 
 @app.command("train-annotated")
 def train_annotated(
-    data: Data, vocab: opt.Vocab = "voc", out: opt.Out = Path("runs/datagen"), models: opt.Models = "sd15",
+    data: Data, vocab: opt.Vocab = "voc", out: opt.Out = "runs/datagen", models: opt.Models = "sd15",
     seed: opt.Seed = 0, sd_path: opt.SdPath = None, device: opt.Device = "auto",
     split: Annotated[str, typer.Option(help="Image set to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Image set to validate on ('' for none).")] = "val",
@@ -62,12 +63,12 @@ def train_annotated(
 
 @eval_app.command("grounding")
 def eval_grounding(
-    vocab: opt.Vocab = "coco", out: opt.Out = Path("runs/datagen"), models: opt.Models = "sd15",
+    vocab: opt.Vocab = "coco", out: opt.Out = "runs/datagen", models: opt.Models = "sd15",
     seed: opt.Seed = 0, sd_path: opt.SdPath = None, oracle_weights: opt.OracleWeights = None,
     device: opt.Device = "auto",
     n: Annotated[int, typer.Option(help="Test images to generate (seen and unseen classes).")] = 200,
-    json_path: Annotated[Path | None,
-                         typer.Option("--json", help="Report file (default OUT/eval/protocol1.json).")] = None,
+    json_path: Annotated[str | None, typer.Option(
+        "--json", help="Report file, a path or URL (default OUT/eval/protocol1.json).")] = None,
     batch_size: opt.BatchSize = None,
     labeler: Annotated[str, typer.Option(help="Which labeler to score: grounding (the checkpoint in --out), "
                                               "attention (cross-attention maps, the preset's attention "
@@ -82,7 +83,7 @@ def eval_grounding(
     with progress_bar(console) as progress:
         bar = progress.add_task("Protocol I", total=n)
         report = evaluate_labelers(config, runtime, n, labelers, lambda k: progress.advance(bar, k))
-    target = json_path or config.out / EVAL_DIR / "protocol1.json"
+    target = location(json_path) if json_path else config.out / EVAL_DIR / "protocol1.json"
     make_folder(target.parent)
     write_json_atomic(target, report)
     console.print(protocol1_table(report))

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from pipeline.cli.app import app
+from pipeline.dataset.location import location
 from pipeline.inspect.folder import open_output
 from pipeline.inspect.show import show as write_sheet
 from pipeline.inspect.stats import dataset_stats, print_stats
 from pipeline.inspect.validate import validate_output
 
-DatasetDir = Annotated[Path, typer.Argument(help="A datagen output folder (the --out of a run).",
-                                            show_default=False)]
+DatasetDir = Annotated[str, typer.Argument(help="A datagen output folder or object-store URL (the --out of a run).",
+                                           show_default=False)]
 MAX_LISTED = 50  # problems printed by validate; the count says how many more
 
 
@@ -24,15 +24,17 @@ def show(out: DatasetDir,
          n: Annotated[int, typer.Option(help="Samples on the sheet (the first ones, in shard order).")] = 16,
          class_name: Annotated[str | None,
                                typer.Option("--class", help="Only samples whose mask labels this class.")] = None,
-         save: Annotated[Path | None, typer.Option(help="Where to write the PNG [default: OUT/show.png].")] = None):
+         save: Annotated[str | None, typer.Option(help="Where to write the PNG, a path or URL "
+                                                      "[default: OUT/show.png].")] = None):
     """Write a contact sheet PNG of samples with their masks overlaid; prints its path, opens nothing."""
-    print(write_sheet(open_output(out), n, class_name, save or out / "show.png"))
+    folder = location(out)
+    print(write_sheet(open_output(folder), n, class_name, location(save) if save else folder / "show.png"))
 
 
 @app.command()
 def validate(out: DatasetDir):
     """Check every shard against the format, its stats and the manifest; exit 1 naming shard and key."""
-    problems, checked = validate_output(out)
+    problems, checked = validate_output(location(out))
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     for problem in problems[:MAX_LISTED]:
         print(problem)
@@ -48,4 +50,4 @@ def validate(out: DatasetDir):
 @app.command()
 def stats(out: DatasetDir, json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False):
     """Samples, per-class pixel share and instances, seen vs unseen, failures, image and shard sizes."""
-    print_stats(dataset_stats(open_output(out)), Console(soft_wrap=True), as_json=json)
+    print_stats(dataset_stats(open_output(location(out))), Console(soft_wrap=True), as_json=json)

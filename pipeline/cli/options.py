@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +13,8 @@ from pipeline.run.executors import ExecutorSettings
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
-Out = Annotated[Path, typer.Option(help="Output folder (created; a rerun resumes it).")]
+Out = Annotated[str, typer.Option(help="Output folder, or an object-store URL (s3://bucket/prefix, gs://..., "
+                                       "az://...); created; a rerun resumes it.")]
 Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), tiny (offline), world (the miniature "
                                           "world), or a YAML file.")]
 Seed = Annotated[int, typer.Option(help="Run seed: same config and seed give the same samples.")]
@@ -45,7 +45,7 @@ CpusPerWorker = Annotated[float, typer.Option(help="CPUs per Ray model worker.")
 EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/writing task (holds no GPU).")]
 
 
-def run_config(*, vocab: str, out: Path, models: str, seed: int, device: str, n: int = 1,
+def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: int = 1,
                sd_path: str | None = None, oracle_weights: str | None = None, bootstrap_n: int | None = None,
                train_steps: int | None = None, shard_size: int | None = None, shard_mb: float | None = None,
                batch_size: int | None = None, labeler: str = "grounding", dtype: str | None = None,

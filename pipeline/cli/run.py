@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +15,7 @@ from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
 from pipeline.config import ConfigError, RunConfig, resolve_vocabulary
 from pipeline.dataset.layout import ALL_PHASES, CLASSES, DATA_DIR, MANIFEST, WIDS_INDEX, Phase
+from pipeline.dataset.location import is_remote
 from pipeline.dataset.manifest import (
     check_output,
     check_writable,
@@ -102,9 +102,10 @@ def _run_phases(config: RunConfig, phases: frozenset[Phase], settings: ExecutorS
 
 def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> None:
     """Write the dataset card and the wids index; ``only_if_stale``: only when either is missing or
-    older than the manifest or a shard's stats (a run killed after its last shard wrote neither)."""
+    older than the manifest or a shard's stats (a run killed after its last shard wrote neither); on an
+    object store, whose objects' times are the store's, always."""
     data = config.out / DATA_DIR
-    if only_if_stale:
+    if only_if_stale and not is_remote(config.out):
         sources = [config.out / MANIFEST, *data.glob("shard-*.stats.json")]
         newest = max(p.stat().st_mtime for p in sources if p.exists())
         if all(p.exists() and p.stat().st_mtime >= newest for p in (config.out / "README.md", data / WIDS_INDEX)):
@@ -151,7 +152,7 @@ def _print_summary(config: RunConfig, phases: frozenset[Phase]) -> None:
 
 def _phase_command(phases: frozenset[Phase], help_text: str):
     def command(
-        vocab: opt.Vocab = "coco", n: opt.N = 110000, out: opt.Out = Path("runs/datagen"), models: opt.Models = "sd15",
+        vocab: opt.Vocab = "coco", n: opt.N = 110000, out: opt.Out = "runs/datagen", models: opt.Models = "sd15",
         seed: opt.Seed = 0, sd_path: opt.SdPath = None, oracle_weights: opt.OracleWeights = None,
         device: opt.Device = "auto", bootstrap_n: opt.BootstrapN = None, train_steps: opt.TrainSteps = None,
         shard_size: opt.ShardSize = None, shard_mb: opt.ShardMb = None, batch_size: opt.BatchSize = None,

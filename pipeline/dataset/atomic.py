@@ -5,6 +5,10 @@ a temporary name and swapped in by a rename pair, the previous version kept as `
 until the new one is in place (``recover_folder`` undoes a kill between the two renames). Temporary
 names end in ``.tmp<uuid4>``: writers on many machines share one output folder, where process ids
 collide.
+
+On an object store (``location.is_remote``) there is no rename, but a single PUT is atomic: a file is
+written locally and uploaded whole, a folder's files are uploaded with the one that marks it complete
+last (``replace_folder``'s ``last``), and nothing temporary is left on the store.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.dataset.location import is_remote, names
 from stages.errors import WriteError
 
 STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live writer
@@ -25,16 +31,30 @@ STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live wr
 
 def temporary_path(path: Path, kind: str = "tmp") -> Path:
     """A name beside ``path`` to write its content under before renaming, unique across machines."""
-    return Path(f"{path}.{kind}{uuid.uuid4().hex}")
+    path = path if is_remote(path) else Path(path)
+    return path.with_name(f"{path.name}.{kind}{uuid.uuid4().hex}")
 
 
 def cannot_write(path: Path, err: OSError) -> WriteError:
-    """The one line for an ``OSError`` while writing ``path`` (full disk, read-only file system, permissions)."""
+    """The one line for an ``OSError`` while writing ``path`` (full disk, read-only file system, permissions,
+    a store's refusal)."""
     return WriteError(f"cannot write {path}: {err.strerror or err}")
 
 
+@contextmanager
+def _local_temporary_folder() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="datagen-upload-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def make_folder(path: Path) -> Path:
-    """``path`` and its parents created if missing; WriteError naming it when they cannot be."""
+    """``path`` and its parents created if missing; WriteError naming it when they cannot be. An object
+    store has no folders: nothing to create there."""
+    if is_remote(path):
+        return path
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
@@ -48,7 +68,13 @@ def make_folder(path: Path) -> Path:
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is flushed to disk and renamed to ``path``.
     On any failure the temporary is removed and ``path`` keeps its previous content; an ``OSError``
-    (a full disk...) becomes a WriteError naming ``path``."""
+    (a full disk...) becomes a WriteError naming ``path``. On an object store the temporary is local and
+    is uploaded whole."""
+    if is_remote(path):
+        with _local_temporary_folder() as folder, _raising_write_error(path):
+            yield folder / path.name
+            path.fs.put_file(str(folder / path.name), path.path)
+        return
     path = Path(path)
     tmp = temporary_path(path)
     try:
@@ -62,6 +88,16 @@ def replacing(path: Path) -> Iterator[Path]:
         raise cannot_write(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _raising_write_error(path) -> Iterator[None]:
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        raise cannot_write(path, err) from err
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -79,7 +115,18 @@ def write_json_atomic(path: Path, data) -> None:
 
 def create_exclusive(path: Path, data: bytes) -> bool:
     """Create ``path`` whole with ``data`` unless it exists (checked atomically: two writers on a
-    shared folder cannot both create it); False when it already existed."""
+    shared folder cannot both create it); False when it already existed. On an object store this is a
+    conditional PUT (create if absent) where its fsspec backend offers one (S3's ``If-None-Match``); a
+    backend without one checks, then writes."""
+    if is_remote(path):
+        try:
+            with _raising_write_error(path):
+                path.fs.pipe_file(path.path, data, mode="create")
+            return True
+        except WriteError as err:
+            if isinstance(err.__cause__, FileExistsError):
+                return False
+            raise
     path = Path(path)
     tmp = temporary_path(path)
     try:
@@ -94,11 +141,18 @@ def create_exclusive(path: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:
+def replace_folder(folder: Path, fill: Callable[[Path], None], last: str) -> None:
     """Let ``fill`` write a new version of ``folder`` into an empty temporary folder, then swap it in.
     Some version of ``folder`` exists at every moment but between the two renames, which
     ``recover_folder`` repairs. On any failure the temporary folder is removed and the previous
-    version stays; an ``OSError`` (a full disk...) becomes a WriteError naming ``folder``."""
+    version stays; an ``OSError`` (a full disk...) becomes a WriteError naming ``folder``.
+
+    On an object store, which cannot swap a folder, the previous version's ``last`` file is deleted
+    first and the new one's uploaded after every other file: readers take a folder without ``last`` for
+    absent, so they see a whole version or none (a kill in between leaves none)."""
+    if is_remote(folder):
+        _upload_folder(folder, fill, last)
+        return
     folder = Path(folder)
     tmp, old = temporary_path(folder), temporary_path(folder, "old")
     try:
@@ -116,9 +170,27 @@ def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _upload_folder(folder, fill: Callable[[Path], None], last: str) -> None:
+    with _local_temporary_folder() as local, _raising_write_error(folder):
+        fill(local)
+        new = sorted(p.name for p in local.iterdir() if p.is_file())
+        if last not in new:
+            raise ValueError(f"{folder}: the new version has no {last} to mark it complete")
+        old = names(folder)
+        if last in old:
+            folder.fs.rm_file((folder / last).path)
+        for name in sorted(old - set(new) - {last}):
+            folder.fs.rm_file((folder / name).path)
+        for name in [*(n for n in new if n != last), last]:
+            folder.fs.put_file(str(local / name), (folder / name).path)
+
+
 def recover_folder(folder: Path) -> None:
     """After a kill inside ``replace_folder``: put the previous version back if none is in place, and
-    drop the temporaries. Call it only while no other writer of ``folder`` runs (under the output lock)."""
+    drop the temporaries. Call it only while no other writer of ``folder`` runs (under the output lock).
+    An object store needs none: nothing there is renamed."""
+    if is_remote(folder):
+        return
     folder = Path(folder)
     for old in sorted(folder.parent.glob(f"{folder.name}.old*")):
         if not folder.exists():
@@ -152,7 +224,10 @@ def remove_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECO
     """Delete temporaries left by a killed run (never a finished file): those not modified for
     ``max_age`` seconds. A younger one may belong to a run of the same config writing to this folder
     now (from another machine, too: the per-machine lock cannot tell), and a writer finishes a
-    temporary within seconds, so age alone tells a stale temporary from a live one."""
+    temporary within seconds, so age alone tells a stale temporary from a live one. Nothing temporary
+    is written on an object store."""
+    if is_remote(folder):
+        return
     cutoff = time.time() - max_age
     for tmp in Path(folder).glob("*.tmp*"):
         try:

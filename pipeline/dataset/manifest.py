@@ -32,6 +32,7 @@ from pipeline.dataset.layout import (
     ORACLE_DIR,
     RESUME_DIR,
 )
+from pipeline.dataset.location import is_remote
 from pipeline.dataset.provenance import code_version, model_record, oracle_record
 from pipeline.dataset.shards import finished_stats, read_json_object
 from pipeline.dataset.zero_shot import LABELS, attention_labels_entry, labels_entry
@@ -98,7 +99,16 @@ def whole_class_list(entries) -> bool:
 def check_writable(out: Path) -> None:
     """Refuse, before any work, an --out that cannot be written here: a file stands in its path, or a
     folder cannot be made in its nearest existing folder (a read-only file system, no permission, a
-    virtual file system such as /proc), tried with an empty probe folder removed at once."""
+    virtual file system such as /proc), tried with an empty probe folder removed at once. On an object
+    store, an empty probe object is written and deleted (no bucket, no credentials, no permission)."""
+    if is_remote(out):
+        probe = temporary_path(out / ".datagen-probe")
+        try:
+            probe.fs.pipe_file(probe.path, b"")
+            probe.fs.rm_file(probe.path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--out {out}: cannot write there ({getattr(err, 'strerror', None) or err})") from err
+        return
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
@@ -122,7 +132,8 @@ def output_lock(config: RunConfig) -> Iterator[None]:
     """Hold an exclusive lock on the output folder (kept in the cache, so no stray file in OUT). The lock
     file is removed on release, while still locked: a process that opened it meanwhile finds, once it
     holds its lock, that the name points elsewhere, and locks the name's new file instead."""
-    key = hashlib.sha256(str(config.out.resolve()).encode()).hexdigest()[:16]
+    where = str(config.out) if is_remote(config.out) else str(config.out.resolve())
+    key = hashlib.sha256(where.encode()).hexdigest()[:16]
     path = make_folder(config.cache_dir / "locks") / f"{key}.lock"
     while True:
         handle = open(path, "a")  # held open for the whole block, closed below

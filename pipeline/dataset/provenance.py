@@ -11,7 +11,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding pipel
 
 
 def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 

@@ -27,8 +27,9 @@ from braceexpand import braceexpand
 
 from pipeline.dataset.atomic import write_json_atomic
 from pipeline.dataset.layout import CLASSES, DATA_DIR, WIDS_INDEX
+from pipeline.dataset.location import is_remote, location, names, shard_location
 from pipeline.dataset.members import UNSAFE, check_mask, decode_json, decode_mask, decode_rgb, sample_classes
-from pipeline.dataset.shards import finished_shards, read_json_object, read_stats
+from pipeline.dataset.shards import finished_shards, finished_stats_by_id, read_json_object, read_stats, shard_path
 from stages.errors import DataError
 
 IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
@@ -62,29 +63,31 @@ def shard_urls(source) -> list[str]:
     """Shards to read, as a list: an output folder or shard folder -> its finished shards; a ``.txt``
     file -> the shards it lists, one a line; a brace pattern (``shard-{000000..000099}.tar``) -> its
     expansion; a shard path, URL or ``pipe:`` command -> itself; a list -> each item expanded so.
+    Folders and ``.txt`` files may be object-store URLs (``s3://bucket/prefix``: read through fsspec).
     A local path that does not exist raises FileNotFoundError, nothing to read ValueError."""
     if isinstance(source, (list, tuple)):
         return [url for item in source for url in shard_urls(item)]
-    path = Path(source).expanduser()
-    if path.is_dir():
-        folder = path / DATA_DIR if (path / DATA_DIR).is_dir() else path
+    text = str(source)
+    if "{" in text or text.startswith("pipe:") or (path := shard_location(text)) is None:
+        urls = list(braceexpand(text))
+        if not urls:
+            raise ValueError(f"{source} lists no shards")
+        return urls
+    if path.suffix != ".tar" and path.is_dir():
+        folder = path / DATA_DIR if DATA_DIR in names(path) else path
         shards = [str(p) for p in finished_shards(folder)]
         if not shards:
             raise FileNotFoundError(f"{folder} holds no finished shards (shard-*.tar with stats)")
         return shards
     if path.suffix == ".txt" and path.is_file():
         urls = [url for line in path.read_text().splitlines() if line.strip() for url in braceexpand(line.strip())]
-    elif _is_remote(str(source)) or "{" in str(source) or path.is_file():
-        urls = list(braceexpand(str(source)))
+    elif path.is_file():
+        urls = [text]
     else:
         raise FileNotFoundError(f"{source}: no such folder, shard or shard list")
     if not urls:
         raise ValueError(f"{source} lists no shards")
     return urls
-
-
-def _is_remote(url: str) -> bool:
-    return "://" in url or url.startswith("pipe:")
 
 
 def open_dataset(urls, image: str = "rgb8", **webdataset_kwargs) -> wds.WebDataset:
@@ -210,36 +213,37 @@ def _check_members(sample: dict, keys: set[str]) -> None:
 
 
 def _stats_written(url: str) -> int | None:
-    """The sample count a local shard's stats give, None when it has none (or they do not count)."""
-    if _is_remote(url):
-        return None
-    stats = read_stats(Path(url).parent, _shard_id(url)) if _shard_id(url) is not None else None
+    """The sample count a shard's stats give (a local or object-store shard), None when it has none (or
+    they do not count)."""
+    shard = shard_location(url)
+    stats = read_stats(shard.parent, _shard_id(url)) if shard is not None and _shard_id(url) is not None else None
     written = stats.get("written") if stats else None
     return written if type(written) is int else None
 
 
 def _shard_id(url: str) -> int | None:
-    name = Path(url).name
+    name = url.rstrip("/").rsplit("/", 1)[-1]
     digits = name.removeprefix("shard-").removesuffix(".tar")
     return int(digits) if name.startswith("shard-") and name.endswith(".tar") and digits.isdigit() else None
 
 
 class _DatasetClasses:
-    """``classes.json`` (id -> name) of the dataset a local shard belongs to (beside its folder, or in
-    it), read once per folder; None for shards elsewhere, whose samples are checked against their
-    own json alone."""
+    """``classes.json`` (id -> name) of the dataset a shard belongs to (beside its folder, or in it; local
+    or in an object store), read once per folder; None for shards elsewhere (``pipe:``, http), whose
+    samples are checked against their own json alone."""
 
     def __init__(self):
-        self.found: dict[Path, dict[int, str] | None] = {}
+        self.found: dict[str, dict[int, str] | None] = {}
 
     def __call__(self, url: str) -> dict[int, str] | None:
-        if _is_remote(url):
+        shard = shard_location(url)
+        if shard is None:
             return None
-        folder = Path(url).parent
-        if folder not in self.found:
+        folder = shard.parent
+        if str(folder) not in self.found:
             path = next((p for p in (folder.parent / CLASSES, folder / CLASSES) if p.is_file()), None)
-            self.found[folder] = None if path is None else _class_names(path)
-        return self.found[folder]
+            self.found[str(folder)] = None if path is None else _class_names(path)
+        return self.found[str(folder)]
 
 
 def _class_names(path: Path) -> dict[int, str]:
@@ -311,13 +315,17 @@ def first_sample(source) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
 
 def write_wids_index(folder: Path) -> Path:
     """Write the wids shard index of a folder's finished shards (urls relative to the index)."""
+    sizes = {} if not is_remote(folder) else \
+        {entry["name"].rsplit("/", 1)[-1]: entry["size"] for entry in folder.fs.ls(folder.path, detail=True)}
     shards = []
-    for path in finished_shards(folder):
-        stats = read_stats(folder, int(path.stem.removeprefix("shard-")))
-        shards.append({"url": path.name, "nsamples": stats["written"], "filesize": path.stat().st_size})
-    index = Path(folder) / WIDS_INDEX
-    write_json_atomic(index, {"__kind__": "wids-shard-index-v1", "wids_version": 1,
-                              "name": Path(folder).resolve().parent.name, "shardlist": shards})
+    for shard_id, stats in finished_stats_by_id(folder).items():
+        path = shard_path(folder, shard_id)
+        size = sizes[path.name] if is_remote(folder) else path.stat().st_size
+        shards.append({"url": path.name, "nsamples": stats["written"], "filesize": size})
+    index = folder / WIDS_INDEX
+    name = folder.parent.name if is_remote(folder) else folder.resolve().parent.name
+    write_json_atomic(index, {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
+                              "shardlist": shards})
     return index
 
 
@@ -330,10 +338,14 @@ def _wids_decode(sample: dict, image: str = "rgb8") -> dict:
 
 def wids_dataset(source, image: str = "rgb8"):
     """A ``wids.ShardListDataset`` (random access, ``len``) over an output folder, shard folder or
-    index file; samples decode like ``open_dataset``'s. Local shards are read in place."""
+    index file; samples decode like ``open_dataset``'s. Local shards are read in place; for shards in an
+    object store, use ``open_dataset`` or ``training_dataset`` (wids would download each shard first)."""
     import wids
 
-    index = Path(source)
+    index = location(source)
+    if is_remote(index):
+        raise DataError(f"{source}: wids random access reads local shards; stream these with open_dataset or "
+                        "training_dataset, or copy them to a local folder")
     if index.is_dir():
         index = index / DATA_DIR / WIDS_INDEX if (index / DATA_DIR).is_dir() else index / WIDS_INDEX
     return wids.ShardListDataset(str(index), localname=lambda url: url,

@@ -1,7 +1,8 @@
 """Shard files: atomic WebDataset writing, per-shard stats, and finding finished shards.
 
-A shard is written to a temporary name and renamed into place (``atomic``); its ``.stats.json`` is
-written last. A shard without stats does not exist: a rerun redoes it.
+A shard is written to a temporary name and renamed into place (``atomic``; on an object store, uploaded
+whole); its ``.stats.json`` is written last. A shard without stats does not exist: a rerun redoes it.
+Finding finished shards lists their folder once (``location.names``), then reads each one's stats.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.dataset.atomic import replacing, write_json_atomic
+from pipeline.dataset.location import names
 
 SHARD_MTIME = 0.0  # fixed tar member times: same config and seed give byte-identical shards
 
@@ -25,11 +27,11 @@ def shard_name(shard_id: int) -> str:
 
 
 def shard_path(folder: Path, shard_id: int) -> Path:
-    return Path(folder) / f"{shard_name(shard_id)}.tar"
+    return folder / f"{shard_name(shard_id)}.tar"
 
 
 def stats_path(folder: Path, shard_id: int) -> Path:
-    return Path(folder) / f"{shard_name(shard_id)}.stats.json"
+    return folder / f"{shard_name(shard_id)}.stats.json"
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
@@ -58,7 +60,7 @@ def read_json_object(path: Path) -> dict:
     """A JSON object from ``path``; ValueError saying what is wrong ("not valid JSON (...)", "not a JSON
     object") when it is unreadable or not an object, for the caller to name the file and the remedy."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except RecursionError as err:
         raise ValueError("not valid JSON (nested too deeply)") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -78,19 +80,33 @@ def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str
 
 
 def read_stats(folder: Path, shard_id: int) -> dict | None:
-    """Stats of a finished shard, or None if the shard is not finished."""
-    return _finished_stats_file(stats_path(folder, shard_id))
+    """Stats of a finished shard, or None if the shard is not finished (to find many, list their folder
+    once: ``finished_stats_by_id``)."""
+    return _stats_content(stats_path(folder, shard_id)) if shard_path(folder, shard_id).exists() else None
 
 
-def _finished_stats_file(path: Path) -> dict | None:
-    """A stats file's content if its shard exists and the stats are a whole JSON object, else None."""
-    if not path.exists() or not path.with_name(path.name.replace(".stats.json", ".tar")).exists():
-        return None
+def _stats_content(path: Path) -> dict | None:
+    """A stats file's content if it is a whole JSON object, else None."""
     try:
-        stats = json.loads(path.read_text())
-    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError):
+        stats = json.loads(path.read_bytes())
+    except (FileNotFoundError, UnicodeDecodeError, RecursionError, json.JSONDecodeError):
         return None
     return stats if isinstance(stats, dict) else None
+
+
+def _finished_ids(folder: Path) -> list[int]:
+    """Ids of the shards in ``folder`` with both the tar and its stats, in order (one listing)."""
+    present = names(folder)
+    ids = (name.removeprefix("shard-").removesuffix(".stats.json") for name in present
+           if name.startswith("shard-") and name.endswith(".stats.json"))
+    return sorted(int(i) for i in ids if i.isdigit() and shard_name(int(i)) == f"shard-{i}"
+                  and f"shard-{i}.tar" in present)
+
+
+def finished_stats_by_id(folder: Path) -> dict[int, dict]:
+    """Shard id -> stats content of every finished shard in ``folder`` whose stats are a JSON object."""
+    stats = {shard_id: _stats_content(stats_path(folder, shard_id)) for shard_id in _finished_ids(folder)}
+    return {shard_id: s for shard_id, s in stats.items() if s is not None}
 
 
 COUNTS = ("shard", "start", "end", "planned", "written")  # what a run's stats count, as integers
@@ -109,15 +125,12 @@ def whole_stats(stats: dict | None) -> bool:
 
 def finished_shards(folder: Path) -> list[Path]:
     """Paths of every finished shard in a folder, in order."""
-    return sorted(p.with_name(p.name.replace(".stats.json", ".tar"))
-                  for p in Path(folder).glob("shard-*.stats.json")
-                  if p.with_name(p.name.replace(".stats.json", ".tar")).exists())
+    return [shard_path(folder, shard_id) for shard_id in _finished_ids(folder)]
 
 
 def finished_stats(folder: Path) -> list[dict]:
     """The stats of every finished shard in a folder, in shard order (whole ones: see ``whole_stats``)."""
-    stats = (_finished_stats_file(p) for p in sorted(Path(folder).glob("shard-*.stats.json")))
-    return [s for s in stats if whole_stats(s)]
+    return [s for s in finished_stats_by_id(folder).values() if whole_stats(s)]
 
 
 def summarize(folder: Path) -> dict:

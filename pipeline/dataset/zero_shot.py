@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, MANIFEST, TRAINING_RECORD
+from pipeline.dataset.location import is_remote, location, shard_location
 
 LABELS = "labels"  # the manifest's entry: {"zero_shot": bool | None, "grounding": [what labelled it]}, or
 #   for the attention labeler {"labeler": "attention", "zero_shot": true, "attention": its settings}
@@ -26,7 +27,7 @@ UNKNOWN = "zero-shot status unknown: no record of what the grounding module was 
 def training_record(out: Path) -> dict | None:
     """``OUT/grounding/training.json``, None when there is none (or it cannot be read)."""
     try:
-        record = json.loads((Path(out) / GROUNDING_DIR / TRAINING_RECORD).read_text())
+        record = json.loads((location(out) / GROUNDING_DIR / TRAINING_RECORD).read_bytes())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -77,10 +78,10 @@ def attention_labels_entry(description: dict) -> dict:
 def dataset_zero_shot(folder: Path, manifest: dict | None = None) -> bool | None:
     """A datagen output folder's labels: its manifest's ``labels``, or for a manifest written before it
     was kept, the checkpoint in the folder; None when neither says."""
-    folder = Path(folder)
+    folder = location(folder)
     if manifest is None:
         try:
-            manifest = json.loads((folder / MANIFEST).read_text())
+            manifest = json.loads((folder / MANIFEST).read_bytes())
         except (OSError, ValueError):
             manifest = {}
     labels = manifest.get(LABELS) if isinstance(manifest, dict) else None
@@ -94,19 +95,20 @@ OTHER_SHARDS = "shards outside a datagen output folder"
 
 def shards_zero_shot(urls: list[str]) -> dict[str, bool | None]:
     """Per datagen output folder of the given shards (``FOLDER/data/shard-*.tar`` beside
-    ``FOLDER/manifest.json``): its labels' status. Shards elsewhere (remote, or in a folder without a
-    manifest) are one entry, ``OTHER_SHARDS``: None, their labeller unknown."""
+    ``FOLDER/manifest.json``, local or in an object store): its labels' status. Shards elsewhere (``pipe:``,
+    http, or a folder without a manifest) are one entry, ``OTHER_SHARDS``: None, their labeller unknown."""
     found: dict[str, bool | None] = {}
     parents: set[str] = set()  # shard folders already looked at
     for url in urls:
-        local = "://" not in url and not url.startswith("pipe:")
-        parent = Path(url).parent
-        if not local:
+        shard = shard_location(url)
+        if shard is None:
             found[OTHER_SHARDS] = None
-        elif str(parent) not in parents:
+        elif str(shard.parent) not in parents:
+            parent = shard.parent
             parents.add(str(parent))
             if parent.name == DATA_DIR and (parent.parent / MANIFEST).is_file():
-                found[str(parent.parent.resolve())] = dataset_zero_shot(parent.parent)
+                found[str(parent.parent if is_remote(parent) else parent.parent.resolve())] = \
+                    dataset_zero_shot(parent.parent)
             else:
                 found[OTHER_SHARDS] = None
     return found

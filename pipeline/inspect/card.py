@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.dataset.atomic import write_text_atomic
 from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, WIDS_INDEX, Phase
+from pipeline.dataset.location import location
 from pipeline.dataset.provenance import file_sha256
 from pipeline.dataset.shards import finished_shards
 from pipeline.dataset.zero_shot import LABELS, dataset_zero_shot, describe
@@ -81,7 +82,7 @@ def _zero_shot(out: Path, manifest: dict) -> tuple[str, str]:
 
 
 def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
-    out = Path(out)
+    out = location(out)
     ds = DatasetFolder(out, manifest, classes, out / DATA_DIR, Phase.LABEL, finished_shards(out / DATA_DIR))
     stats = dataset_stats(ds, scan=False)
     config, preset, code = manifest["config"], manifest["config"]["preset"], manifest.get("code", {})

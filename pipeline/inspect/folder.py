@@ -15,6 +15,7 @@ from pathlib import Path
 import webdataset as wds
 
 from pipeline.dataset.layout import FORMAT_VERSION, Phase
+from pipeline.dataset.location import location
 from pipeline.dataset.manifest import whole_class_list, whole_manifest
 from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, whole_stats
 from stages.errors import DataError
@@ -91,7 +92,7 @@ class DatasetFolder:
 
 def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
     """Open a datagen output folder for reading, or raise DataError with one line saying why not."""
-    out = Path(out)
+    out = location(out)
     if not out.exists():
         raise DataError(f"{out}: no such folder")
     if not out.is_dir():
@@ -131,7 +132,7 @@ def read_shard(shard: Path) -> Iterator[dict]:
     """
     sample = None
     try:
-        with open(shard, "rb") as stream:
+        with shard.open("rb") as stream:
             for member in wds.tariterators.tar_file_iterator(stream):
                 key, _, ext = member["fname"].partition(".")
                 if sample is None or key != sample["__key__"]:

@@ -104,7 +104,6 @@ def show(ds: DatasetFolder, n: int, class_name: str | None, save: Path) -> Path:
     samples = pick_samples(ds, n, class_name)
     preset = ds.manifest.get("config", {}).get("preset_name", "?")
     title = f"{ds.out.name}: {len(samples)} samples{f' with {class_name}' if class_name else ''}, preset {preset}"
-    save = Path(save)
     make_folder(save.parent)
     png = io.BytesIO()
     contact_sheet(ds, samples, title).save(png, format="PNG")

@@ -14,9 +14,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipeline.dataset.layout import Phase
+from pipeline.dataset.location import location
 from pipeline.dataset.members import UNSAFE, decode_image, decode_json, decode_mask
 from pipeline.dataset.plan import plan_shards
-from pipeline.dataset.shards import whole_stats
+from pipeline.dataset.shards import finished_shards, whole_stats
 from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
@@ -37,7 +38,7 @@ def validate_output(out: Path) -> tuple[list[Problem], dict]:
     data = open_output(out, Phase.LABEL)
     problems = _check_manifest(data)
     checked = {Phase.LABEL: _check_folder(data, problems)}
-    if any((Path(out) / Phase.ORACLE.folder).glob("shard-*.stats.json")):
+    if finished_shards(location(out) / Phase.ORACLE.folder):
         checked[Phase.ORACLE] = _check_folder(open_output(out, Phase.ORACLE), problems)
     return problems, checked
 

@@ -4,13 +4,13 @@ Both training sources use it: phase B (oracle shards, ``pipeline.run.phases.run_
 images (``train_on_annotated``). While training, ``OUT/grounding-resume/`` holds the latest resumable
 checkpoint (module, optimizer, schedule, losses, validation history, and what the job trains on); a
 rerun of the same job continues from it, a different job discards it. The finished module replaces
-``OUT/grounding/`` whole (``atomic.replace_folder``), and the resume folder is removed.
+``OUT/grounding/`` whole (``atomic.replace_folder``), and the resume folder is removed. On an object
+store each folder's marker (the training record, the progress record) is uploaded last.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +21,12 @@ from rich.progress import Progress
 from pipeline.config import RunConfig
 from pipeline.dataset.atomic import recover_folder, replace_folder, write_json_atomic
 from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
+from pipeline.dataset.location import local_copy, remove_tree
 from pipeline.dataset.voc import voc_images
 from pipeline.runtime import Runtime
 from pipeline.training.annotated import annotated_batches, annotated_validation_batches
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
-from stages.grounding.train import GroundingTrainer, TrainOptions, fit
+from stages.grounding.train import PROGRESS, GroundingTrainer, TrainOptions, fit
 
 
 def feature_channels(runtime: Runtime) -> dict[int, int]:
@@ -64,10 +65,11 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
     trainer = new_trainer(config, runtime)
     recover_interrupted_training(config.out)
     resume = config.out / RESUME_DIR
-    if resume.exists() and _resumable(resume, job):
-        trainer.restore(resume)
+    if _resumable(resume, job):
+        with local_copy(resume) as folder:
+            trainer.restore(folder)
     else:
-        shutil.rmtree(resume, ignore_errors=True)
+        remove_tree(resume)
     resumed_at = trainer.step
     bar = progress.add_task(description, total=train.steps, completed=resumed_at) if progress else None
 
@@ -80,21 +82,21 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
     started = time.time()
     fit(trainer, batches(trainer.step * train.accumulate), validate=validation,
         validate_every=train.validate_every,
-        checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job})),
+        checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job}), last=PROGRESS),
         checkpoint_every=train.checkpoint_every, on_step=on_step)
     record = {**job, "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
               "first_loss": trainer.losses[0], "last_loss": trainer.losses[-1], "losses": trainer.losses,
               "validation": trainer.validation, "seconds": round(time.time() - started, 2),
               "precision": str(trainer.amp_dtype or "float32")}
     install(config.out, trainer.module, record)
-    shutil.rmtree(resume, ignore_errors=True)
+    remove_tree(resume)
     runtime.__dict__.pop("grounding", None)  # reload the new checkpoint on next use
     return record
 
 
 def _resumable(folder: Path, job: dict) -> bool:
     try:
-        return json.loads((folder / "progress.json").read_text()).get("job") == job
+        return json.loads((folder / PROGRESS).read_bytes()).get("job") == job
     except (OSError, ValueError):
         return False
 
@@ -105,7 +107,7 @@ def install(out: Path, module: GroundingModule, record: dict) -> None:
         save_grounding(module, folder)
         write_json_atomic(folder / TRAINING_RECORD, record)
 
-    replace_folder(out / GROUNDING_DIR, fill)
+    replace_folder(out / GROUNDING_DIR, fill, last=TRAINING_RECORD)
 
 
 def recover_interrupted_training(out: Path) -> None:

@@ -1,0 +1,112 @@
+"""Where a dataset lives: a local folder (``pathlib.Path``) or a prefix in an object store (``upath.UPath``).
+
+A local path or ``file://`` URL gives a ``Path``; an fsspec URL (``s3://bucket/prefix``, ``gs://``,
+``az://``...) gives a ``UPath`` on that store's fsspec file system, whose credentials come from the
+store's own environment (``AWS_*`` for S3...): datagen stores none. Both answer the pathlib calls datagen
+makes (``/``, ``name``, ``exists``, ``glob``, ``read_bytes``, ``open``); what an object store does
+differently (no rename, no folders) is handled in ``atomic``, and ``names`` lists a folder in one call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import fsspec
+from upath import UPath
+from webdataset.gopen import gopen_schemes
+
+from stages.errors import DatagenError
+
+Location = Path | UPath
+STORE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")  # opened by webdataset via fsspec
+
+
+class LocationError(DatagenError, ValueError):
+    """A URL datagen cannot use: an unknown protocol, or one whose fsspec backend is not installed."""
+
+
+def location(value: str | os.PathLike) -> Location:
+    """``value`` as a local ``Path`` or, for an fsspec URL, a ``UPath`` that always lists afresh
+    (writers on other machines add objects while a run lists)."""
+    if isinstance(value, UPath) and is_remote(value):
+        return value
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if "://" not in text:
+        return Path(text).expanduser()
+    protocol = text.split("://", 1)[0]
+    if protocol == "file":
+        return Path(url2pathname(urlparse(text).path))
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise LocationError(f"{text}: unknown protocol {protocol}:// (fsspec knows none of that name)") from None
+    except ImportError as err:
+        raise LocationError(f"{text}: {protocol}:// needs a package that is not installed ({err})") from None
+    return UPath(text.rstrip("/"), use_listings_cache=False)
+
+
+def is_remote(path) -> bool:
+    """True for an object-store location (a ``UPath`` that is not a local path); str and Path are local."""
+    return isinstance(path, UPath) and not isinstance(path, Path)
+
+
+def open_store_url(url: str, mode: str = "rb", *_, **__) -> object:
+    """webdataset's opener (``gopen``) for object-store URLs: a file object from fsspec, so shards are
+    read with the store's own credentials, as a run writes them (webdataset itself knows only
+    ``pipe:``, http and a ``gsutil`` pipe)."""
+    return fsspec.open(url, mode).open()
+
+
+for _protocol in STORE_PROTOCOLS:
+    gopen_schemes[_protocol] = open_store_url
+
+
+def shard_location(url: str) -> Location | None:
+    """Where a shard URL lives when datagen can look beside it (its stats, classes, manifest): a local
+    path or an object-store URL; None for what it can only stream (``pipe:``, http)."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    return location(url) if not url.startswith("pipe:") and protocol in (*STORE_PROTOCOLS, "file") else None
+
+
+def names(folder: Location) -> set[str]:
+    """The names of the entries of ``folder`` (empty when it does not exist), in one listing."""
+    if not is_remote(folder):
+        try:
+            return set(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+    try:
+        return {entry.rstrip("/").rsplit("/", 1)[-1] for entry in folder.fs.ls(folder.path, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+@contextmanager
+def local_copy(folder: Location) -> Iterator[Path]:
+    """``folder`` as a local folder for a loader that reads files (safetensors, torch.load): itself when
+    local, else a temporary download of its objects, removed afterwards."""
+    if not is_remote(folder):
+        yield folder
+        return
+    here = Path(tempfile.mkdtemp(prefix="datagen-download-"))
+    try:
+        for name in names(folder):
+            folder.fs.get_file((folder / name).path, str(here / name))
+        yield here
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def remove_tree(folder: Location) -> None:
+    """Delete ``folder`` and everything in it, if it exists."""
+    if not is_remote(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+    elif names(folder):
+        folder.fs.rm(folder.path, recursive=True)

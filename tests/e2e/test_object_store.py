@@ -1,0 +1,210 @@
+"""`--out s3://bucket/prefix`: a run, a killed run's resume, the claim and the readers, against a real
+S3-speaking server (moto's, on 127.0.0.1) through the same fsspec client code a user's run takes; the
+endpoint and credentials reach it through the standard AWS environment variables, as on a cluster."""
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ARGS = ["--vocab", "voc", "--n", "4", "--models", "tiny", "--bootstrap-n", "6", "--train-steps", "2",
+        "--shard-size", "2", "--batch-size", "2", "--seed", "5"]
+BUCKET = "datasets"
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same float sums in every run compared byte for byte
+
+
+def datagen(*args, **popen):
+    command = [sys.executable, "-m", "pipeline.cli", *args]
+    if popen:
+        return subprocess.Popen(command, env={**os.environ, **ONE_THREAD}, **popen)
+    return subprocess.run(command, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def store(cache_dir):
+    """A moto S3 server on a free port of 127.0.0.1 with one bucket; the AWS environment points at it
+    for this module (and the runs it starts), and is restored afterwards."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log in the test output
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(use_listings_cache=False)
+    fs.mkdir(BUCKET)
+    yield fs
+    server.stop()
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def objects(fs, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix`` by its name relative to it; each tar checked to be a whole tar."""
+    found = {}
+    try:
+        keys = sorted(fs.find(f"{BUCKET}/{prefix}"))
+    except FileNotFoundError:  # nothing under it yet
+        return found
+    for key in keys:
+        data = fs.cat_file(key)
+        if key.endswith(".tar"):
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                assert all(tar.extractfile(m).read() is not None for m in tar.getmembers())
+        found[key.removeprefix(f"{BUCKET}/{prefix}/")] = data
+    return found
+
+
+def shards_and_stats(files: dict[str, bytes]) -> dict[str, object]:
+    """Shards by bytes, stats without their timing: what two runs of one config must share."""
+    return {name: data if name.endswith(".tar") else {k: v for k, v in json.loads(data).items() if k != "seconds"}
+            for name, data in files.items() if name.endswith((".tar", ".stats.json"))}
+
+
+@pytest.fixture(scope="module")
+def uploaded(store, tmp_path_factory):
+    """One run to s3://datasets/run and the same run to a local folder."""
+    local = tmp_path_factory.mktemp("store") / "local"
+    for out in (f"s3://{BUCKET}/run", str(local)):
+        result = datagen("run", *ARGS, "--out", out)
+        assert result.returncode == 0, result.stderr
+    return f"s3://{BUCKET}/run", local
+
+
+def test_a_run_to_s3_writes_the_layout_and_bytes_of_a_run_to_a_folder(store, uploaded):
+    url, local = uploaded
+    remote = objects(store, "run")
+    here = {str(p.relative_to(local)): p.read_bytes() for p in sorted(local.rglob("*")) if p.is_file()}
+    assert set(remote) == set(here)  # manifest, classes, card, wids index, checkpoint, oracle/ and data/
+    assert shards_and_stats(remote) == shards_and_stats(here) and len(shards_and_stats(remote)) == 10
+    assert remote["grounding/model.safetensors"] == here["grounding/model.safetensors"]
+    index = json.loads(remote["data/index.wids.json"])
+    assert [s["filesize"] for s in index["shardlist"]] == [len(remote[f"data/{s['url']}"]) for s in index["shardlist"]]
+    assert json.loads(remote["manifest.json"])["config"]["out"] == url
+    assert not [name for name in remote if ".tmp" in name or ".datagen-probe" in name]  # nothing temporary left
+
+
+def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(store, uploaded):
+    out = f"s3://{BUCKET}/killed"
+    driver = datagen("run", *ARGS, "--out", out, start_new_session=True, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not store.glob(f"{BUCKET}/killed/oracle/*.stats.json") and driver.poll() is None and time.time() < deadline:
+        objects(store, "killed")  # never a partial shard in sight
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert store.glob(f"{BUCKET}/killed/oracle/*.stats.json"), "killed before any shard was written"
+    assert not store.glob(f"{BUCKET}/killed/data/*.stats.json"), "not killed mid-run"
+
+    resumed = datagen("run", *ARGS, "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert shards_and_stats(objects(store, "killed")) == shards_and_stats(objects(store, "run"))
+
+
+def test_a_second_config_is_refused_on_a_claimed_prefix(store, uploaded):
+    url, _ = uploaded
+    before = objects(store, "run")
+    result = datagen("run", *[a if a != "5" else "6" for a in ARGS], "--out", url)  # --seed 6
+    assert result.returncode == 2 and "holds a dataset made with another config" in result.stderr.splitlines()[-1]
+    assert objects(store, "run") == before
+
+
+def test_the_manifest_claim_is_a_create_if_absent_on_the_store(store):
+    from pipeline.dataset.atomic import create_exclusive
+    from pipeline.dataset.location import location
+
+    claim = location(f"s3://{BUCKET}/claimed/manifest.json")
+    assert create_exclusive(claim, b"first") and not create_exclusive(claim, b"second")
+    assert store.cat_file(f"{BUCKET}/claimed/manifest.json") == b"first"
+
+
+def test_a_missing_bucket_is_one_line_before_any_work(store):
+    result = datagen("run", *ARGS, "--out", "s3://no-such-bucket/run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: --out s3://no-such-bucket/run: cannot write there")
+
+
+def test_validate_stats_and_show_read_the_store(store, uploaded, datagen):
+    url, local = uploaded
+    assert datagen("validate", url).returncode == 0
+    there, here = (json.loads(datagen("stats", where, "--json").stdout) for where in (url, local))
+    assert there.pop("out") == url and here.pop("out") == str(local) and there == here
+    shown = datagen("show", url, "--n", "4")
+    assert shown.returncode == 0 and shown.stdout.strip() == f"{url}/show.png"
+    assert Image.open(io.BytesIO(store.cat_file(f"{BUCKET}/run/show.png"))).size[0] > 64
+
+
+def test_datagen_and_webdataset_readers_stream_the_store(store, uploaded):
+    import webdataset as wds
+
+    from pipeline.dataset.reader import shard_urls, training_dataset
+
+    url, local = uploaded
+    here = {meta["key"]: (image, mask) for image, mask, meta in training_dataset(local)}
+    there = {meta["key"]: (image, mask) for image, mask, meta in training_dataset(url)}
+    assert set(there) == set(here) and len(here) >= 2
+    for key, (image, mask) in there.items():
+        assert (image == here[key][0]).all() and (mask == here[key][1]).all()
+    urls = shard_urls(url)
+    assert urls == [f"{url}/data/shard-00000{i}.tar" for i in range(2)]
+    assert {s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)} == set(here)
+
+
+def test_hugging_face_datasets_reads_the_store(store, uploaded, tmp_path, monkeypatch):
+    import datasets
+
+    url, _ = uploaded
+    # HF_HUB_OFFLINE (set for every test: no hub) also stops datasets from opening any URL; the store
+    # here is on 127.0.0.1, and no hub is asked for anything
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    ds = datasets.load_dataset("webdataset", data_files={"train": f"{url}/data/shard-*.tar"}, split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    stats = store.glob(f"{BUCKET}/run/data/*.stats.json")
+    assert len(ds) == sum(json.loads(store.cat_file(p))["written"] for p in stats) > 0
+    assert all(np.array(row["seg.png"]).ndim == 2 for row in ds)
+
+
+def test_ray_data_reads_the_store(store, uploaded, ray_cluster):
+    import pyarrow.fs
+    import ray
+
+    from pipeline.dataset.shards import finished_shards
+    from pipeline.inspect.folder import read_shard
+
+    url, local = uploaded
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"].removeprefix("http://")
+    s3 = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="test", secret_key="test",
+                                 region="us-east-1")
+    rows = ray.data.read_webdataset([f"{BUCKET}/run/data/shard-00000{i}.tar" for i in range(2)],
+                                    filesystem=s3).take_all()
+    expected = {s["__key__"] for shard in finished_shards(local / "data") for s in read_shard(shard)}
+    assert sorted(r["__key__"] for r in rows) == sorted(expected) and expected
+    assert all(r["seg.png"].ndim == 2 for r in rows)
+
+
+def test_the_ray_executor_writes_straight_to_the_store(store, uploaded):
+    """Its own local Ray instance (started by the run, so its workers have the AWS environment): actors
+    compute and encoding tasks commit the shards to the store, the bytes of the in-process run's."""
+    out = f"s3://{BUCKET}/ray"
+    result = datagen("run", *ARGS, "--out", out, "--executor", "ray")
+    assert result.returncode == 0, result.stderr
+    assert shards_and_stats(objects(store, "ray")) == shards_and_stats(objects(store, "run"))
