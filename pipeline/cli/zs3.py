@@ -26,8 +26,8 @@ def zs3(
                                             "or a YAML.")] = "voc",
     mode: Annotated[str | None, typer.Option(help=f"Training data: {', '.join(MODES)} (default: real-seen+synthetic "
                                                   "with --synthetic, else real-seen).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder for the checkpoint and the report (a rerun resumes).")]
-    = Path("runs/zs3"),
+    out: Annotated[str, typer.Option(help="Local output folder for the checkpoint and the report (a rerun "
+                                          "resumes).")] = "runs/zs3",
     segmenter: Annotated[str, typer.Option(help="Segmenter preset: standard (DeepLabV3-ResNet101, ImageNet "
                                                 "backbone), tiny (CPU tests), or a YAML file.")] = "standard",
     steps: Annotated[int | None, typer.Option(help="Training steps (overrides the preset).")] = None,
@@ -41,6 +41,10 @@ def zs3(
     seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and augmentation.")] = 0,
 ):
     """ZS3 benchmark: train a standard segmenter, report seen / unseen mIoU and their harmonic mean."""
+    if "://" in out:
+        raise DatagenError(f"--out {out}: the ZS3 evaluation writes its checkpoints and report to a local folder "
+                           "(copy report.json to a store afterwards); --synthetic may be a store URL")
+    out = Path(out)
     preset = load_segmenter_preset(segmenter, {"steps": steps, "batch_size": batch_size})
     request = Zs3Request(vocab=vocab, real=real, out=out, preset_name=segmenter, preset=preset,
                          synthetic=synthetic, mode=mode, real_format=real_format, train_split=train_split,

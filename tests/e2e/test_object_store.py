@@ -208,3 +208,16 @@ def test_the_ray_executor_writes_straight_to_the_store(store, uploaded):
     result = datagen("run", *ARGS, "--out", out, "--executor", "ray")
     assert result.returncode == 0, result.stderr
     assert shards_and_stats(objects(store, "ray")) == shards_and_stats(objects(store, "run"))
+
+
+def test_zs3_takes_its_synthetic_data_from_the_store(store, uploaded, voc):
+    from pipeline.evaluate.zs3.config import load_segmenter_preset
+    from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
+    from pipeline.evaluate.zs3.transforms import train_transform
+
+    url, _ = uploaded
+    urls = synthetic_urls(url)
+    assert len(urls) == 2 and check_synthetic(urls, voc, url)["classes"]
+    preset = load_segmenter_preset("tiny")
+    image, mask = next(iter(synthetic_stream(urls, voc, train_transform(preset), seed=0, buffer=2)))
+    assert image.shape == (3, preset.crop_size, preset.crop_size) and mask.shape == (preset.crop_size,) * 2

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -54,3 +55,15 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError):
         write_shard(tmp_path, 0, [{"__key__": "x", "json": object()}], {"start": 0, "end": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_finding_what_to_resume_lists_each_folder_once(tmp_path, monkeypatch):
+    """On an object store each listing is a request: a resume lists the folder once, not once per shard."""
+    import pipeline.dataset.shards as shards
+
+    for shard in range(3):
+        write_shard(tmp_path, shard, _samples(2), _stats(shard, 2 * shard, 2 * shard + 2))
+    listed = []
+    monkeypatch.setattr(shards, "names", lambda folder: listed.append(folder) or set(os.listdir(folder)))
+    assert [t.shard_id for t in pending(plan_shards("label", 10, 2, tmp_path))] == [3, 4]
+    assert listed == [tmp_path]

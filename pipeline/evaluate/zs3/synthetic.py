@@ -3,14 +3,13 @@ the evaluation vocabulary by the class names each sample's ``json`` carries (nev
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from pipeline.dataset.labels import name_index
 from pipeline.dataset.layout import CLASSES
+from pipeline.dataset.location import shard_location
 from pipeline.dataset.reader import first_sample, shard_urls, training_dataset
 from pipeline.dataset.shards import read_json_object
 from pipeline.evaluate.zs3.transforms import Transform
@@ -55,9 +54,11 @@ def check_synthetic(urls: list[str], vocabulary: Vocabulary, spec: str) -> dict:
     fail with one line on empty shards or classes the vocabulary does not know. Returns the first
     sample's metadata."""
     names = name_index(vocabulary)
-    classes_file = Path(spec).expanduser() / CLASSES
+    folder = shard_location(spec) if "{" not in spec else None  # a dataset folder, local or in a store
+    classes_file = folder / CLASSES if folder is not None else None
     try:
-        declared = [c["name"] for c in read_json_object(classes_file)["classes"]] if classes_file.is_file() else []
+        declared = [c["name"] for c in read_json_object(classes_file)["classes"]] \
+            if classes_file is not None and classes_file.is_file() else []
     except (ValueError, TypeError, KeyError) as err:
         raise DataError(f"--synthetic {spec}: {classes_file} is damaged ({err}); rerun the run command to rewrite "
                         "it") from err
