@@ -16,7 +16,8 @@ PY=${PYTHON:-python3}  # smoke: PYTHON=.venv/bin/python
 
 WHEELS=(diffusers==0.42.1 importlib_metadata==10.2.0 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
         webdataset==1.0.2 braceexpand==0.1.7 pycocotools==2.0.11 pydantic==2.14.4 pydantic_core==2.50.5
-        annotated_types==0.8.0 typing_inspection==0.4.5 typing_extensions==4.16.0)
+        annotated_types==0.8.0 typing_inspection==0.4.5 typing_extensions==4.16.0
+        universal_pathlib==0.3.10 pathlib_abc==0.5.2 fsspec==2026.9.0)
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64)
 
 benchmark() {  # benchmark NAME ARGS...: one throughput run, its JSON report and log in $out

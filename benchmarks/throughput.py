@@ -14,6 +14,8 @@ that take each mode in turn (so load from other processes on the machine falls o
   c  datagen phase A through the shard worker: generation, Mask R-CNN oracle (score threshold 0, so its
      mask head runs on a full set of detections, as COCO weights give), encoding and the shard write
   d  phase C with the attention labeler (``--labeler attention``)
+  e  phase C's compute alone (``ShardWorker.compute``: b without encoding and writing, which a run's
+     writer thread overlaps with the next shard's compute): e/a is what phase C costs in a run
 
 FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products,
 convolutions and attention; not element-wise operations) on a 1-step run of each mode, with the UNet's
@@ -64,7 +66,8 @@ REDUCED = {"image_size": 128, "steps": 8, "batch_size": 2}
 MODES = {"a": "bare diffusers StableDiffusionPipeline.__call__",
          "b": "datagen phase C (worker: generate, capture, ground, masks, encode, write)",
          "c": "datagen phase A (worker: generate, oracle, encode, write)",
-         "d": "datagen phase C, attention labeler"}
+         "d": "datagen phase C, attention labeler",
+         "e": "datagen phase C compute alone (b less encoding and writing)"}
 
 
 def say(line: str) -> None:
@@ -140,7 +143,7 @@ class Modes:
 
     @property
     def names(self) -> list[str]:
-        return ["a", *self.workers]
+        return ["a", *self.workers, "e"]
 
     def task(self, mode: str, index: int):
         return (self.oracle_tasks if mode == "c" else self.label_tasks)[index]
@@ -150,7 +153,8 @@ class Modes:
         the sampling steps; ``write=False`` leaves out encoding and writing (FLOP counting)."""
         if mode == "a":
             return self._bare(self.task("b", index), steps or self.config.preset.steps)
-        worker, task = self.workers[mode], self.task(mode, index)
+        write = write and mode != "e"
+        worker, task = self.workers["b" if mode == "e" else mode], self.task(mode, index)
         with sampling_steps(worker, steps or self.config.preset.steps):
             worker.process(task) if write else worker.compute(task)
         return task.end - task.start

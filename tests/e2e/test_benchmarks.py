@@ -83,6 +83,9 @@ def test_throughput_benchmark(cache_dir):
         assert row["warmup_s"] > 0 and row["fraction_of_peak"] is None, row
     assert set(report["ratios"]) >= {"b/a", "c/a"} and all(math.isfinite(v) for v in report["ratios"].values())
     assert "d/a" in report["ratios"], report  # the attention labeler, measured like the others
+    # phase C's compute alone: the same FLOPs as b, without the encoding and the write
+    assert "e/a" in report["ratios"]
+    assert report["modes"]["e"]["gflop_per_image"] == report["modes"]["b"]["gflop_per_image"], report["modes"]
     # the oracle (a Mask R-CNN) adds FLOPs to the same generation
     assert report["modes"]["c"]["gflop_per_image"] > 2 * report["modes"]["a"]["gflop_per_image"], report["modes"]
     for key in ("low_cpu_mem_usage=False", "low_cpu_mem_usage=True"):
