@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, one_line
 from pipeline.dataset.atomic import build_folder_once
-from pipeline.dataset.layout import GROUNDING_DIR
-from pipeline.dataset.location import local_copy
+from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD
+from pipeline.dataset.location import is_remote, local_copy, names
 from pipeline.world import WORLD, built_world, world_spec
 from stages.attention.labeler import AttentionLabeler
 from stages.generate import Diffusion
@@ -46,6 +46,13 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.float16
     return getattr(torch, dtype)
+
+
+def grounding_installed(out) -> bool:
+    """A grounding checkpoint is in ``OUT/grounding``: its weights, and on an object store its training
+    record too, which is uploaded last (``atomic.replace_folder``): without it the upload was cut short."""
+    present = names(out / GROUNDING_DIR)
+    return WEIGHTS_FILE in present and (not is_remote(out) or TRAINING_RECORD in present)
 
 
 class Runtime:
@@ -153,7 +160,7 @@ class Runtime:
             self.attention
         if oracle:
             self.oracle
-        if grounding and not (self.config.out / GROUNDING_DIR / WEIGHTS_FILE).exists():
+        if grounding and not grounding_installed(self.config.out):
             raise WeightsMissingError(f"no grounding checkpoint in {self.config.out / GROUNDING_DIR}; "
                                       "run `datagen train` (or `datagen run`) first")
         if grounding:

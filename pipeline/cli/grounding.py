@@ -1,7 +1,6 @@
 """The grounding module's commands: `datagen train-annotated` and `datagen eval grounding`."""
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,8 +19,8 @@ from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
 from pipeline.runtime import Runtime
 from pipeline.training.job import train_on_annotated
 
-Data = Annotated[Path, typer.Option(help="VOC-layout folder: JPEGImages/, SegmentationClass/, "
-                                         "ImageSets/Segmentation/.")]
+Data = Annotated[str, typer.Option(help="VOC-layout local folder: JPEGImages/, SegmentationClass/, "
+                                        "ImageSets/Segmentation/.")]
 
 
 @app.command("train-annotated")
@@ -41,6 +40,7 @@ def train_annotated(
     background's 0) and map to the vocabulary by name; 255 is not scored, nor are the unseen classes
     unless --train-on-unseen (zero-shot: an unseen class is never a target). A killed run resumes from
     its last checkpoint when rerun with the same flags."""
+    data = opt.local_folder("--data", data, "its images are read many times over")
     config = opt.run_config(vocab=vocab, out=out, models=models, seed=seed, sd_path=sd_path, device=device,
                             train_steps=train_steps)
     check_output(config, labelling=False)

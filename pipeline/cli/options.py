@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, load_preset, one_line, resolve_vocabulary
+from pipeline.dataset.location import is_remote, location
 from pipeline.dataset.sizing import samples_per_shard
 from pipeline.run.executors import ExecutorSettings
 
@@ -43,6 +45,15 @@ Workers = Annotated[int | None, typer.Option(help="Ray model workers (default: o
 GpusPerWorker = Annotated[float | None, typer.Option(help="GPUs per Ray model worker (default 1 with GPUs, else 0).")]
 CpusPerWorker = Annotated[float, typer.Option(help="CPUs per Ray model worker.")]
 EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/writing task (holds no GPU).")]
+
+
+def local_folder(flag: str, value: str, why: str) -> Path:
+    """A flag that takes a local folder (or a ``file://`` URL) only; an object-store URL is one line."""
+    folder = location(value)
+    if is_remote(folder):
+        raise ConfigError(f"{flag} {value}: a local folder, not an object store ({why}); --synthetic and the "
+                          "run commands' --out take store URLs")
+    return folder
 
 
 def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: int = 1,

@@ -15,7 +15,7 @@ from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
 from pipeline.config import ConfigError, RunConfig, resolve_vocabulary
 from pipeline.dataset.layout import ALL_PHASES, CLASSES, DATA_DIR, MANIFEST, WIDS_INDEX, Phase
-from pipeline.dataset.location import is_remote
+from pipeline.dataset.location import listing
 from pipeline.dataset.manifest import (
     check_output,
     check_writable,
@@ -102,13 +102,14 @@ def _run_phases(config: RunConfig, phases: frozenset[Phase], settings: ExecutorS
 
 def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> None:
     """Write the dataset card and the wids index; ``only_if_stale``: only when either is missing or
-    older than the manifest or a shard's stats (a run killed after its last shard wrote neither); on an
-    object store, whose objects' times are the store's, always."""
+    older than the manifest or a shard's stats (a run killed after its last shard wrote neither). Times
+    are the file system's, or the store's (one listing per folder)."""
     data = config.out / DATA_DIR
-    if only_if_stale and not is_remote(config.out):
-        sources = [config.out / MANIFEST, *data.glob("shard-*.stats.json")]
-        newest = max(p.stat().st_mtime for p in sources if p.exists())
-        if all(p.exists() and p.stat().st_mtime >= newest for p in (config.out / "README.md", data / WIDS_INDEX)):
+    if only_if_stale:
+        top, shards = listing(config.out), listing(data)
+        sources = [top.get(MANIFEST), *(e for name, e in shards.items() if name.endswith(".stats.json"))]
+        newest = max(e.modified for e in sources if e)
+        if all(e and e.modified >= newest for e in (top.get("README.md"), shards.get(WIDS_INDEX))):
             return
     write_card(config.out)
     write_wids_index(data)

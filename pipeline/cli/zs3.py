@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import Progress
 
 from pipeline.cli.app import console, eval_app
+from pipeline.cli.options import local_folder
 from pipeline.cli.progress import progress_bar
 from pipeline.evaluate.zs3.config import MODES, load_segmenter_preset
 from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
@@ -18,8 +18,8 @@ from stages.errors import DatagenError
 
 @eval_app.command("zs3")
 def zs3(
-    real: Annotated[Path, typer.Option(help="Real data with ground truth: a VOC folder (VOCdevkit/VOC2012) or a "
-                                            "COCO folder (annotations/, train2017/, val2017/).")],
+    real: Annotated[str, typer.Option(help="Real data with ground truth, a local folder: VOC (VOCdevkit/VOC2012) "
+                                           "or COCO (annotations/, train2017/, val2017/).")],
     synthetic: Annotated[str | None, typer.Option(help="Synthetic data: a datagen output folder, a folder of shards, "
                                                        "a .txt list of shards, or a shard URL/pattern.")] = None,
     vocab: Annotated[str, typer.Option(help="Vocabulary and seen/unseen split: voc, voc-split1, coco, "
@@ -41,10 +41,8 @@ def zs3(
     seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and augmentation.")] = 0,
 ):
     """ZS3 benchmark: train a standard segmenter, report seen / unseen mIoU and their harmonic mean."""
-    if "://" in out:
-        raise DatagenError(f"--out {out}: the ZS3 evaluation writes its checkpoints and report to a local folder "
-                           "(copy report.json to a store afterwards); --synthetic may be a store URL")
-    out = Path(out)
+    real, out = local_folder("--real", real, "it is read many times over"), local_folder(
+        "--out", out, "its checkpoints are resumed in place; copy report.json to a store afterwards")
     preset = load_segmenter_preset(segmenter, {"steps": steps, "batch_size": batch_size})
     request = Zs3Request(vocab=vocab, real=real, out=out, preset_name=segmenter, preset=preset,
                          synthetic=synthetic, mode=mode, real_format=real_format, train_split=train_split,

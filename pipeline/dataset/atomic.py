@@ -7,12 +7,14 @@ names end in ``.tmp<uuid4>``: writers on many machines share one output folder, 
 collide.
 
 On an object store (``location.is_remote``) there is no rename, but a single PUT is atomic: a file is
-written locally and uploaded whole, a folder's files are uploaded with the one that marks it complete
-last (``replace_folder``'s ``last``), and nothing temporary is left on the store.
+written locally and uploaded whole, and a folder's files are uploaded with the one that marks it
+complete last (``replace_folder``'s ``last``). The only temporaries there are the multipart uploads of
+large files that a kill cut short, invisible as objects; ``remove_stale_temporaries`` aborts them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,10 +25,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.dataset.location import is_remote, names
+from pipeline.dataset.location import STORE_ERRORS, is_remote, names, store_error
 from stages.errors import WriteError
 
 STALE_TEMPORARY_SECONDS = 3600  # a temporary untouched this long has no live writer
+CLAIM_ATTEMPTS = 3  # a store's conditional PUT that met a concurrent one is retried
 
 
 def temporary_path(path: Path, kind: str = "tmp") -> Path:
@@ -35,10 +38,12 @@ def temporary_path(path: Path, kind: str = "tmp") -> Path:
     return path.with_name(f"{path.name}.{kind}{uuid.uuid4().hex}")
 
 
-def cannot_write(path: Path, err: OSError) -> WriteError:
-    """The one line for an ``OSError`` while writing ``path`` (full disk, read-only file system, permissions,
-    a store's refusal)."""
-    return WriteError(f"cannot write {path}: {err.strerror or err}")
+def cannot_write(path: Path, err: Exception) -> WriteError:
+    """The one line for an ``OSError`` while writing ``path`` (full disk, read-only file system, permissions),
+    or a store client's error."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else store_error(err) \
+        if is_remote(path) else err
+    return WriteError(f"cannot write {path}: {reason}")
 
 
 @contextmanager
@@ -96,7 +101,7 @@ def _raising_write_error(path) -> Iterator[None]:
         yield
     except WriteError:
         raise
-    except OSError as err:
+    except STORE_ERRORS as err:
         raise cannot_write(path, err) from err
 
 
@@ -117,16 +122,21 @@ def create_exclusive(path: Path, data: bytes) -> bool:
     """Create ``path`` whole with ``data`` unless it exists (checked atomically: two writers on a
     shared folder cannot both create it); False when it already existed. On an object store this is a
     conditional PUT (create if absent) where its fsspec backend offers one (S3's ``If-None-Match``); a
-    backend without one checks, then writes."""
+    backend without one checks, then writes. S3 answers a conditional PUT racing another with 409
+    (``EBUSY`` from s3fs), to be retried: the retry finds the winner's object."""
     if is_remote(path):
-        try:
-            with _raising_write_error(path):
+        for attempt in range(CLAIM_ATTEMPTS):
+            try:
                 path.fs.pipe_file(path.path, data, mode="create")
-            return True
-        except WriteError as err:
-            if isinstance(err.__cause__, FileExistsError):
+                return True
+            except FileExistsError:
                 return False
-            raise
+            except OSError as err:
+                if err.errno != errno.EBUSY or attempt == CLAIM_ATTEMPTS - 1:
+                    raise cannot_write(path, err) from err
+                time.sleep(0.5 * (attempt + 1))
+            except STORE_ERRORS as err:
+                raise cannot_write(path, err) from err
     path = Path(path)
     tmp = temporary_path(path)
     try:
@@ -220,15 +230,30 @@ def build_folder_once(folder: Path, build: Callable[[Path], None]) -> Path:
     return folder
 
 
+def _abort_stale_uploads(folder, cutoff: float) -> None:
+    if not hasattr(folder.fs, "list_multipart_uploads"):  # not S3
+        return
+    bucket, _, prefix = folder.path.partition("/")
+    try:
+        for upload in folder.fs.list_multipart_uploads(bucket):
+            if upload["Key"].startswith(f"{prefix}/") and upload["Initiated"].timestamp() < cutoff:
+                folder.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                  UploadId=upload["UploadId"])
+    except STORE_ERRORS as err:
+        raise cannot_write(folder, err) from err
+
+
 def remove_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> None:
     """Delete temporaries left by a killed run (never a finished file): those not modified for
     ``max_age`` seconds. A younger one may belong to a run of the same config writing to this folder
     now (from another machine, too: the per-machine lock cannot tell), and a writer finishes a
-    temporary within seconds, so age alone tells a stale temporary from a live one. Nothing temporary
-    is written on an object store."""
-    if is_remote(folder):
-        return
+    temporary within seconds, so age alone tells a stale temporary from a live one. On S3, the
+    multipart uploads under ``folder`` that were started that long ago are aborted (a kill mid-upload
+    leaves one, holding storage); other stores write no temporaries."""
     cutoff = time.time() - max_age
+    if is_remote(folder):
+        _abort_stale_uploads(folder, cutoff)
+        return
     for tmp in Path(folder).glob("*.tmp*"):
         try:
             if tmp.stat().st_mtime < cutoff:

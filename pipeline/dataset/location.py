@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -25,7 +26,13 @@ from webdataset.gopen import gopen_schemes
 from stages.errors import DatagenError
 
 Location = Path | UPath
-STORE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")  # opened by webdataset via fsspec
+STORE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")  # object stores; webdataset opens them via fsspec
+try:  # what a store's client raises besides OSError (s3fs turns the store's refusals into OSError)
+    from botocore.exceptions import BotoCoreError
+
+    STORE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError)
+except ImportError:
+    STORE_ERRORS = (OSError,)
 
 
 class LocationError(DatagenError, ValueError):
@@ -43,6 +50,11 @@ def location(value: str | os.PathLike) -> Location:
     protocol = text.split("://", 1)[0]
     if protocol == "file":
         return Path(url2pathname(urlparse(text).path))
+    if protocol not in STORE_PROTOCOLS:
+        raise LocationError(f"{text}: {protocol}:// is not an object store (datagen takes s3://, gs:// or az:// URLs, "
+                            "local paths and file:// URLs)")
+    if not urlparse(text).netloc:
+        raise LocationError(f"{text}: no bucket ({protocol}://BUCKET/PREFIX)")
     try:
         fsspec.get_filesystem_class(protocol)
     except ValueError:
@@ -75,6 +87,66 @@ def shard_location(url: str) -> Location | None:
     return location(url) if not url.startswith("pipe:") and protocol in (*STORE_PROTOCOLS, "file") else None
 
 
+def check_reachable(folder: Location) -> None:
+    """LocationError naming ``folder`` when its store cannot be listed (no credentials, a refusal, no
+    endpoint), before a command reads or writes there; a prefix with nothing in it yet is fine."""
+    if not is_remote(folder):
+        return
+    try:
+        folder.fs.ls(folder.path, detail=False)
+    except FileNotFoundError:
+        pass
+    except STORE_ERRORS as err:
+        raise LocationError(f"{folder}: cannot reach the store ({store_error(err)})") from None
+
+
+def store_error(err: Exception) -> str:
+    """An exception from a store's client as a short reason."""
+    reason = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
+@dataclass(frozen=True)
+class Entry:
+    size: int  # bytes (0 for a folder)
+    modified: float  # seconds since the epoch: the file system's clock, or the store's
+
+
+def listing(folder: Location) -> dict[str, Entry]:
+    """The entries of ``folder`` by name with their sizes and modification times (empty when it does
+    not exist), in one listing. A store's zero-byte object named like the prefix itself (what a
+    console's "create folder" makes) is not an entry."""
+    if not is_remote(folder):
+        try:
+            with os.scandir(folder) as entries:
+                return {e.name: Entry(e.stat().st_size, e.stat().st_mtime) for e in entries}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+    try:
+        infos = folder.fs.ls(folder.path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found = {}
+    for info in infos:
+        name = info["name"].rstrip("/")
+        if name != folder.path.rstrip("/"):
+            modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
+            found[name.rsplit("/", 1)[-1]] = Entry(int(info.get("size") or 0), _seconds(modified))
+    return found
+
+
+def _seconds(modified) -> float:
+    if modified is None:
+        return 0.0
+    if isinstance(modified, (int, float)):
+        return float(modified)
+    if isinstance(modified, str):
+        from datetime import datetime
+
+        modified = datetime.fromisoformat(modified.replace("Z", "+00:00"))
+    return modified.timestamp()
+
+
 def names(folder: Location) -> set[str]:
     """The names of the entries of ``folder`` (empty when it does not exist), in one listing."""
     if not is_remote(folder):
@@ -82,10 +154,7 @@ def names(folder: Location) -> set[str]:
             return set(os.listdir(folder))
         except (FileNotFoundError, NotADirectoryError):
             return set()
-    try:
-        return {entry.rstrip("/").rsplit("/", 1)[-1] for entry in folder.fs.ls(folder.path, detail=False)}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
+    return set(listing(folder))
 
 
 @contextmanager

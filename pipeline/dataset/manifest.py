@@ -32,12 +32,13 @@ from pipeline.dataset.layout import (
     ORACLE_DIR,
     RESUME_DIR,
 )
-from pipeline.dataset.location import is_remote
+from pipeline.dataset.location import STORE_ERRORS, check_reachable, is_remote, names, store_error
 from pipeline.dataset.provenance import code_version, model_record, oracle_record
 from pipeline.dataset.shards import finished_stats, read_json_object
 from pipeline.dataset.zero_shot import LABELS, attention_labels_entry, labels_entry
 from stages.metrics import IGNORE_INDEX
 
+PROBE = ".datagen-probe"  # the name of check_writable's probe (a probe a failed delete left is not data)
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
 
 
@@ -57,6 +58,7 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
     ``labelling``: phase C will run, so samples beyond ``config.n`` already on disk are refused too.
     """
     out = config.out
+    check_reachable(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     manifest_path = out / MANIFEST
@@ -74,7 +76,7 @@ def check_output(config: RunConfig, labelling: bool = True) -> None:
             raise ConfigError(
                 f"{out} holds a dataset made with another config (fingerprint {old.get('fingerprint')}, "
                 f"this run {config.fingerprint()}); choose another --out or delete that folder")
-    elif out.exists() and any(not _grounding_output(p.name) for p in out.iterdir()):
+    elif any(not _grounding_output(name) and not name.startswith(PROBE) for name in names(out)):
         raise ConfigError(f"{out} exists, is not empty and is not a datagen dataset; choose another --out")
     written_to = max((s["end"] for s in finished_stats(out / DATA_DIR)), default=0) if labelling else 0
     if written_to > config.n:
@@ -102,12 +104,12 @@ def check_writable(out: Path) -> None:
     virtual file system such as /proc), tried with an empty probe folder removed at once. On an object
     store, an empty probe object is written and deleted (no bucket, no credentials, no permission)."""
     if is_remote(out):
-        probe = temporary_path(out / ".datagen-probe")
+        probe = temporary_path(out / PROBE)
         try:
             probe.fs.pipe_file(probe.path, b"")
-            probe.fs.rm_file(probe.path)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"--out {out}: cannot write there ({getattr(err, 'strerror', None) or err})") from err
+            probe.fs.rm_file(probe.path)  # datagen deletes there too (a checkpoint's marker, its resume state)
+        except STORE_ERRORS as err:
+            raise ConfigError(f"--out {out}: cannot write there ({store_error(err)})") from err
         return
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():

@@ -27,9 +27,16 @@ from braceexpand import braceexpand
 
 from pipeline.dataset.atomic import write_json_atomic
 from pipeline.dataset.layout import CLASSES, DATA_DIR, WIDS_INDEX
-from pipeline.dataset.location import is_remote, location, names, shard_location
+from pipeline.dataset.location import is_remote, listing, location, names, shard_location
 from pipeline.dataset.members import UNSAFE, check_mask, decode_json, decode_mask, decode_rgb, sample_classes
-from pipeline.dataset.shards import finished_shards, finished_stats_by_id, read_json_object, read_stats, shard_path
+from pipeline.dataset.shards import (
+    finished_ids,
+    finished_shards,
+    read_json_object,
+    read_stats,
+    shard_path,
+    stats_path,
+)
 from stages.errors import DataError
 
 IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
@@ -315,13 +322,12 @@ def first_sample(source) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
 
 def write_wids_index(folder: Path) -> Path:
     """Write the wids shard index of a folder's finished shards (urls relative to the index)."""
-    sizes = {} if not is_remote(folder) else \
-        {entry["name"].rsplit("/", 1)[-1]: entry["size"] for entry in folder.fs.ls(folder.path, detail=True)}
+    entries = listing(folder)  # one listing gives the shards and their sizes
     shards = []
-    for shard_id, stats in finished_stats_by_id(folder).items():
-        path = shard_path(folder, shard_id)
-        size = sizes[path.name] if is_remote(folder) else path.stat().st_size
-        shards.append({"url": path.name, "nsamples": stats["written"], "filesize": size})
+    for shard_id in finished_ids(set(entries)):
+        stats = read_json_object(stats_path(folder, shard_id))
+        name = shard_path(folder, shard_id).name
+        shards.append({"url": name, "nsamples": stats["written"], "filesize": entries[name].size})
     index = folder / WIDS_INDEX
     name = folder.parent.name if is_remote(folder) else folder.resolve().parent.name
     write_json_atomic(index, {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,

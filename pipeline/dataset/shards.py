@@ -94,9 +94,8 @@ def _stats_content(path: Path) -> dict | None:
     return stats if isinstance(stats, dict) else None
 
 
-def _finished_ids(folder: Path) -> list[int]:
-    """Ids of the shards in ``folder`` with both the tar and its stats, in order (one listing)."""
-    present = names(folder)
+def finished_ids(present: set[str]) -> list[int]:
+    """Ids of the shards with both the tar and its stats among a folder's entry names, in order."""
     ids = (name.removeprefix("shard-").removesuffix(".stats.json") for name in present
            if name.startswith("shard-") and name.endswith(".stats.json"))
     return sorted(int(i) for i in ids if i.isdigit() and shard_name(int(i)) == f"shard-{i}"
@@ -105,7 +104,7 @@ def _finished_ids(folder: Path) -> list[int]:
 
 def finished_stats_by_id(folder: Path) -> dict[int, dict]:
     """Shard id -> stats content of every finished shard in ``folder`` whose stats are a JSON object."""
-    stats = {shard_id: _stats_content(stats_path(folder, shard_id)) for shard_id in _finished_ids(folder)}
+    stats = {shard_id: _stats_content(stats_path(folder, shard_id)) for shard_id in finished_ids(names(folder))}
     return {shard_id: s for shard_id, s in stats.items() if s is not None}
 
 
@@ -125,7 +124,7 @@ def whole_stats(stats: dict | None) -> bool:
 
 def finished_shards(folder: Path) -> list[Path]:
     """Paths of every finished shard in a folder, in order."""
-    return [shard_path(folder, shard_id) for shard_id in _finished_ids(folder)]
+    return [shard_path(folder, shard_id) for shard_id in finished_ids(names(folder))]
 
 
 def finished_stats(folder: Path) -> list[dict]:

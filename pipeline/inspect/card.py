@@ -13,6 +13,7 @@ from pipeline.dataset.shards import finished_shards
 from pipeline.dataset.zero_shot import LABELS, dataset_zero_shot, describe
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
+from pipeline.runtime import grounding_installed
 
 
 def _model(record: dict | None, fallback: str) -> str:
@@ -32,7 +33,7 @@ def _oracle(record: dict | None, fallback: str) -> str:
 
 def _grounding(out: Path) -> str:
     weights, training = out / GROUNDING_DIR / "model.safetensors", out / GROUNDING_DIR / "training.json"
-    if not weights.exists():
+    if not grounding_installed(out):
         return "none"
     line = f"`{GROUNDING_DIR}/model.safetensors`, sha256 `{file_sha256(weights)}`"
     if training.exists():

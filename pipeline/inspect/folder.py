@@ -15,7 +15,7 @@ from pathlib import Path
 import webdataset as wds
 
 from pipeline.dataset.layout import FORMAT_VERSION, Phase
-from pipeline.dataset.location import location
+from pipeline.dataset.location import check_reachable, location
 from pipeline.dataset.manifest import whole_class_list, whole_manifest
 from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, whole_stats
 from stages.errors import DataError
@@ -93,6 +93,7 @@ class DatasetFolder:
 def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
     """Open a datagen output folder for reading, or raise DataError with one line saying why not."""
     out = location(out)
+    check_reachable(out)
     if not out.exists():
         raise DataError(f"{out}: no such folder")
     if not out.is_dir():

@@ -9,7 +9,7 @@ from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD, Phase
 from pipeline.dataset.plan import ShardTask, missing, pending, plan_shards
 from pipeline.dataset.shards import finished_shards, finished_stats, read_json_object, shard_name, summarize
 from pipeline.run.executors import ExecutionReport, Executor
-from pipeline.runtime import Runtime
+from pipeline.runtime import Runtime, grounding_installed
 from pipeline.training.job import run_training
 from pipeline.training.oracle_data import NoTrainingSamples, oracle_batches, oracle_validation_batches
 from stages.errors import DatagenError
@@ -83,6 +83,10 @@ def check_earlier_phases(config: RunConfig, phases: frozenset[Phase]) -> None:
     if Phase.TRAIN in phases and Phase.ORACLE not in phases:
         check_phase_a_finished(config)
     trained = _training_record(config)
+    if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \
+            and (config.out / GROUNDING_DIR).exists() and not grounding_installed(config.out):
+        raise PhaseError(f"the grounding checkpoint in {config.out} is incomplete (its upload was cut short): run "
+                         "`datagen train` with the same flags first")
     if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \
             and (config.out / GROUNDING_DIR).exists() \
             and not training_is_current(config) and (trained or {}).get("source") != "annotated":
