@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -36,7 +37,7 @@ except ImportError:
 
 
 class LocationError(DatagenError, ValueError):
-    """A URL datagen cannot use: an unknown protocol, or one whose fsspec backend is not installed."""
+    """A URL datagen cannot use: not an object store's, no bucket, or its fsspec backend is not installed."""
 
 
 def location(value: str | os.PathLike) -> Location:
@@ -57,8 +58,6 @@ def location(value: str | os.PathLike) -> Location:
         raise LocationError(f"{text}: no bucket ({protocol}://BUCKET/PREFIX)")
     try:
         fsspec.get_filesystem_class(protocol)
-    except ValueError:
-        raise LocationError(f"{text}: unknown protocol {protocol}:// (fsspec knows none of that name)") from None
     except ImportError as err:
         raise LocationError(f"{text}: {protocol}:// needs a package that is not installed ({err})") from None
     return UPath(text.rstrip("/"), use_listings_cache=False)
@@ -119,7 +118,7 @@ def listing(folder: Location) -> dict[str, Entry]:
     if not is_remote(folder):
         try:
             with os.scandir(folder) as entries:
-                return {e.name: Entry(e.stat().st_size, e.stat().st_mtime) for e in entries}
+                return {e.name: Entry(s.st_size, s.st_mtime) for e in entries for s in [e.stat()]}
         except (FileNotFoundError, NotADirectoryError):
             return {}
     try:
@@ -141,8 +140,6 @@ def _seconds(modified) -> float:
     if isinstance(modified, (int, float)):
         return float(modified)
     if isinstance(modified, str):
-        from datetime import datetime
-
         modified = datetime.fromisoformat(modified.replace("Z", "+00:00"))
     return modified.timestamp()
 
