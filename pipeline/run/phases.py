@@ -6,6 +6,7 @@ from rich.progress import Progress
 
 from pipeline.config import RunConfig
 from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD, Phase
+from pipeline.dataset.location import is_remote
 from pipeline.dataset.plan import ShardTask, missing, pending, plan_shards
 from pipeline.dataset.shards import finished_shards, finished_stats, read_json_object, shard_name, summarize
 from pipeline.run.executors import ExecutionReport, Executor
@@ -84,7 +85,8 @@ def check_earlier_phases(config: RunConfig, phases: frozenset[Phase]) -> None:
         check_phase_a_finished(config)
     trained = _training_record(config)
     if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \
-            and (config.out / GROUNDING_DIR).exists() and not grounding_installed(config.out):
+            and is_remote(config.out) and (config.out / GROUNDING_DIR).exists() \
+            and not grounding_installed(config.out):
         raise PhaseError(f"the grounding checkpoint in {config.out} is incomplete (its upload was cut short): run "
                          "`datagen train` with the same flags first")
     if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \

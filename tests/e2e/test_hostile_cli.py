@@ -140,7 +140,7 @@ def test_a_preset_that_cannot_run_is_refused_before_the_output_folder_is_claimed
     (["--out", "/proc/datagen/out"], "--out /proc/datagen/out: cannot write in /proc"),
     (["--out", "foo://bucket/out"], "--out: foo://bucket/out: foo:// is not an object store"),
     (["--out", "s3://"], "--out: s3://: no bucket (s3://BUCKET/PREFIX)"),
-    (["--out", "oci://bucket/out"], "--out: oci://bucket/out: oci:// needs a package that is not installed"),
+    (["--out", "gs://bucket/out"], "--out: gs://bucket/out: gs:// needs a package that is not installed"),  # gcsfs
     (["--vocab", "VOCAB"], "vocabulary VOCAB holds a list, not a mapping"),
     (["--models", "VOCAB"], "model preset VOCAB holds a list, not a mapping"),
 ])
