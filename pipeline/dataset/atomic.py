@@ -41,9 +41,9 @@ def temporary_path(path: Path, kind: str = "tmp") -> Path:
 def cannot_write(path: Path, err: Exception) -> WriteError:
     """The one line for an ``OSError`` while writing ``path`` (full disk, read-only file system, permissions),
     or a store client's error."""
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else store_error(err) \
-        if is_remote(path) else err
-    return WriteError(f"cannot write {path}: {reason}")
+    if isinstance(err, OSError) and err.strerror:
+        return WriteError(f"cannot write {path}: {err.strerror}")
+    return WriteError(f"cannot write {path}: {store_error(err) if is_remote(path) else err}")
 
 
 @contextmanager
@@ -234,9 +234,10 @@ def _abort_stale_uploads(folder, cutoff: float) -> None:
     if not hasattr(folder.fs, "list_multipart_uploads"):  # not S3
         return
     bucket, _, prefix = folder.path.partition("/")
-    try:
-        for upload in folder.fs.list_multipart_uploads(bucket):
-            if upload["Key"].startswith(f"{prefix}/") and upload["Initiated"].timestamp() < cutoff:
+    try:  # the uploads under this folder only (a listing holds at most 1000; the next run takes the rest)
+        listed = folder.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/")
+        for upload in listed.get("Uploads", []):
+            if upload["Initiated"].timestamp() < cutoff:
                 folder.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
                                   UploadId=upload["UploadId"])
     except STORE_ERRORS as err:

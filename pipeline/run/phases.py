@@ -83,15 +83,14 @@ def check_earlier_phases(config: RunConfig, phases: frozenset[Phase]) -> None:
     user chose it on purpose."""
     if Phase.TRAIN in phases and Phase.ORACLE not in phases:
         check_phase_a_finished(config)
-    trained = _training_record(config)
-    if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \
-            and is_remote(config.out) and (config.out / GROUNDING_DIR).exists() \
-            and not grounding_installed(config.out):
+    if not (Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding"
+            and (config.out / GROUNDING_DIR).exists()):
+        return
+    if is_remote(config.out) and not grounding_installed(config.out):
         raise PhaseError(f"the grounding checkpoint in {config.out} is incomplete (its upload was cut short): run "
                          "`datagen train` with the same flags first")
-    if Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding" \
-            and (config.out / GROUNDING_DIR).exists() \
-            and not training_is_current(config) and (trained or {}).get("source") != "annotated":
+    trained = _training_record(config)
+    if not training_is_current(config) and (trained or {}).get("source") != "annotated":
         raise PhaseError(f"the grounding checkpoint in {config.out} was trained on other oracle samples than "
                          "those now on disk: run `datagen train` with the same flags first")
 

@@ -260,10 +260,10 @@ def test_missing_credentials_are_one_line_before_any_work(store, monkeypatch, da
         s3fs.S3FileSystem.clear_instance_cache()
 
 
-def test_a_prefix_made_as_a_console_folder_is_empty(store, datagen):
-    store.pipe_file(f"{BUCKET}/console/", b"")  # what "Create folder" in a store's console makes
+def test_a_prefix_made_as_a_console_folder_is_empty(store):
     from pipeline.config import RunConfig, load_preset
     from pipeline.dataset.manifest import check_output
 
+    store.pipe_file(f"{BUCKET}/console/", b"")  # what "Create folder" in a store's console makes
     check_output(RunConfig(vocab="voc", out=f"s3://{BUCKET}/console", preset_name="tiny",
                            preset=load_preset("tiny"), n=4))  # not "exists, is not empty"
