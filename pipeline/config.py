@@ -25,22 +25,20 @@ from pydantic.functional_serializers import PlainSerializer
 
 from pipeline.dataset.location import location
 from stages.attention.settings import AttentionSettings
-from stages.errors import DatagenError
+from stages.errors import ConfigError
 from stages.generate import FEATURE_LAYOUTS
 from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
+from stages.labelers import LABELERS, Labeler, labeler_class
 from stages.vocab import Vocabulary, load_vocabulary
 from stages.world.spec import WorldSpec
 from stages.yaml_file import read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-LABELERS = ("grounding", "attention")  # phase C's labelers: the trained grounding module, or cross-attention maps
-GROUNDING_ONLY = ("oracle_backend", "oracle_config", "oracle_weights", "oracle_score_threshold",  # preset keys the
-                  "oracle_input_size", "grounding", "train", "bootstrap_n")  # attention labeler does not use
-
-
-class ConfigError(DatagenError, ValueError):
-    """A config or flag that cannot be used; its message is one line for the user."""
+# The preset settings of phases A and B (the oracle, the training): they change only the labels of labelers
+# that label with the trained checkpoint (``Labeler.trained``).
+TRAINING_KEYS = ("oracle_backend", "oracle_config", "oracle_weights", "oracle_score_threshold", "oracle_input_size",
+                 "grounding", "train", "bootstrap_n")
 
 
 def one_line(err: ValidationError, name: Callable[[str], str]) -> ConfigError:
@@ -157,12 +155,19 @@ class RunConfig(BaseModel):
     preset: Preset
     seed: int = 0
     n: int = Field(gt=0)
-    labeler: Literal[LABELERS] = "grounding"  # what labels phase C; attention skips phases A and B
+    labeler: str = "grounding"  # what labels phase C (stages.labelers); one that needs no training skips phases A and B
     pair_fraction: float = Field(0.5, ge=0, le=1)
     image_format: Literal["jpg", "png"] = "jpg"
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (first batches compile): same computation, not in the fingerprint
     cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
+
+    @field_validator("labeler")
+    @classmethod
+    def _known_labeler(cls, name: str) -> str:
+        if name not in LABELERS:
+            raise ValueError(f"'{name}' is not one of {', '.join(LABELERS)}")
+        return name
 
     @field_validator("device")
     @classmethod
@@ -174,17 +179,20 @@ class RunConfig(BaseModel):
     def vocabulary(self) -> Vocabulary:
         return resolve_vocabulary(self.vocab)
 
+    def labeler_class(self) -> type[Labeler]:
+        return labeler_class(self.labeler)
+
     def fingerprint(self) -> str:
-        """Identity of the dataset: all but n, out, device, compile and cache (n may grow on a rerun), and but the
-        settings of the labeler not used (the grounding labeler's fingerprints are those from before
-        the attention labeler existed)."""
-        if self.labeler == "grounding":
-            exclude = {"labeler": True, "preset": {"attention"}}
-        else:
-            exclude = {"preset": {**dict.fromkeys(GROUNDING_ONLY, True), "guidance": {"oracle": True}}}
+        """Identity of the dataset: all but n, out, device, compile and cache (n may grow on a rerun), and but
+        the preset settings that do not change its labeler's labels (other labelers' sections; phases A
+        and B's for a labeler that needs no training)."""
+        labeler = self.labeler_class()
+        unused = {key for other in LABELERS.values() for key in other.settings_keys} - set(labeler.settings_keys)
+        preset: dict = dict.fromkeys(unused, True)
+        if not labeler.trained:
+            preset |= dict.fromkeys(TRAINING_KEYS, True) | {"guidance": {"oracle": True}}
         fields = self.model_dump(mode="json", exclude={"n": True, "out": True, "device": True, "compile": True,
-                                                       "cache_dir": True,
-                                                       **exclude})
+                                                       "cache_dir": True, "preset": preset})
         fields["vocabulary"] = self.vocabulary().to_dict()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 

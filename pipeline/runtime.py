@@ -10,12 +10,14 @@ from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, one_line
 from pipeline.dataset.atomic import build_folder_once
-from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD
-from pipeline.dataset.location import is_remote, local_copy, names
+from pipeline.dataset.checkpoint import grounding_installed
+from pipeline.dataset.layout import GROUNDING_DIR
+from pipeline.dataset.location import local_copy
 from pipeline.world import WORLD, built_world, world_spec
-from stages.attention.labeler import AttentionLabeler
+from stages.attention.settings import AttentionSettings
 from stages.generate import Diffusion
-from stages.grounding.model import WEIGHTS_FILE, ClassTextEncoder, GroundingConfig, GroundingModule, load_grounding
+from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule, load_grounding
+from stages.labelers import Labeler, labeler_class
 from stages.models import MASKRCNN_FILE, build_random_preset, fast_path, load_stable_diffusion, random_preset_name
 from stages.oracle import COCO_INPUT_SIZE, Oracle, import_detectron2_backend, load_oracle
 from stages.weights import WeightsMissingError
@@ -48,14 +50,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def grounding_installed(out) -> bool:
-    """A grounding checkpoint is in ``OUT/grounding``: its weights, and on an object store its training
-    record too, which is uploaded last (``atomic.replace_folder``): without it the upload was cut short."""
-    present = names(out / GROUNDING_DIR)
-    return WEIGHTS_FILE in present and (not is_remote(out) or TRAINING_RECORD in present)
-
-
 class Runtime:
+    """The models of a run (``stages.labelers.LabelerModels`` for its labelers), each loaded on first use."""
+
     def __init__(self, config: RunConfig):
         self.config = config
         self.preset = config.preset
@@ -92,11 +89,22 @@ class Runtime:
         return Diffusion(self.pipe, steps=p.steps, guidance=p.guidance.label, capture_step=p.capture_step,
                          features=p.features)
 
+    @property
+    def attention_settings(self) -> AttentionSettings:
+        return self.preset.attention
+
     @cached_property
-    def attention(self) -> AttentionLabeler:
-        """The attention labeler on this run's sampler; AttentionRecordingError when the preset's
-        ``attention:`` names layers the UNet lacks."""
-        return AttentionLabeler(self.diffusion, self.preset.attention)
+    def text_template(self) -> str:
+        return self.config.vocabulary().text_template
+
+    @cached_property
+    def labeler(self) -> Labeler:
+        """The run's labeler (``--labeler``), on this run's models."""
+        return labeler_class(self.config.labeler).load(self)
+
+    def labelers(self, names: tuple[str, ...]) -> list[Labeler]:
+        """Labelers by name on these models (Protocol I scores several on one sampling pass)."""
+        return [self.labeler if name == self.config.labeler else labeler_class(name).load(self) for name in names]
 
     @cached_property
     def oracle(self) -> Oracle:
@@ -147,17 +155,18 @@ class Runtime:
         with local_copy(self.config.out / GROUNDING_DIR) as folder:  # an object store's: downloaded first
             return load_grounding(folder, map_location=self.device).to(self.dtype).eval()
 
-    def check_weights(self, oracle: bool, grounding: bool, attention: bool = False) -> None:
-        """Fail fast, before any work, when weights are missing (WeightsMissingError), the oracle's backend
-        is not installed (OracleBackendError, before any model loads; only when the oracle is used), the
-        preset's sizes do not fit the models (ConfigError, ``check_preset``; the grounding sizes unless only
-        the attention labeler is used) or the attention settings do not fit the UNet (AttentionRecordingError)."""
+    def check_weights(self, oracle: bool, grounding: bool, labelers: tuple[type[Labeler], ...] = ()) -> None:
+        """Fail fast, before any work, when weights are missing (WeightsMissingError; ``grounding``: the
+        checkpoint in OUT), the oracle's backend is not installed (OracleBackendError, before any model
+        loads; only when the oracle is used), the preset's sizes do not fit the models (ConfigError,
+        ``check_preset``; the grounding sizes unless only labelers that need no training are used) or a
+        labeler's settings do not fit them (its ``check``)."""
         if oracle and self.preset.oracle_backend == "detectron2":
             import_detectron2_backend()
         self.pipe
-        self.check_preset(grounding=grounding or not attention)
-        if attention:
-            self.attention
+        self.check_preset(grounding=grounding or not labelers or any(c.trained for c in labelers))
+        for labeler in labelers:
+            labeler.check(self)
         if oracle:
             self.oracle
         if grounding and not grounding_installed(self.config.out):

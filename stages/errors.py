@@ -15,3 +15,7 @@ class DataError(DatagenError, ValueError):
 class WriteError(DatagenError):
     """An output file or folder that cannot be written (full disk, read-only file system, no permission);
     named in the message. What was written before it stays whole: writes are atomic."""
+
+
+class ConfigError(DatagenError, ValueError):
+    """A config, flag or output folder that cannot be used; its message is one line for the user."""

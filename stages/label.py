@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from stages.metrics import IGNORE_INDEX
 
 BACKGROUND = 0
 
@@ -16,6 +18,22 @@ class ClassMask:
     name: str
     mask: np.ndarray  # bool (H, W)
     score: float  # mean probability inside the mask
+
+
+@dataclass
+class SampleLabels:
+    """A labeler's answer for one sample."""
+
+    masks: list[ClassMask]  # disjoint, one per class that has pixels
+    uncertain: np.ndarray | None = None  # bool (H, W): pixels written as ignore (255) and never scored
+    stats: dict = field(default_factory=dict)  # per-sample figures kept in its json (``labeler_stats``)
+
+    def segmentation(self, shape: tuple[int, int]) -> np.ndarray:
+        """uint8 (H, W): class ids, 0 for background, 255 for the uncertain pixels."""
+        seg = semantic_mask(self.masks, shape)
+        if self.uncertain is not None:
+            seg[self.uncertain] = IGNORE_INDEX
+        return seg
 
 
 def masks_from_probabilities(probs: torch.Tensor, class_ids: list[int], names: list[str],

@@ -18,6 +18,7 @@ from pipeline.dataset.voc import voc_images
 from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
 from pipeline.runtime import Runtime
 from pipeline.training.job import train_on_annotated
+from stages.labelers import labeler_class
 
 Data = Annotated[str, typer.Option(help="VOC-layout local folder: JPEGImages/, SegmentationClass/, "
                                         "ImageSets/Segmentation/.")]
@@ -72,14 +73,16 @@ def eval_grounding(
     batch_size: opt.BatchSize = None,
     labeler: Annotated[str, typer.Option(help="Which labeler to score: grounding (the checkpoint in --out), "
                                               "attention (cross-attention maps, the preset's attention "
-                                              "settings), or both, on the same images.")] = "grounding",
+                                              "settings), consensus (where both agree), or all, on the same "
+                                              "images.")] = "grounding",
 ):
-    """Protocol I: mIoU of a labeler (or both) against the oracle, seen and unseen classes apart."""
+    """Protocol I: mIoU of a labeler (or all) against the oracle, seen and unseen classes apart."""
     labelers = labelers_of(labeler)
     config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                             oracle_weights=oracle_weights, device=device, batch_size=batch_size)
     runtime = Runtime(config)
-    runtime.check_weights(oracle=True, grounding="grounding" in labelers, attention="attention" in labelers)
+    classes = tuple(labeler_class(name) for name in labelers)
+    runtime.check_weights(oracle=True, grounding=any(c.trained for c in classes), labelers=classes)
     with progress_bar(console) as progress:
         bar = progress.add_task("Protocol I", total=n)
         report = evaluate_labelers(config, runtime, n, labelers, lambda k: progress.advance(bar, k))

@@ -1,5 +1,6 @@
 """The output folder: refusing a folder that holds something else, the per-machine lock, the manifest
-and the classes file."""
+and the classes file. It takes plain values (``OutputOwner``, dicts) from the run layer, so the
+dataset format depends on no config or model code."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Protocol
 
-from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.atomic import (
     create_exclusive,
     make_folder,
@@ -29,17 +30,28 @@ from pipeline.dataset.layout import (
     FORMAT_VERSION,
     GROUNDING_DIR,
     MANIFEST,
-    ORACLE_DIR,
     RESUME_DIR,
 )
 from pipeline.dataset.location import STORE_ERRORS, check_reachable, is_remote, names, store_error
 from pipeline.dataset.provenance import code_version, model_record, oracle_record
 from pipeline.dataset.shards import finished_stats, read_json_object
-from pipeline.dataset.zero_shot import LABELS, attention_labels_entry, labels_entry
+from pipeline.dataset.zero_shot import LABELS, labels_entry
+from stages.errors import ConfigError
 from stages.metrics import IGNORE_INDEX
+from stages.vocab import Vocabulary
 
 PROBE = ".datagen-probe"  # the name of check_writable's probe (a probe a failed delete left is not data)
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
+
+
+class OutputOwner(Protocol):
+    """What the output contract needs of a run (``pipeline.config.RunConfig`` is one)."""
+
+    out: Any  # a local Path, or an object store's UPath
+    n: int  # phase C's samples
+    cache_dir: Path  # where the per-machine lock lives
+
+    def fingerprint(self) -> str: ...
 
 
 def package_versions() -> dict[str, str]:
@@ -52,7 +64,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def check_output(config: RunConfig, labelling: bool = True) -> None:
+def check_output(config: OutputOwner, labelling: bool = True) -> None:
     """Refuse an output folder that holds another dataset or something else; writes nothing.
 
     ``labelling``: phase C will run, so samples beyond ``config.n`` already on disk are refused too.
@@ -130,7 +142,7 @@ def _grounding_output(name: str) -> bool:
 
 
 @contextmanager
-def output_lock(config: RunConfig) -> Iterator[None]:
+def output_lock(config: OutputOwner) -> Iterator[None]:
     """Hold an exclusive lock on the output folder (kept in the cache, so no stray file in OUT). The lock
     file is removed on release, while still locked: a process that opened it meanwhile finds, once it
     holds its lock, that the name points elsewhere, and locks the name's new file instead."""
@@ -163,7 +175,7 @@ def _same_file(handle, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
+def claim_output(config: OutputOwner, manifest: dict, labelling: bool) -> None:
     """Write the manifest of a new output folder with an exclusive create, or refresh it in a folder
     this config already owns. Two runs started at once on one shared folder (the lock is per
     machine) cannot both claim it: the loser finds the winner's manifest and its fingerprint check
@@ -176,45 +188,48 @@ def claim_output(config: RunConfig, manifest: dict, labelling: bool) -> None:
     write_text_atomic(path, text)
 
 
-def prepare_output(config: RunConfig, sd_source: str, oracle_source: str | None, labelling: bool) -> None:
-    """Create or reopen the output folder and (re)write its manifest and classes file; ``oracle_source``
-    is None when no oracle is used (the attention labeler), and then no oracle folder is made."""
+def prepare_output(config: OutputOwner, manifest: dict, vocabulary: Vocabulary, folders: tuple[str, ...],
+                   labelling: bool) -> None:
+    """Create or reopen the output folder, its shard ``folders``, and (re)write its manifest (``manifest``
+    with the format version, the packages and the time added) and classes file."""
     out = config.out
     check_output(config, labelling)
     make_folder(out)
-    vocab = config.vocabulary()
     kept = {k: v for k, v in _read_manifest(out).items() if k == LABELS}  # what labelled the shards on disk
-    claim_output(config, kept | {
-        "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
-        "config": config.model_dump(mode="json"), "vocabulary": vocab.to_dict(),
-        "models": {"stable_diffusion": sd_source, "oracle": oracle_source},
-        "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": oracle_record(
-            config.preset.oracle_backend, config.preset.oracle_config, oracle_source) if oracle_source else None},
-        "code": code_version(),
-        "packages": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    claim_output(config, kept | manifest | {
+        "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(), "vocabulary": vocabulary.to_dict(),
+        "code": code_version(), "packages": package_versions(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, labelling)
-    for sub in (ORACLE_DIR, DATA_DIR) if oracle_source else (DATA_DIR,):
+    for sub in folders:
         remove_stale_temporaries(make_folder(out / sub))
-    write_json_atomic(out / CLASSES, classes_file(config))
+    write_json_atomic(out / CLASSES, classes_file(vocabulary))
 
 
-def classes_file(config: RunConfig) -> dict:
+def model_records(sd_source: str, oracle_source: str | None, oracle_backend: str, oracle_config: str | None) -> dict:
+    """The manifest's model entries: where the models came from and their revisions (no oracle: None)."""
+    return {"models": {"stable_diffusion": sd_source, "oracle": oracle_source},
+            "model_revisions": {"stable_diffusion": model_record(sd_source), "oracle": oracle_record(
+                oracle_backend, oracle_config, oracle_source) if oracle_source else None}}
+
+
+def classes_file(vocabulary: Vocabulary) -> dict:
     """What ``classes.json`` holds: the mask values of the vocabulary's classes, background and ignore."""
     return {"background": 0, "ignore": IGNORE_INDEX,
-            "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in config.vocabulary().classes]}
+            "classes": [{"id": c.id, "name": c.name, "seen": c.seen} for c in vocabulary.classes]}
 
 
-def restore_classes(config: RunConfig) -> bool:
+def restore_classes(config: OutputOwner, vocabulary: Vocabulary) -> bool:
     """Rewrite ``classes.json`` of a finished dataset if it is missing, damaged or not this vocabulary's
     (what `datagen validate` and `show` tell the user to rerun the run command for); True if it was.
     Runs under the output lock."""
     path = config.out / CLASSES
     try:
-        if read_json_object(path) == classes_file(config):
+        if read_json_object(path) == classes_file(vocabulary):
             return False
     except ValueError:
         pass
-    write_json_atomic(path, classes_file(config))
+    write_json_atomic(path, classes_file(vocabulary))
     return True
 
 
@@ -226,14 +241,13 @@ def _read_manifest(out) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def record_labeller(config: RunConfig, training_record: dict | None, attention: dict | None = None) -> dict:
-    """Before phase C labels shards with the checkpoint of ``training_record``, or with the attention
-    labeler that ``attention`` describes: keep in the manifest's ``labels`` what labelled the dataset and
-    whether its labels are zero-shot (``pipeline.dataset.zero_shot``); returns that entry. Runs under the
-    output lock, after ``prepare_output``."""
+def record_labeller(config: OutputOwner, labeler: str, trained: bool, details: dict | None,
+                    training_record: dict | None) -> dict:
+    """Before phase C labels shards: keep in the manifest's ``labels`` what labels the dataset and whether
+    its labels are zero-shot (``pipeline.dataset.zero_shot.labels_entry``); returns that entry. Runs under
+    the output lock, after ``prepare_output``."""
     manifest = _read_manifest(config.out)
     has_shards = bool(finished_stats(config.out / DATA_DIR))
-    entry = attention_labels_entry(attention) if attention is not None else \
-        labels_entry(manifest.get(LABELS), training_record, has_shards)
+    entry = labels_entry(manifest.get(LABELS), labeler, trained, details, training_record, has_shards)
     write_text_atomic(config.out / MANIFEST, json.dumps(manifest | {LABELS: entry}, indent=1, sort_keys=True))
     return entry

@@ -33,14 +33,16 @@ def instance(class_id: int, name: str, mask: np.ndarray, score: float, box=None)
 def encode_sample(spec: PromptSpec, class_ids: list[int], image: np.ndarray, image_format: str,
                   labeler: str, instances: list[dict], provenance: dict,
                   seg: np.ndarray | None = None, latent: np.ndarray | None = None,
-                  labeler_settings: dict | None = None) -> dict:
+                  labeler_settings: dict | None = None, labeler_stats: dict | None = None) -> dict:
     meta = {
         "prompt": spec.prompt, "classes": list(spec.classes), "class_ids": class_ids,
         "seed": spec.seed, "index": spec.index, "labeler": labeler, "instances": instances,
         "height": int(image.shape[0]), "width": int(image.shape[1]), "provenance": provenance,
     }
-    if labeler_settings is not None:  # the attention labeler's settings (the grounding module's are its checkpoint)
+    if labeler_settings is not None:  # settings beyond the checkpoint's, e.g. the attention labeler's
         meta["labeler_settings"] = labeler_settings
+    if labeler_stats is not None:  # the labeler's figures for this sample, e.g. the consensus's agreement
+        meta["labeler_stats"] = labeler_stats
     sample = {"__key__": sample_key(spec.index), image_format: encode_image(image, image_format),
               "json": json.dumps(meta, sort_keys=True).encode()}
     if seg is not None:
@@ -74,10 +76,11 @@ class LabelledSample:
     seg: np.ndarray | None = None
     latent: np.ndarray | None = None
     labeler_settings: dict | None = None
+    labeler_stats: dict | None = None
 
     def encode(self, image_format: str) -> dict:
         """The WebDataset sample: image and mask encoding, instance RLEs (CPU work, no model)."""
         instances = [instance(i.class_id, i.name, i.mask, i.score, i.box) for i in self.instances]
         return encode_sample(self.spec, self.class_ids, self.image, image_format, self.labeler, instances,
                              self.provenance, seg=self.seg, latent=self.latent,
-                             labeler_settings=self.labeler_settings)
+                             labeler_settings=self.labeler_settings, labeler_stats=self.labeler_stats)

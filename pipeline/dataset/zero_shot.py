@@ -13,36 +13,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, MANIFEST, TRAINING_RECORD
+from pipeline.dataset.checkpoint import training_record
+from pipeline.dataset.layout import DATA_DIR, MANIFEST
 from pipeline.dataset.location import is_remote, location, shard_location
 
-LABELS = "labels"  # the manifest's entry: {"zero_shot": bool | None, "grounding": [what labelled it]}, or
-#   for the attention labeler {"labeler": "attention", "zero_shot": true, "attention": its settings}
+LABELS = "labels"  # the manifest's entry: {"labeler": name, "zero_shot": bool | None, "grounding": [the checkpoints
+#   that labelled it] (labelers that use one), "details": the labeler's own description (where it has one)}
 NOT_ZERO_SHOT = ("NOT zero-shot: the grounding module was trained with unseen classes as targets "
                  "(train-annotated --train-on-unseen), so its unseen-class labels and every unseen score "
                  "computed from them are not zero-shot")
 UNKNOWN = "zero-shot status unknown: no record of what the grounding module was trained on"
 
 
-def training_record(out: Path) -> dict | None:
-    """``OUT/grounding/training.json``, None when there is none (or it cannot be read)."""
-    try:
-        record = json.loads((location(out) / GROUNDING_DIR / TRAINING_RECORD).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def checkpoint_zero_shot(record: dict | None) -> bool | None:
-    """A checkpoint's status from its training record; None without one.
-
-    Records written before ``zero_shot`` was kept: oracle training is zero-shot; annotated training then
-    made every class in the images a target, unseen ones included, so it is not."""
-    if record is None:
+    """A checkpoint's status from its training record; None without one, or one that does not say."""
+    if record is None or "zero_shot" not in record:
         return None
-    if "zero_shot" in record:
-        return bool(record["zero_shot"])
-    return record.get("source") != "annotated"
+    return bool(record["zero_shot"])
 
 
 def combine(statuses) -> bool | None:
@@ -59,25 +46,25 @@ def checkpoint_summary(record: dict | None) -> dict:
     return {k: record[k] for k in keep if k in (record or {})} | {"zero_shot": checkpoint_zero_shot(record)}
 
 
-def labels_entry(previous: dict | None, record: dict | None, has_shards: bool) -> dict:
-    """The manifest's ``labels`` once the checkpoint of ``record`` labels (more) shards. Shards labelled
-    earlier (``has_shards``) keep their labeller: once not zero-shot, the dataset stays so."""
+def labels_entry(previous: dict | None, labeler: str, trained: bool, details: dict | None, record: dict | None,
+                 has_shards: bool) -> dict:
+    """The manifest's ``labels`` once ``labeler`` labels (more) shards. A labeler that needs no training
+    (not ``trained``) had no class, seen or unseen, as a target: zero-shot by construction. Otherwise the
+    checkpoint of ``record`` labels them, and shards labelled earlier (``has_shards``) keep their
+    checkpoint: once not zero-shot, the dataset stays so."""
+    entry = {"labeler": labeler} | ({"details": details} if details is not None else {})
+    if not trained:
+        return entry | {"zero_shot": True}
     labelled_by = list((previous or {}).get("grounding", [])) if has_shards else []
     summary = checkpoint_summary(record)
     if summary not in labelled_by:
         labelled_by.append(summary)
-    return {"zero_shot": combine(c.get("zero_shot") for c in labelled_by), "grounding": labelled_by}
-
-
-def attention_labels_entry(description: dict) -> dict:
-    """The manifest's ``labels`` for the attention labeler (``AttentionLabeler.describe``): nothing is
-    trained, so no class, seen or unseen, was ever a target: zero-shot by construction."""
-    return {"labeler": "attention", "zero_shot": True, "attention": description}
+    return entry | {"zero_shot": combine(c.get("zero_shot") for c in labelled_by), "grounding": labelled_by}
 
 
 def dataset_zero_shot(folder: Path, manifest: dict | None = None) -> bool | None:
-    """A datagen output folder's labels: its manifest's ``labels``, or for a manifest written before it
-    was kept, the checkpoint in the folder; None when neither says."""
+    """A datagen output folder's labels: its manifest's ``labels``, or before phase C recorded them, the
+    checkpoint in the folder; None when neither says."""
     folder = location(folder)
     if manifest is None:
         try:

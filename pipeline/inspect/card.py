@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.dataset.atomic import write_text_atomic
+from pipeline.dataset.checkpoint import grounding_installed
 from pipeline.dataset.layout import DATA_DIR, GROUNDING_DIR, WIDS_INDEX, Phase
 from pipeline.dataset.location import location
 from pipeline.dataset.provenance import file_sha256
@@ -13,7 +14,7 @@ from pipeline.dataset.shards import finished_shards
 from pipeline.dataset.zero_shot import LABELS, dataset_zero_shot, describe
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
-from pipeline.runtime import grounding_installed
+from stages.labelers import Labeler, labeler_class
 
 
 def _model(record: dict | None, fallback: str) -> str:
@@ -24,11 +25,11 @@ def _model(record: dict | None, fallback: str) -> str:
 
 
 def _oracle(record: dict | None, fallback: str) -> str:
-    """The oracle's row: backend (manifests before backends existed: torchvision), config, weights."""
+    """The oracle's row: backend, config, weights."""
     record = record or {}
     config = record.get("config")
     config = f" `{config['source']}` (sha256 `{config['sha256']}`)" if config else ""
-    return f"`{record.get('backend', 'torchvision')}`{config}, weights {_model(record or None, fallback)}"
+    return f"`{record.get('backend')}`{config}, weights {_model(record or None, fallback)}"
 
 
 def _grounding(out: Path) -> str:
@@ -46,36 +47,20 @@ def _grounding(out: Path) -> str:
     return line
 
 
-GROUNDING_OPENING = """Synthetic semantic segmentation data made by Grounded Diffusion (Li et al., ICCV 2023): Stable
-Diffusion images, labelled by a grounding module trained on the seen classes (Mask R-CNN oracle
-masks, or annotated images), which also labels the unseen ones."""
-ATTENTION_OPENING = """Synthetic semantic segmentation data made by datagen's attention labeler: Stable Diffusion
-images, labelled by the UNet's own cross-attention maps of each class's prompt tokens, recorded while
-it sampled the image (no detector, no training; the settings and their published sources are in
-`stages/attention/settings.py`)."""
+def _labeler(manifest: dict) -> tuple[type[Labeler], str]:
+    """What labelled the dataset, and the card's table row for it."""
+    labeler = labeler_class(manifest["config"]["labeler"])
+    details = labeler.card_details(manifest.get(LABELS, {}).get("details"))
+    return labeler, f"| labeler | `{labeler.name}`{': ' + details if details else ''} |"
 
 
-def _labeler(manifest: dict) -> tuple[str, str]:
-    """What labelled the dataset: the card's opening paragraph and its table row."""
-    labels = manifest.get(LABELS, {})
-    if labels.get("labeler") != "attention":
-        return GROUNDING_OPENING, "| labeler | `grounding`: the grounding module |"
-    attention = labels.get("attention", {})
-    settings = json.dumps(attention.get("settings"), sort_keys=True)
-    return ATTENTION_OPENING, (
-        f"| labeler | `attention`: settings `{settings}`; {len(attention.get('cross_attention_layers', []))} "
-        f"cross-attention and {len(attention.get('self_attention_layers', []))} self-attention layers recorded at "
-        f"timesteps {attention.get('timesteps')} |")
-
-
-def _zero_shot(out: Path, manifest: dict) -> tuple[str, str]:
+def _zero_shot(out: Path, manifest: dict, labeler: type[Labeler]) -> tuple[str, str]:
     """The card's warning (empty when zero-shot) and its table row."""
     status = dataset_zero_shot(out, manifest)
-    labels = manifest.get(LABELS, {})
-    labellers = labels.get("grounding", [])
+    labellers = manifest.get(LABELS, {}).get("grounding", [])
     sources = ", ".join(sorted({str(c.get("source")) for c in labellers})) or "not recorded"
-    origin = "nothing trained: the attention labeler" if labels.get("labeler") == "attention" else \
-        f"labelled by checkpoints trained on: {sources}"
+    origin = f"labelled by checkpoints trained on: {sources}" if labeler.trained else \
+        f"nothing trained: the {labeler.name} labeler"
     row = f"| zero-shot labels | {'yes' if status else '**no**' if status is False else 'unknown'}: " \
           f"{describe(status)} ({origin}) |"
     warning = f"\n> **{describe(status)}.**\n" if status is False else ""
@@ -98,12 +83,12 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
                      for c in stats["classes"])
     last = max(sh["count"] - 1, 0)
     preset_json = json.dumps(preset, sort_keys=True)
-    warning, zero_shot_row = _zero_shot(out, manifest)
-    opening, labeler_row = _labeler(manifest)
+    labeler, labeler_row = _labeler(manifest)
+    warning, zero_shot_row = _zero_shot(out, manifest, labeler)
     oracle = _oracle(models.get('oracle'), sources.get('oracle', '?')) if sources.get('oracle', '?') else "not used"
     return f"""# datagen dataset `{out.name}`
 
-{opening}
+{labeler.card_opening}
 {warning}{tiny}
 ## What made it
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from rich.progress import Progress
 
 from pipeline.config import RunConfig
+from pipeline.dataset.checkpoint import grounding_installed
 from pipeline.dataset.layout import GROUNDING_DIR, TRAINING_RECORD, Phase
 from pipeline.dataset.location import is_remote
 from pipeline.dataset.plan import ShardTask, missing, pending, plan_shards
 from pipeline.dataset.shards import finished_shards, finished_stats, read_json_object, shard_name, summarize
 from pipeline.run.executors import ExecutionReport, Executor
-from pipeline.runtime import Runtime, grounding_installed
+from pipeline.runtime import Runtime
 from pipeline.training.job import run_training
 from pipeline.training.oracle_data import NoTrainingSamples, oracle_batches, oracle_validation_batches
 from stages.errors import DatagenError
@@ -83,7 +84,7 @@ def check_earlier_phases(config: RunConfig, phases: frozenset[Phase]) -> None:
     user chose it on purpose."""
     if Phase.TRAIN in phases and Phase.ORACLE not in phases:
         check_phase_a_finished(config)
-    if not (Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler == "grounding"
+    if not (Phase.LABEL in phases and Phase.TRAIN not in phases and config.labeler_class().trained
             and (config.out / GROUNDING_DIR).exists()):
         return
     if is_remote(config.out) and not grounding_installed(config.out):

@@ -16,8 +16,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from pipeline.config import RunConfig
 from pipeline.dataset.layout import Phase
 from pipeline.dataset.plan import ERRORED, ShardTask
@@ -25,9 +23,8 @@ from pipeline.dataset.samples import LabelledSample, RawInstance, sample_key
 from pipeline.dataset.shards import write_shard
 from pipeline.run import faults
 from pipeline.runtime import Runtime
-from stages.grounding.model import class_embeddings
-from stages.label import ClassMask, masks_from_probabilities, missing_classes, semantic_mask
-from stages.metrics import IGNORE_INDEX
+from stages.label import ClassMask, missing_classes
+from stages.labelers import Request, sample
 from stages.prompts import PromptSpec, prompt_specs
 
 ProgressFn = Callable[[int], None]
@@ -76,10 +73,8 @@ class ShardWorker:
         rt.diffusion
         if phase is Phase.ORACLE:
             rt.oracle
-        elif self.config.labeler == "attention":
-            rt.attention
         else:
-            rt.class_text, rt.grounding
+            rt.labeler
 
     def compute(self, task: ShardTask, on_samples: ProgressFn | None = None) -> ShardResult:
         """The model work of one shard, batch by batch; ``on_samples`` hears of each finished batch."""
@@ -104,9 +99,7 @@ class ShardWorker:
     def _label(self, phase: Phase, batch: list[PromptSpec]) -> list:
         for spec in batch:
             faults.sample_fault(spec.index)
-        if phase is Phase.ORACLE:
-            return self._oracle_batch(batch)
-        return self._attention_batch(batch) if self.config.labeler == "attention" else self._grounding_batch(batch)
+        return self._oracle_batch(batch) if phase is Phase.ORACLE else self._label_batch(batch)
 
     def _batch_isolating_failures(self, phase: Phase, batch: list[PromptSpec]) -> list:
         """Samples of a batch; if the batch raises, each sample alone, so one bad sample fails alone."""
@@ -124,8 +117,8 @@ class ShardWorker:
         return results
 
     def _provenance(self, phase: Phase, timestep: int | None) -> dict:
-        """What made a sample; ``timestep``: the capture step's (the grounding module's input), None for
-        the attention labeler, which records a range of steps (its ``labeler_settings``)."""
+        """What made a sample; ``timestep``: the capture step's, where the sample's labels read the features
+        captured there; None for labels from a range of steps (kept in its ``labeler_settings``)."""
         captured = {} if timestep is None else {"capture_timestep": timestep}
         return {"phase": phase, "preset": self.config.preset_name, "run_seed": self.config.seed, **captured,
                 "fingerprint": self.config.fingerprint()}
@@ -158,46 +151,24 @@ class ShardWorker:
                     instances, self._provenance(Phase.ORACLE, gen.timestep), latent=gen.latents[b].numpy()))
         return results
 
-    def _grounding_batch(self, batch: list[PromptSpec]) -> list:
-        rt = self.runtime
-        gen = rt.diffusion.generate(batch, capture_features=True)
-        text_names = [[self.vocab[n].prompt_name for n in s.classes] for s in batch]
-        embeddings, _ = class_embeddings(rt.class_text, text_names, self.vocab.text_template, rt.device)
-        with torch.inference_mode():  # features as captured (the module's dtype); one copy of the masks to the host
-            probs = torch.sigmoid(rt.grounding(gen.features, embeddings)).float().cpu()
+    def _label_batch(self, batch: list[PromptSpec]) -> list:
+        """Phase C: one sampling pass, labelled by the run's labeler; filtered samples are failures."""
+        labeler = self.runtime.labeler
+        requests = [Request.of(spec, self.vocab) for spec in batch]
+        sampled = sample(self.runtime.diffusion, [labeler], batch, [r.prompt_names for r in requests])
+        gen, settings = sampled.generation, labeler.sample_settings()
+        provenance = self._provenance(Phase.LABEL, gen.timestep if labeler.needs_features else None)
         results = []
-        for b, spec in enumerate(batch):
-            ids = [self.vocab[n].id for n in spec.classes]
-            masks = masks_from_probabilities(probs[b, : len(ids)], ids, list(spec.classes))
-            failure = self._filtered(gen.finite[b], masks, spec)
-            if failure:
-                results.append(failure)
-                continue
-            image = gen.images[b]
-            instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in masks]
-            results.append(LabelledSample(
-                spec, ids, image, "grounding", instances, self._provenance(Phase.LABEL, gen.timestep),
-                seg=semantic_mask(masks, image.shape[:2])))
-        return results
-
-    def _attention_batch(self, batch: list[PromptSpec]) -> list:
-        labeler = self.runtime.attention
-        gen, maps = labeler.generate(batch, [[self.vocab[n].prompt_name for n in s.classes] for s in batch])
-        settings = labeler.settings.to_dict() | {"timesteps": labeler.timesteps}
-        results = []
-        for b, spec in enumerate(batch):
-            ids = [self.vocab[n].id for n in spec.classes]
-            labels = labeler.label(maps[b], ids, list(spec.classes))
+        for b, (spec, labels) in enumerate(zip(batch, labeler.label(sampled, requests))):
             failure = self._filtered(gen.finite[b], labels.masks, spec)
             if failure:
                 results.append(failure)
                 continue
             image = gen.images[b]
-            seg = semantic_mask(labels.masks, image.shape[:2])
-            seg[labels.uncertain] = IGNORE_INDEX
             instances = [RawInstance(m.class_id, m.name, m.mask, m.score) for m in labels.masks]
-            results.append(LabelledSample(spec, ids, image, "attention", instances,
-                                          self._provenance(Phase.LABEL, None), seg=seg, labeler_settings=settings))
+            results.append(LabelledSample(spec, requests[b].class_ids, image, labeler.name, instances, provenance,
+                                          seg=labels.segmentation(image.shape[:2]), labeler_settings=settings,
+                                          labeler_stats=labels.stats or None))
         return results
 
 

@@ -7,12 +7,16 @@ upsampled to the image, normalised and thresholded (``AttentionSettings`` names 
 
 from __future__ import annotations
 
+import json
+
 import torch
 
-from stages.attention.maps import AttentionLabels, attention_masks, class_maps, class_token_positions
+from stages.attention.maps import attention_masks, class_maps, class_token_positions
 from stages.attention.record import AttentionLayer, AttentionRecorder, AttentionRecordingError, attention_layers
 from stages.attention.settings import AttentionSettings
 from stages.generate import Diffusion, Generation
+from stages.label import SampleLabels
+from stages.labelers.base import Labeler, LabelerModels, Request, Sampled
 from stages.prompts import PromptSpec
 
 
@@ -20,9 +24,17 @@ def _resolutions(layers: list[AttentionLayer]) -> list[int]:
     return sorted({layer.resolution for layer in layers}, reverse=True)
 
 
-class AttentionLabeler:
+class AttentionLabeler(Labeler):
     """Records attention while ``diffusion`` samples and turns it into class masks; raises
     ``AttentionRecordingError`` at construction when the settings name layers the UNet lacks."""
+
+    name = "attention"
+    trained = False
+    settings_keys = ("attention",)
+    card_opening = """Synthetic semantic segmentation data made by datagen's attention labeler: Stable Diffusion
+images, labelled by the UNet's own cross-attention maps of each class's prompt tokens, recorded while
+it sampled the image (no detector, no training; the settings and their published sources are in
+`stages/attention/settings.py`)."""
 
     def __init__(self, diffusion: Diffusion, settings: AttentionSettings):
         self.diffusion, self.settings = diffusion, settings
@@ -49,6 +61,15 @@ class AttentionLabeler:
         scheduler = diffusion.pipe.scheduler
         scheduler.set_timesteps(diffusion.steps)
         self.timesteps = [int(scheduler.timesteps[i]) for i in recorded]
+        self.recorder = self
+
+    @classmethod
+    def load(cls, models: LabelerModels) -> AttentionLabeler:
+        return cls(models.diffusion, models.attention_settings)
+
+    @classmethod
+    def check(cls, models: LabelerModels) -> None:
+        cls.load(models)
 
     @property
     def resolution(self) -> int:
@@ -56,7 +77,7 @@ class AttentionLabeler:
         return self.settings.refine.resolution if self.settings.refine else _resolutions(self.cross_layers)[0]
 
     def describe(self) -> dict:
-        """The settings and what they select in this UNet and schedule: for the manifest and the card."""
+        """The settings and what they select in this UNet and schedule."""
         return {"settings": self.settings.to_dict(), "timesteps": self.timesteps,
                 "cross_attention_layers": [layer.name for layer in self.cross_layers],
                 "self_attention_layers": [layer.name for layer in self.self_layers]}
@@ -79,6 +100,20 @@ class AttentionLabeler:
                     for b in range(len(specs))]
         return gen, maps
 
-    def label(self, maps: torch.Tensor, class_ids: list[int], names: list[str]) -> AttentionLabels:
+    def sample_settings(self) -> dict:
+        return self.settings.to_dict() | {"timesteps": self.timesteps}
+
+    @staticmethod
+    def card_details(description: dict | None) -> str:
+        description = description or {}
+        return (f"settings `{json.dumps(description.get('settings'), sort_keys=True)}`; "
+                f"{len(description.get('cross_attention_layers', []))} cross-attention and "
+                f"{len(description.get('self_attention_layers', []))} self-attention layers recorded at timesteps "
+                f"{description.get('timesteps')}")
+
+    def masks(self, maps: torch.Tensor, class_ids: list[int], names: list[str]) -> SampleLabels:
         """Disjoint class masks (and the uncertain pixels) from one sample's maps."""
         return attention_masks(maps, class_ids, names, self.settings.threshold, self.settings.uncertain)
+
+    def label(self, sampled: Sampled, requests: list[Request]) -> list[SampleLabels]:
+        return [self.masks(maps, r.class_ids, r.names) for maps, r in zip(sampled.attention_maps, requests)]

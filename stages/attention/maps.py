@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from stages.attention.record import AttentionRecordingError
-from stages.label import ClassMask, masks_from_probabilities
+from stages.label import SampleLabels, masks_from_probabilities
 
 
 def class_token_positions(tokenizer, prompt: str, names: list[str]) -> list[list[int]]:
@@ -65,14 +63,8 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return float((between.argmax() + 1) / bins)
 
 
-@dataclass
-class AttentionLabels:
-    masks: list[ClassMask]  # disjoint, one per class that has pixels
-    uncertain: np.ndarray  # bool (H, W): pixels to write as 255 (not scored); all False without ``uncertain``
-
-
 def attention_masks(maps: torch.Tensor, class_ids: list[int], names: list[str], threshold: float | str,
-                    uncertain: float | None = None) -> AttentionLabels:
+                    uncertain: float | None = None) -> SampleLabels:
     """Disjoint masks from (K, H, W) normalised maps: a class's pixels are above its threshold (a number,
     or ``otsu``: one per class and image) and above every other class's map. With ``uncertain``, the
     unassigned pixels whose best class scores at least that much are marked uncertain."""
@@ -82,4 +74,4 @@ def attention_masks(maps: torch.Tensor, class_ids: list[int], names: list[str], 
     if uncertain is not None:
         assigned = np.logical_or.reduce([m.mask for m in masks]) if masks else unsure
         unsure = (maps.max(0).values >= uncertain).cpu().numpy() & ~assigned
-    return AttentionLabels(masks, unsure)
+    return SampleLabels(masks, unsure)

@@ -41,13 +41,13 @@ def test_manifest_samples_and_card_name_the_labeler_and_its_settings(attention_r
     labels = manifest["labels"]
     assert labels["labeler"] == "attention" and labels["zero_shot"] is True
     settings = manifest["config"]["preset"]["attention"]
-    assert labels["attention"]["settings"] == settings and settings["refine"] == {"resolution": 16, "power": 4}
+    assert labels["details"]["settings"] == settings and settings["refine"] == {"resolution": 16, "power": 4}
     assert manifest["config"]["labeler"] == "attention" and manifest["models"]["oracle"] is None
     samples = list(open_dataset(shard_urls(out)))
     for sample in samples:
         meta = sample["json"]
         assert meta["labeler"] == "attention" and "capture_timestep" not in meta["provenance"]
-        assert meta["labeler_settings"] == settings | {"timesteps": labels["attention"]["timesteps"]}
+        assert meta["labeler_settings"] == settings | {"timesteps": labels["details"]["timesteps"]}
         seg = sample["seg.png"]
         assert set(np.unique(seg)) <= {0, 255, *meta["class_ids"]}
         for inst in meta["instances"]:

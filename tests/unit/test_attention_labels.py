@@ -90,14 +90,16 @@ def test_maps_and_masks_have_the_image_shape_and_masks_are_disjoint(diffusion):
     assert gen.images.shape == (2, 64, 64, 3) and [m.shape for m in maps] == [(2, 64, 64), (1, 64, 64)]
     for m in maps:  # each class's map spans [0, 1]
         assert torch.allclose(m.amax((1, 2)), torch.ones(len(m))) and torch.allclose(m.amin((1, 2)), torch.zeros(1))
-    labels = labeler.label(maps[0], [16, 12], list(PAIR.classes))
+    labels = labeler.masks(maps[0], [16, 12], list(PAIR.classes))
     assert all(m.mask.shape == (64, 64) for m in labels.masks) and labels.uncertain.shape == (64, 64)
     covered = sum(m.mask.astype(int) for m in labels.masks) + labels.uncertain
     assert covered.max() <= 1  # classes and uncertain pixels never overlap
 
 
 def test_a_samples_maps_do_not_depend_on_its_batch(diffusion):
-    labeler = AttentionLabeler(diffusion, REFINED)
+    # Unrefined: the tiny UNet's random self-attention, raised to the 4th power, leaves maps constant to float32
+    # rounding, and min-max normalisation would compare that rounding, which differs with the CPU's kernels.
+    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(8, 16), threshold=0.6, uncertain=0.5))
     _, alone = labeler.generate([PAIR], names([PAIR]))
     _, first = labeler.generate([PAIR, OTHER], names([PAIR, OTHER]))
     _, second = labeler.generate([ONE, PAIR], names([ONE, PAIR]))

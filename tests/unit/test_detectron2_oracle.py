@@ -16,6 +16,7 @@ from detectron2_fixtures import MODEL_ZOO_CONFIG, needs_detectron2, random_check
 from pipeline.cli.options import run_config
 from pipeline.config import CONFIG_DIR, ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.runtime import Runtime
+from stages.attention.labeler import AttentionLabeler
 from stages.oracle import (
     COCO_DETECTOR_CATEGORIES,
     OracleBackendError,
@@ -170,7 +171,7 @@ def test_the_attention_labeler_needs_no_detectron2_and_ignores_the_oracle_settin
     monkeypatch.setitem(sys.modules, "detectron2", None)
     monkeypatch.delitem(sys.modules, "stages.oracle.detectron2_backend", raising=False)
     config = detectron2_config(tmp_path).model_copy(update={"labeler": "attention", "cache_dir": cache_dir})
-    Runtime(config).check_weights(oracle=False, grounding=False, attention=True)  # no OracleBackendError
+    Runtime(config).check_weights(oracle=False, grounding=False, labelers=(AttentionLabeler,))  # no OracleBackendError
     torchvision = config.model_copy(update={"preset": load_preset("tiny")})
     assert config.fingerprint() == torchvision.fingerprint()
     assert config.model_copy(update={"labeler": "grounding"}).fingerprint() != \

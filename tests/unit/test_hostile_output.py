@@ -115,9 +115,9 @@ def test_classes_json_is_rewritten_when_missing_damaged_or_another_vocabularys(t
     config.out.mkdir()
     if text is not None:
         (config.out / CLASSES).write_text(text)
-    assert restore_classes(config)
-    assert json.loads((config.out / CLASSES).read_text()) == classes_file(config)
-    assert not restore_classes(config)  # intact: left alone
+    assert restore_classes(config, config.vocabulary())
+    assert json.loads((config.out / CLASSES).read_text()) == classes_file(config.vocabulary())
+    assert not restore_classes(config, config.vocabulary())  # intact: left alone
 
 
 def test_lock_files_are_removed_on_release_and_a_stale_handle_is_not_the_lock(tmp_path):

@@ -121,13 +121,11 @@ def test_reopening_a_folder_removes_stale_temporaries_only(tmp_path):
     from pipeline.dataset.manifest import prepare_output
 
     config = make_config(tmp_path / "out").model_copy(update={"cache_dir": tmp_path / "cache"})
-    weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"w")
-    prepare_output(config, str(weights), str(weights), labelling=True)
+    prepare_output(config, {}, config.vocabulary(), (DATA_DIR,), labelling=True)
     live, stale = (temporary_path(tmp_path / "out" / DATA_DIR / f"shard-00000{i}.tar") for i in (0, 1))
     live.write_bytes(b"being written")
     stale.write_bytes(b"left by a killed run")
     old = time.time() - STALE_TEMPORARY_SECONDS - 60
     os.utime(stale, (old, old))
-    prepare_output(config, str(weights), str(weights), labelling=True)
+    prepare_output(config, {}, config.vocabulary(), (DATA_DIR,), labelling=True)
     assert live.exists() and not stale.exists()
