@@ -177,6 +177,7 @@ class _Scheduler:
         return ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)[0]
 
     def on_ready(self, ref) -> None:
+        """Hand a ready reference to what it finished: a compute, a readiness probe or a commit."""
         if ref in self.computing:  # done or died: the actor gets its next shard once it answers
             self.probe(self.computing.pop(ref))
         elif ref in self.probing:
@@ -185,6 +186,7 @@ class _Scheduler:
             self.on_committed(ref, self.committing.pop(ref))
 
     def probe(self, actor) -> None:
+        """Ask the actor whether it is up (Ray restarts one that died)."""
         self.probing[actor.ready.remote()] = actor
 
     def on_probed(self, ref, actor) -> None:
