@@ -24,7 +24,7 @@ achieved TFLOP/s and a fraction of the device's dense fp16/bf16 peak where the d
 The first run of each mode after counting is the warm-up (with ``--compile``, the UNet's compilation),
 reported apart. ``--loading`` measures loading the SD folder with and without ``low_cpu_mem_usage``.
 
-    python benchmarks/throughput.py                 # reduced: 128 px, 8 steps, batch 2 (CPU, ~10 min)
+    python benchmarks/throughput.py                 # reduced: 128 px, 8 steps, batch 2 (CPU)
     python benchmarks/throughput.py --full          # 512 px, 50 steps, batch 16 (a GPU)
 """
 

@@ -116,7 +116,7 @@ class Runtime:
     @property
     def oracle_input_size(self) -> int | None:
         """The detector's input size: the preset's, or on ``auto`` for torchvision COCO's 800 on a GPU (where
-        Mask R-CNN was trained and small objects survive) and the image size on a CPU (4x cheaper at 512); for
+        Mask R-CNN was trained and small objects survive) and the image size on a CPU (cheaper); for
         detectron2 None, the size its config tests at."""
         size = self.preset.oracle_input_size
         if size != "auto":

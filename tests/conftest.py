@@ -39,10 +39,9 @@ def pytest_collection_modifyitems(config, items):
 def one_torch_thread():
     """One intra-op torch thread for a CPU-bound training loop. torch's OpenMP threads spin-wait for each
     other at every operation, so on a CPU shared with other processes (2-core CI runners, the Ray
-    cluster the e2e tests leave running) one descheduled thread stalls the rest: a 60-step loop took
-    190-280 s with two threads and 9 s with one, with other jobs on the same 2 cores. One thread costs
-    at most the parallel speed-up on an idle machine (a second or two here); the tests using it assert
-    thresholds, not bytes, and hold with either thread count."""
+    cluster the e2e tests leave running) one descheduled thread stalls the rest. One thread costs at most
+    the parallel speed-up on an idle machine; the tests using it assert thresholds, not bytes, and hold
+    with either thread count."""
     yield from _one_thread()
 
 

@@ -24,7 +24,7 @@ MODEL_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 def write_small_config(folder: Path, input_size: int = 64) -> Path:
     """The model zoo's R50-FPN Mask R-CNN config shrunk for CPU tests: ResNet-18, 64-channel FPN and
     heads, 50 proposals per image, tested at ``input_size``; group norm in the backbone and FPN, so
-    random weights give features of a sane scale (frozen batch norm's identity lets them grow ~100x)."""
+    random weights give features of a sane scale (frozen batch norm's identity lets them grow)."""
     from stages.oracle import import_detectron2_backend
 
     path = folder / "mask_rcnn_small.yaml"

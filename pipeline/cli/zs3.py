@@ -64,7 +64,7 @@ def zs3(
         _stop(progress)
     if report is None:  # a torchrun process other than rank 0
         return
-    summary = {k: report.get(k) for k in ("mode", "vocabulary", "metrics", "zero_shot")}  # older reports: no zero_shot
+    summary = {k: report[k] for k in ("mode", "vocabulary", "metrics", "zero_shot")}
     print(json.dumps({"report": str(out / "report.json"), **summary, "training": {
         k: report["training"][k] for k in ("steps", "first_loss", "last_loss")}}))
 

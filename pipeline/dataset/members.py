@@ -92,7 +92,7 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, ...], class_ids: Collec
         raise DataError(f"{member} is {mask.shape[1]}x{mask.shape[0]}, the image {image_shape[1]}x{image_shape[0]}")
     ok = np.zeros(256, dtype=bool)
     ok[[0, IGNORE_INDEX, *(i for i in class_ids if 0 <= i < 256)]] = True
-    if not np.take(ok, mask).all():  # a table lookup: 0.7 ms for 512x512 (np.unique: 10x that)
+    if not np.take(ok, mask).all():  # a table lookup: cheaper than np.unique
         bad = np.flatnonzero(np.bincount(mask.ravel(), minlength=256) * ~ok).tolist()
         raise DataError(f"{member} holds class ids {bad}, not 0/{IGNORE_INDEX} or {allowed}")
 

@@ -4,11 +4,6 @@ Shards hold a fixed number of samples (shard j = samples [j*S, (j+1)*S)), which 
 deterministic and resumable; a size target is converted once, from an estimate of one sample's bytes,
 and the resulting S is what the config (and its fingerprint) records. `datagen stats` reports the
 real MB per sample, to refine the target of the next run.
-
-Measured on the tiny preset (64x64 JPEG, 2 CPU cores): 10624 bytes per sample in the tar, the estimate
-is 8647 (real/estimate 1.23). The tar overhead and json are exact there; the gap is the image: the
-tiny preset's noise images take 1.02 bytes per pixel as JPEG q95, the estimate assumes 0.5 (photos).
-Not measured on real Stable Diffusion images (no weights on the development machine).
 """
 
 from __future__ import annotations
@@ -25,9 +20,9 @@ TAR_MEMBER_BYTES = BLOCK + BLOCK // 2 + (2 * BLOCK if isinstance(SHARD_MTIME, fl
 TAR_END_BYTES = 2 * BLOCK + tarfile.RECORDSIZE // 2  # end-of-archive blocks, then padding to a whole record
 MEMBERS = 3  # image, seg.png, json
 IMAGE_BYTES_PER_PIXEL = {"jpg": 0.5, "png": 2.0}  # JPEG q95 / PNG of photo-like RGB images
-MASK_BYTES = 100  # a one-channel PNG's fixed part (measured 252 bytes for a 64x64 tiny mask in all)
+MASK_BYTES = 100  # a one-channel PNG's fixed part
 MASK_BYTES_PER_PIXEL = 0.03  # a few flat class regions
-JSON_BYTES = 1000  # measured 652 on the tiny preset; RLE counts grow with the image side and instance count
+JSON_BYTES = 1000  # RLE counts grow with the image side and instance count
 
 
 def bytes_per_sample(image_size: int, image_format: str) -> int:

@@ -188,7 +188,7 @@ def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
 
 def test_shard_mb_run_records_its_shard_size_and_writes_shards_near_the_target(datagen, tmp_path):
     """A --shard-mb run: the resolved samples per shard is in the manifest (so resuming keeps it) and
-    every full shard is within 1.5x of the target (tiny preset: the estimate is 1.23x low there)."""
+    every full shard is within 1.5x of the target (the estimate runs low on the tiny preset's noise images)."""
     out, target_mb = tmp_path / "sized", 0.03
     result = datagen("run", "--vocab", "voc", "--n", "8", "--models", "tiny", "--bootstrap-n", "2", "--train-steps",
                      "1", "--batch-size", "2", "--shard-mb", str(target_mb), "--out", str(out))

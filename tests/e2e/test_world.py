@@ -39,7 +39,7 @@ PRESET = {
 def datagen(*args: str) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}  # on a loaded 2-core machine two threads spin-wait and run ~10x slower
+           "OMP_NUM_THREADS": "1"}  # on a loaded machine two threads spin-wait for each other
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env,
                           timeout=600, cwd=root)
 

@@ -15,8 +15,8 @@ import pipeline.evaluate.zs3.run as zs3_run
 from pipeline.evaluate.zs3.config import load_segmenter_preset
 from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
 
-# One intra-op thread: on a CPU shared with other jobs, torch's thread pool spins and a step can take
-# 30x longer; a single thread keeps these runs at seconds wherever they run.
+# One intra-op thread: on a CPU shared with other jobs, torch's thread pool spins and stalls each step;
+# a single thread keeps these runs short wherever they run.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 

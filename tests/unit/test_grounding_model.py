@@ -40,15 +40,12 @@ def rounding_tolerance(expected: torch.Tensor, terms: int) -> dict:
     rounded (relative error <= eps/2), so two orders of a sum of n values differ by at most about
     n * eps * sum(|values|). The error is on the scale of the values summed, not of the result: an
     output near zero (terms cancelling) gets the same absolute error as a large one, which no
-    per-element rtol covers, and a fixed atol is right at one output scale only: atol=1e-5 is 2 eps of
-    the conditional batch norm test's output scale (~41), below the 1.5-7.5 eps its reordered sums
-    are off by, and missed 3 of 6144 values on some CPUs. So the tolerance is absolute, ``terms`` * eps
-    * the output's scale (max |expected|), with ``terms`` the longest sum on the path. Normalisations
-    and residual adds in between barely amplify relative error, and a reordered sum is typically off by
-    ~sqrt(n) * eps, so the one-sum bound covers the chain: measured <= 19 eps * scale for 512 terms over
-    oneDNN AVX-512/AVX2/SSE4.1 and MKL AVX2 kernels, 1 and 2 threads and 10 seeds, against a bound of
-    512. What these tests catch (a sample or class leaking into another, batch norm on batch statistics)
-    moves outputs by a sizeable fraction of the scale, over 100x the tolerance.
+    per-element rtol covers, and a fixed atol is right at one output scale only. So the tolerance is
+    absolute, ``terms`` * eps * the output's scale (max |expected|), with ``terms`` the longest sum on the
+    path. Normalisations and residual adds in between barely amplify relative error, and a reordered sum
+    is typically off by ~sqrt(n) * eps, so the one-sum bound covers the chain. What these tests catch (a
+    sample or class leaking into another, batch norm on batch statistics) moves outputs by a sizeable
+    fraction of the scale, far above the tolerance.
     """
     return {"atol": terms * torch.finfo(expected.dtype).eps * expected.abs().max().item(), "rtol": 0.0}
 

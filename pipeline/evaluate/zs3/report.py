@@ -93,9 +93,7 @@ def zero_shot_note(synthetic_labels: dict[str, bool | None] | None) -> tuple[boo
 
 def _zero_shot_caption(report: dict) -> str:
     """The report's zero-shot status, loud when the unseen scores are not zero-shot."""
-    if "zero_shot" not in report:
-        return ""
-    note = report.get("zero_shot_note", "")
+    note = report["zero_shot_note"]
     return f"\n[bold red]{note}[/]" if report["zero_shot"] is False else f"\n{note}"
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.shards import read_json_object
 from pipeline.dataset.zero_shot import shards_zero_shot
 from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
-from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, detect_format, real_split
+from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, RealSegmentation, detect_format, real_split
 from pipeline.evaluate.zs3.report import build_report, write_report, zero_shot_note
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
 from pipeline.evaluate.zs3.train import (
+    Processes,
     TrainState,
     batch_shares,
     evaluate,
@@ -41,6 +43,7 @@ from pipeline.evaluate.zs3.train import (
 from pipeline.evaluate.zs3.transforms import eval_transform, train_transform
 from stages.errors import DataError
 from stages.segmenter import build_segmenter
+from stages.vocab import Vocabulary
 
 SETTINGS, CHECKPOINT, REPORT = "settings.json", "checkpoint.pt", "report.json"
 
@@ -59,6 +62,26 @@ class Zs3Request:
     val_split: str | None = None
     device: str = "auto"
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Zs3Inputs:
+    """The checked inputs of one evaluation: what is trained on and scored, by which processes."""
+
+    vocabulary: Vocabulary
+    mode: str
+    root: Path  # the real data's folder
+    fmt: str  # voc or coco
+    train_name: str
+    val_name: str
+    val: RealSegmentation
+    real_train: RealSegmentation | None  # None when no real images are trained on
+    urls: list[str] | None  # the synthetic shards; None without --synthetic
+    procs: Processes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary.classes) + 1  # background too
 
 
 def resolve_mode(mode: str | None, synthetic: str | None) -> str:
@@ -113,13 +136,8 @@ def _resume(state: TrainState, path: Path, device: torch.device, fingerprint: st
                         "the start") from err
 
 
-def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
-    """Train, evaluate and write the report; returns it (None in the other torchrun processes than rank 0).
-    A rerun resumes, or returns the finished report."""
-    started = time.time()
-    vocabulary = resolve_vocabulary(request.vocab)
-    mode = resolve_mode(request.mode, request.synthetic)
-    preset = request.preset
+def _real_location(request: Zs3Request) -> tuple[Path, str, str, str]:
+    """The real data's folder, format and train / val split names; a bad format or folder is one line."""
     root = request.real.expanduser()
     fmt = detect_format(root) if request.real_format == "auto" else request.real_format
     if fmt not in DEFAULT_SPLITS:
@@ -128,7 +146,16 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     val_name = request.val_split or DEFAULT_SPLITS[fmt][1]
     if not root.is_dir():
         raise DataError(f"--real {root}: no such folder")
+    return root, fmt, train_name, val_name
 
+
+def _check_inputs(request: Zs3Request) -> Zs3Inputs:
+    """Read and check every input before anything is written: vocabulary, mode, real and synthetic data,
+    the processes and whether each fills its batch."""
+    vocabulary = resolve_vocabulary(request.vocab)
+    mode = resolve_mode(request.mode, request.synthetic)
+    preset = request.preset
+    root, fmt, train_name, val_name = _real_location(request)
     unseen = frozenset(c.id for c in vocabulary.unseen)
     val = real_split(root, fmt, val_name, vocabulary, eval_transform())
     real_train = (real_split(root, fmt, train_name, vocabulary, train_transform(preset), ignored_ids=unseen)
@@ -140,23 +167,37 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
     if urls is not None and len(urls) < procs.world:
         raise DataError(f"{len(urls)} synthetic shards cannot feed {procs.world} processes")
     batch_shares(preset, procs.world, len(real_train) if real_train is not None else None, urls is not None)
+    return Zs3Inputs(vocabulary, mode, root, fmt, train_name, val_name, val, real_train, urls, procs)
 
-    settings = {"mode": mode, "vocabulary": vocabulary.to_dict(), "segmenter": request.preset_name,
-                "preset": preset.model_dump(mode="json"), "real": str(root.resolve()), "real_format": fmt,
-                "train_split": train_name if real_train else None, "val_split": val_name,
-                "synthetic": urls, "seed": request.seed}
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    finished = _check_out(request.out, fingerprint)
-    if finished is not None:
-        console.print(f"[green]evaluation is complete[/]: report in {request.out / REPORT}")
-        return finished
 
+def _settings(request: Zs3Request, inputs: Zs3Inputs) -> dict:
+    """What is being evaluated, as settings.json records it (not the device or the number of processes)."""
+    return {"mode": inputs.mode, "vocabulary": inputs.vocabulary.to_dict(), "segmenter": request.preset_name,
+            "preset": request.preset.model_dump(mode="json"), "real": str(inputs.root.resolve()),
+            "real_format": inputs.fmt, "train_split": inputs.train_name if inputs.real_train else None,
+            "val_split": inputs.val_name, "synthetic": inputs.urls, "seed": request.seed}
+
+
+def _fingerprint(settings: dict) -> str:
+    """Names these settings in settings.json, the checkpoint and the report: 16 hex digits of their sha256."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _claim_out(out: Path, settings: dict, fingerprint: str) -> None:
+    """Make the output folder and claim it for these settings (``settings.json``)."""
+    make_folder(out)
+    write_json_atomic(out / SETTINGS, {**settings, "fingerprint": fingerprint})
+
+
+def _start_training(request: Zs3Request, inputs: Zs3Inputs, settings: dict, fingerprint: str,
+                    console: Console) -> TrainState:
+    """The segmenter and its optimiser, fresh or from this evaluation's checkpoint. Rank 0 claims the
+    output folder first: every input is checked by now."""
+    preset, procs = request.preset, inputs.procs
     torch.manual_seed(request.seed)
-    num_classes = len(vocabulary.classes) + 1
-    model = build_segmenter(preset.architecture, num_classes, preset.backbone_weights, preset.aux_loss)
-    if procs.main:  # every input is checked: only now is the output folder made (and claimed by settings.json)
-        make_folder(request.out)
-        write_json_atomic(request.out / SETTINGS, {**settings, "fingerprint": fingerprint})
+    model = build_segmenter(preset.architecture, inputs.num_classes, preset.backbone_weights, preset.aux_loss)
+    if procs.main:
+        _claim_out(request.out, settings, fingerprint)
     model = wrap_for_processes(model.to(procs.device), procs)
     state = new_train_state(model, preset, procs.device)
     checkpoint_path = request.out / CHECKPOINT
@@ -164,11 +205,25 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
         _resume(state, checkpoint_path, procs.device, fingerprint)
         if procs.main:
             console.print(f"resuming from step {state.step} of {preset.steps} ({checkpoint_path})")
-    torch.manual_seed(request.seed * 1000 + procs.rank + state.step)  # augmentations; a resume draws anew
-    synthetic = (synthetic_stream(urls, vocabulary, train_transform(preset), request.seed + state.step,
-                                 preset.shuffle_buffer) if urls is not None else None)
-    batches = training_batches(real_train, synthetic, preset, procs, request.seed + state.step)
+    return state
 
+
+def _batches(request: Zs3Request, inputs: Zs3Inputs, step: int) -> Iterator:
+    """This process's training batches from ``step`` on; a resume draws new augmentations and order."""
+    torch.manual_seed(request.seed * 1000 + inputs.procs.rank + step)  # augmentations
+    synthetic = (synthetic_stream(inputs.urls, inputs.vocabulary, train_transform(request.preset),
+                                  request.seed + step, request.preset.shuffle_buffer)
+                 if inputs.urls is not None else None)
+    return training_batches(inputs.real_train, synthetic, request.preset, inputs.procs, request.seed + step)
+
+
+def _train_with_progress(request: Zs3Request, inputs: Zs3Inputs, state: TrainState, fingerprint: str,
+                         progress: Progress) -> float:
+    """Train to the preset's steps under a bar, rank 0 saving a checkpoint every ``checkpoint_every`` steps
+    and at the end; the seconds training took."""
+    preset, procs = request.preset, inputs.procs
+    checkpoint_path = request.out / CHECKPOINT
+    batches = _batches(request, inputs, state.step)
     progress.start()  # only now: an input error above is printed alone, with no bar around it
     task = progress.add_task("training", total=preset.steps, completed=state.step, visible=procs.main)
 
@@ -179,26 +234,56 @@ def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict |
 
     train_started = time.time()
     train(state, batches, preset.steps, procs.device, on_step)
-    train_seconds = time.time() - train_started
+    return time.time() - train_started
+
+
+def _score(request: Zs3Request, inputs: Zs3Inputs, state: TrainState, progress: Progress) -> torch.Tensor:
+    """The confusion matrix of the trained segmenter on the validation split (this process's share, summed)."""
+    procs, val = inputs.procs, inputs.val
     eval_task = progress.add_task("evaluating", total=len(range(procs.rank, len(val), procs.world)),
                                   visible=procs.main, unit="images")
-    conf = evaluate(state.model, val, num_classes, procs, preset.workers, lambda: progress.advance(eval_task))
+    return evaluate(state.model, val, inputs.num_classes, procs, request.preset.workers,
+                    lambda: progress.advance(eval_task))
+
+
+def _report_context(request: Zs3Request, inputs: Zs3Inputs, fingerprint: str, train_seconds: float,
+                    started: float) -> dict:
+    """What the report says besides the scores: zero-shot status, segmenter, data, device and times."""
+    preset, procs, urls, real_train = request.preset, inputs.procs, inputs.urls, inputs.real_train
     synthetic_labels = shards_zero_shot(urls) if urls is not None else None
     zero_shot, note = zero_shot_note(synthetic_labels)
-    context = {
+    return {
         "zero_shot": zero_shot, "zero_shot_note": note,
         "segmenter": {"preset": request.preset_name, **preset.model_dump(mode="json")},
-        "data": {"real": str(root), "real_format": fmt, "val_split": val_name, "val_images": len(val),
-                 "train_split": train_name if real_train else None,
+        "data": {"real": str(inputs.root), "real_format": inputs.fmt, "val_split": inputs.val_name,
+                 "val_images": len(inputs.val), "train_split": inputs.train_name if real_train else None,
                  "train_images": len(real_train) if real_train else 0,
-                 "unseen_ignored_in_real_training": sorted(c.name for c in vocabulary.unseen) if real_train else [],
+                 "unseen_ignored_in_real_training":
+                     sorted(c.name for c in inputs.vocabulary.unseen) if real_train else [],
                  "synthetic": request.synthetic, "synthetic_shards": len(urls) if urls else 0,
                  "synthetic_labels_zero_shot": synthetic_labels or {}},
         "device": str(procs.device), "processes": procs.world, "fingerprint": fingerprint,
         "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
     }
-    report = build_report(conf.numpy(), vocabulary, mode, state.losses, context)
-    if not procs.main:
+
+
+def run_zs3(request: Zs3Request, console: Console, progress: Progress) -> dict | None:
+    """Train, evaluate and write the report; returns it (None in the other torchrun processes than rank 0).
+    A rerun resumes, or returns the finished report."""
+    started = time.time()
+    inputs = _check_inputs(request)
+    settings = _settings(request, inputs)
+    fingerprint = _fingerprint(settings)
+    finished = _check_out(request.out, fingerprint)
+    if finished is not None:
+        console.print(f"[green]evaluation is complete[/]: report in {request.out / REPORT}")
+        return finished
+    state = _start_training(request, inputs, settings, fingerprint, console)
+    train_seconds = _train_with_progress(request, inputs, state, fingerprint, progress)
+    conf = _score(request, inputs, state, progress)
+    context = _report_context(request, inputs, fingerprint, train_seconds, started)
+    report = build_report(conf.numpy(), inputs.vocabulary, inputs.mode, state.losses, context)
+    if not inputs.procs.main:
         return None
     progress.stop()
     write_report(report, request.out, console)

@@ -130,6 +130,112 @@ def _reason(err: RayError) -> str:
     return f"{type(cause).__name__}: {_first_line(cause)}"[:300]
 
 
+class _Scheduler:
+    """One run's shards in flight on a pool of actors.
+
+    A shard is queued, then computed by an idle actor with its commit task submitted at once (Ray starts
+    it when the samples exist); a failed commit (the compute failed, or the commit itself) queues the
+    shard again until its retries are spent. An actor that finished a shard, or died on it, is probed
+    (``ready``) and becomes idle once it answers: a dead one answers once Ray has restarted it."""
+
+    def __init__(self, tasks: list[ShardTask], actors: list, config: RunConfig, commit, progress, retries: int):
+        self.config, self.commit, self.progress, self.retries = config, commit, progress, retries
+        self.report = ExecutionReport()
+        self.queue, self.idle = deque(tasks), list(actors)
+        self.attempts: Counter = Counter()  # shard id -> its current attempt (0 the first)
+        self.computing: dict = {}  # compute ref -> its actor
+        self.probing: dict = {}  # readiness probe ref -> its actor
+        self.committing: dict = {}  # commit ref -> its task
+        self.failed_probes: Counter = Counter()  # actor -> readiness probes failed in a row
+        self.finished: set[int] = set()  # shard ids committed
+        self.committed_samples = self.shown = 0
+
+    def run(self, on_samples: ProgressFn) -> ExecutionReport:
+        """Until every shard is committed or out of retries: submit, handle what finished, show progress."""
+        while self.queue or self.committing:
+            self.submit()
+            for ref in self.wait():
+                self.on_ready(ref)
+            self.show_progress(on_samples)
+        self.report.stats.sort(key=lambda s: s["shard"])
+        return self.report
+
+    def submit(self) -> None:
+        """Give each idle actor a queued shard, and chain that shard's commit task to its samples."""
+        while self.idle and self.queue:
+            task, actor = self.queue.popleft(), self.idle.pop()
+            result = actor.compute.remote(task, self.attempts[task.shard_id])
+            self.computing[result] = actor
+            self.committing[self.commit.remote(result, self.config)] = task  # runs once the samples exist
+
+    def wait(self) -> list:
+        """Every reference ready now, waking on the first (an actor left idle between shards costs
+        throughput); none after ``POLL_SECONDS``, so the progress bar keeps moving."""
+        refs = [*self.computing, *self.probing, *self.committing]
+        if not ray.wait(refs, num_returns=1, timeout=POLL_SECONDS, fetch_local=False)[0]:
+            return []
+        return ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)[0]
+
+    def on_ready(self, ref) -> None:
+        """Hand a ready reference to what it finished: a compute, a readiness probe or a commit."""
+        if ref in self.computing:  # done or died: the actor gets its next shard once it answers
+            self.probe(self.computing.pop(ref))
+        elif ref in self.probing:
+            self.on_probed(ref, self.probing.pop(ref))
+        else:
+            self.on_committed(ref, self.committing.pop(ref))
+
+    def probe(self, actor) -> None:
+        """Ask the actor whether it is up (Ray restarts one that died)."""
+        self.probing[actor.ready.remote()] = actor
+
+    def on_probed(self, ref, actor) -> None:
+        """The actor is idle once it answers; probed again shortly while Ray restarts it. A start error, or
+        ``MAX_FAILED_PROBES`` failures in a row, ends the run."""
+        try:
+            ray.get(ref)
+        except RayError as err:
+            self.failed_probes[actor] += 1
+            if fatal := _fatal(err):
+                raise fatal from None
+            if self.failed_probes[actor] >= MAX_FAILED_PROBES:
+                raise ConfigError(f"a Ray model worker did not come back after it died: {_reason(err)}") from None
+            time.sleep(POLL_SECONDS)
+            self.probe(actor)
+            return
+        self.idle.append(actor)
+        self.failed_probes[actor] = 0
+
+    def on_committed(self, ref, task: ShardTask) -> None:
+        """Keep the shard's stats, or retry the shard (a fatal error ends the run)."""
+        try:
+            self.report.stats.append(ray.get(ref))
+        except RayError as err:
+            if fatal := _fatal(err):
+                raise fatal from None
+            self.retry(task, err)
+            return
+        self.finished.add(task.shard_id)
+        self.committed_samples += task.end - task.start
+
+    def retry(self, task: ShardTask, err: RayError) -> None:
+        """Queue the shard again, or record it as failed once its retries are spent."""
+        self.attempts[task.shard_id] += 1
+        if self.attempts[task.shard_id] > self.retries:
+            self.report.failed_shards[task.shard_id] = _reason(err)
+        else:
+            self.queue.append(task)
+
+    def show_progress(self, on_samples: ProgressFn) -> None:
+        """Report the change in samples done: committed shards, plus the current attempts' batches so far
+        (a retried shard's earlier attempts no longer count)."""
+        counts = ray.get(self.progress.snapshot.remote())
+        in_flight = sum(k for (shard, attempt), k in counts.items()
+                        if shard not in self.finished and attempt == self.attempts[shard])
+        on_samples(self.committed_samples + in_flight - self.shown)
+        self.shown = self.committed_samples + in_flight
+
+
 class RayExecutor(Executor):
     def __init__(self, settings: ExecutorSettings):
         super().__init__(settings.retries)
@@ -180,69 +286,7 @@ class RayExecutor(Executor):
                   .remote(config, progress_name) for _ in range(n_workers)]
         commit = ray.remote(commit_shard).options(num_cpus=self.settings.encode_cpus, num_gpus=0, max_retries=0)
         try:
-            return self._schedule(tasks, config, on_samples, actors, commit, progress)
+            return _Scheduler(tasks, actors, config, commit, progress, self.retries).run(on_samples)
         finally:
             for actor in (*actors, progress):
                 ray.kill(actor)
-
-    def _schedule(self, tasks, config, on_samples, actors, commit, progress) -> ExecutionReport:
-        report, queue, attempts, idle = ExecutionReport(), deque(tasks), Counter(), list(actors)
-        computing, probing, committing = {}, {}, {}  # compute/probe ref -> actor; commit ref -> task
-        failed_probes: Counter = Counter()  # actor -> readiness probes failed in a row
-        finished: set[int] = set()
-        committed_samples = shown = 0
-        while queue or committing:
-            while idle and queue:
-                task, actor = queue.popleft(), idle.pop()
-                result = actor.compute.remote(task, attempts[task.shard_id])
-                computing[result] = actor
-                committing[commit.remote(result, config)] = task  # runs once the samples exist
-            refs = [*computing, *probing, *committing]
-            # Wake on the first event (an actor left idle between shards costs throughput), then take all
-            # that are ready; the timeout keeps the progress bar moving while nothing finishes.
-            if ray.wait(refs, num_returns=1, timeout=POLL_SECONDS, fetch_local=False)[0]:
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-            else:
-                ready = []
-            for ref in ready:
-                if ref in computing:  # done or died: the actor gets its next shard once it answers
-                    actor = computing.pop(ref)
-                    probing[actor.ready.remote()] = actor
-                    continue
-                if ref in probing:
-                    actor = probing.pop(ref)
-                    try:
-                        ray.get(ref)
-                        idle.append(actor)
-                        failed_probes[actor] = 0
-                    except RayError as err:  # still restarting after its worker died: ask again shortly
-                        failed_probes[actor] += 1
-                        if fatal := _fatal(err):
-                            raise fatal from None
-                        if failed_probes[actor] >= MAX_FAILED_PROBES:
-                            raise ConfigError(f"a Ray model worker did not come back after it died: "
-                                              f"{_reason(err)}") from None
-                        time.sleep(POLL_SECONDS)
-                        probing[actor.ready.remote()] = actor
-                    continue
-                task = committing.pop(ref)
-                try:
-                    report.stats.append(ray.get(ref))
-                except RayError as err:
-                    if fatal := _fatal(err):
-                        raise fatal from None
-                    attempts[task.shard_id] += 1
-                    if attempts[task.shard_id] > self.retries:
-                        report.failed_shards[task.shard_id] = _reason(err)
-                    else:
-                        queue.append(task)
-                    continue
-                finished.add(task.shard_id)
-                committed_samples += task.end - task.start
-            counts = ray.get(progress.snapshot.remote())
-            in_flight = sum(k for (shard, attempt), k in counts.items()
-                            if shard not in finished and attempt == attempts[shard])
-            on_samples(committed_samples + in_flight - shown)
-            shown = committed_samples + in_flight
-        report.stats.sort(key=lambda s: s["shard"])
-        return report
