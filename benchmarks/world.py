@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import load_preset, resolve_vocabulary
-from stages.toy_shapes import write_scene_dataset
+from testbed.toy_shapes import write_scene_dataset
 
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,8 +30,8 @@ from stages.generate import FEATURE_LAYOUTS
 from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
-from stages.world.spec import WorldSpec
 from stages.yaml_file import read_yaml_mapping
+from testbed.world.spec import WorldSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 LABELERS = ("grounding", "attention")  # phase C's labelers: the trained grounding module, or cross-attention maps

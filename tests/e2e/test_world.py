@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
+from pipeline.local_sources import build, world_folder, world_spec
 from pipeline.runtime import Runtime
-from pipeline.world import build, world_folder, world_spec
 from stages.oracle import build_small_maskrcnn
-from stages.toy_shapes import FORMS, draw_scene
-from stages.world.build import render_scenes
-from stages.world.train import oracle_quality
+from testbed.toy_shapes import FORMS, draw_scene
+from testbed.world.build import render_scenes
+from testbed.world.train import oracle_quality
 
 CLASSES = ["circle", "square", "triangle", "star"]
 PRESET = {
