@@ -31,7 +31,6 @@ from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.vocab import Vocabulary, load_vocabulary
 from stages.yaml_file import read_yaml_mapping
-from testbed.world.spec import WorldSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 LABELERS = ("grounding", "attention")  # phase C's labelers: the trained grounding module, or cross-attention maps
@@ -107,7 +106,9 @@ class Preset(BaseModel):
     bootstrap_n: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     shard_size: int = Field(gt=0)
-    world: WorldSpec | None = None  # what `sd: world` / `oracle_weights: world` are built from (datagen world build)
+    world: dict[str, Any] | None = None  # the testbed's miniature world, which `sd: world` / `oracle_weights: world`
+    #   are built from (datagen world build): its sizes, checked by testbed.world.spec.WorldSpec where those
+    #   are resolved (pipeline.local_sources); opaque here, as the world is no part of a real run
 
     @field_validator("oracle_config")
     @classmethod

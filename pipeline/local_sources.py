@@ -2,14 +2,16 @@
 the tiny preset's random models (built from a seed on first use), ``world`` the miniature world its
 ``world:`` section describes (built once by ``datagen world build``). What they are is the testbed's
 (``testbed/``); where they live in the models cache (folders keyed by their content, read by the normal
-loaders), when they are built and where a preset's ``world:`` section is read is the pipeline's."""
+loaders), when they are built and how a preset's ``world:`` section is checked is the pipeline's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import ConfigError, Preset, RunConfig, resolve_vocabulary
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, Preset, RunConfig, one_line, resolve_vocabulary
 from pipeline.dataset.atomic import build_folder_once
 from stages.weights import WeightsMissingError
 from testbed.random_presets import build_random_preset, random_preset_name
@@ -25,11 +27,16 @@ def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
                              lambda folder: build_random_preset(folder, seed, image_size))
 
 
-def world_spec(preset: Preset) -> WorldSpec:
+def world_spec(preset: Preset, preset_name: str) -> WorldSpec:
+    """The preset's ``world:`` section as the testbed's WorldSpec; ConfigError, one line naming the
+    preset and the key, when it is missing or wrong."""
     if preset.world is None:
-        raise ConfigError("the model preset uses `world` models but has no `world:` section "
+        raise ConfigError(f"model preset '{preset_name}': it uses `world` models but has no `world:` section "
                           "(see configs/presets/world.yaml)")
-    return preset.world
+    try:
+        return WorldSpec(**preset.world)
+    except ValidationError as err:
+        raise one_line(err, lambda where: f"model preset '{preset_name}': world.{where}") from err
 
 
 def world_folder(cache_dir: Path, spec: WorldSpec) -> Path:
@@ -57,5 +64,5 @@ def build(cache_dir: Path, spec: WorldSpec, progress: Progress | None = None) ->
 # The sources a run's config can name by these words instead of a hub id or a path: the folder of each
 LOCAL_SOURCES: dict[str, Callable[[RunConfig], Path]] = {
     "tiny": lambda config: tiny_preset_dir(config.cache_dir, TINY_MODEL_SEED, config.preset.image_size),
-    "world": lambda config: built_world(config.cache_dir, world_spec(config.preset)),
+    "world": lambda config: built_world(config.cache_dir, world_spec(config.preset, config.preset_name)),
 }

@@ -27,7 +27,7 @@ def build_command(
     """Build the world's VAE, UNet and oracle (once; a second call reuses them) and print its report:
     losses, part times, the oracle's mask IoU on held-out rendered scenes and how often it finds the
     prompted class in generated images. Prints the report as JSON on stdout."""
-    spec = world_spec(load_preset(models))
+    spec = world_spec(load_preset(models), models)
     cache = default_cache_dir()  # $DATAGEN_CACHE, as every command
     with progress_bar(console, unit="steps") as bar:
         tasks: dict[str, int] = {}
