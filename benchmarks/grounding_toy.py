@@ -1,7 +1,7 @@
 """Proof that the grounding module learns: train it on procedurally generated shapes, measure mIoU.
 
-Writes a VOC-layout dataset of coloured geometric shapes (stages/toy_shapes.py), fits the tiny
-preset's random VAE to the training images (stages/toy_vae.py says why), trains the grounding
+Writes a VOC-layout dataset of coloured geometric shapes (testbed/toy_shapes.py), fits the tiny
+preset's random VAE to the training images (testbed/toy_vae.py says why), trains the grounding
 module through the real annotated-images path (VAE encode, noise to the capture step, one guided
 pass of the random tiny UNet, ground-truth masks as targets), and reports mIoU (background included)
 on held-out images against the all-background baseline, with CPU time.
@@ -29,8 +29,8 @@ from pipeline.runtime import Runtime
 from pipeline.training.annotated import annotated_validation_batches
 from pipeline.training.job import train_on_annotated
 from stages.grounding.metrics import BACKGROUND, IoU
-from stages.toy_shapes import SHAPES, write_toy_dataset
-from stages.toy_vae import fit_vae
+from testbed.toy_shapes import SHAPES, write_toy_dataset
+from testbed.toy_vae import fit_vae
 
 console = Console(stderr=True)
 
@@ -58,7 +58,7 @@ def run(out: Path, n_train: int = 400, n_val: int = 100, steps: int = 600, batch
     started, cpu_started = time.time(), cpu_seconds()
     data = write_toy_dataset(out / "toy-voc", n_train, n_val, seed=seed)
     tiny = Runtime(RunConfig(vocab="voc", out=out / "run", preset_name="tiny", preset=load_preset("tiny"), n=1))
-    fitted = fit_vae(tiny.tiny_dir, [i.image for i in voc_images(data, "train")], out / "tiny-fitted-vae",
+    fitted = fit_vae(Path(tiny.sd_source()), [i.image for i in voc_images(data, "train")], out / "tiny-fitted-vae",
                      steps=vae_steps, seed=seed)
     vae_cpu = cpu_seconds() - cpu_started
     preset = load_preset("tiny", {"sd": str(fitted), "oracle_weights": tiny.oracle_source(), "train": {

@@ -71,7 +71,7 @@ def main() -> None:
         print(json.dumps(child(args.n[0], args.child, *sizes)))
         return
     from pipeline.config import default_cache_dir
-    from pipeline.runtime import TINY_MODEL_SEED, tiny_preset_dir
+    from pipeline.local_sources import TINY_MODEL_SEED, tiny_preset_dir
 
     tiny_preset_dir(default_cache_dir(), TINY_MODEL_SEED, args.image_size)  # built here: no child's peak includes it
     runs = []

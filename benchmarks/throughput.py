@@ -1,7 +1,7 @@
 """Throughput of datagen against bare diffusers and the hardware, on Stable Diffusion 1.5's architecture.
 
 The models are SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder (their configs are written out in
-``stages.models.SD15_SD``), a COCO-sized Mask R-CNN v2 oracle and a paper-sized grounding module, all
+``testbed.random_presets.SD15_SD``), a COCO-sized Mask R-CNN v2 oracle and a paper-sized grounding module, all
 with random weights built here: compute cost does not depend on weight values. They are built once
 into the models cache and loaded through ``from_pretrained``, as a real run loads SD 1.5.
 
@@ -55,7 +55,8 @@ from pipeline.run.workers import ShardWorker
 from pipeline.runtime import Runtime
 from pipeline.training.job import new_trainer
 from stages.grounding.model import save_grounding
-from stages.models import MASKRCNN_FILE, build_random_preset, random_preset_name
+from stages.models import MASKRCNN_FILE
+from testbed.random_presets import build_random_preset, random_preset_name
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from the vendors' datasheets, matched
 # by substring against torch.cuda.get_device_name(). A device not listed has no fraction of peak.

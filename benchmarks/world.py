@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import load_preset, resolve_vocabulary
-from stages.toy_shapes import write_scene_dataset
+from pipeline.local_sources import world_spec
+from testbed.toy_shapes import write_scene_dataset
 
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def datagen(*args: str) -> tuple[dict, float, float]:
 
 def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: int, zs3_steps: int,
         seed: int) -> dict:
-    vocab_name = load_preset(models).world.vocab
+    vocab_name = world_spec(load_preset(models), models).vocab
     vocab = resolve_vocabulary(vocab_name)
     times: dict[str, dict] = {}
 

@@ -31,7 +31,6 @@ from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.labelers import LABELERS, Labeler, labeler_class
 from stages.vocab import Vocabulary, load_vocabulary
-from stages.world.spec import WorldSpec
 from stages.yaml_file import read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -105,7 +104,9 @@ class Preset(BaseModel):
     bootstrap_n: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     shard_size: int = Field(gt=0)
-    world: WorldSpec | None = None  # what `sd: world` / `oracle_weights: world` are built from (datagen world build)
+    world: dict[str, Any] | None = None  # the testbed's miniature world, which `sd: world` / `oracle_weights: world`
+    #   are built from (datagen world build): its sizes, checked by testbed.world.spec.WorldSpec where those
+    #   are resolved (pipeline.local_sources); opaque here, as the world is no part of a real run
 
     @field_validator("oracle_config")
     @classmethod

@@ -9,26 +9,17 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.config import ConfigError, RunConfig, one_line
-from pipeline.dataset.atomic import build_folder_once
 from pipeline.dataset.checkpoint import grounding_installed
 from pipeline.dataset.layout import GROUNDING_DIR
 from pipeline.dataset.location import local_copy
-from pipeline.world import WORLD, built_world, world_spec
+from pipeline.local_sources import LOCAL_SOURCES
 from stages.attention.settings import AttentionSettings
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule, load_grounding
 from stages.labelers import Labeler, labeler_class
-from stages.models import MASKRCNN_FILE, build_random_preset, fast_path, load_stable_diffusion, random_preset_name
+from stages.models import MASKRCNN_FILE, fast_path, load_stable_diffusion
 from stages.oracle import COCO_INPUT_SIZE, Oracle, import_detectron2_backend, load_oracle
 from stages.weights import WeightsMissingError
-
-TINY_MODEL_SEED = 0  # the tiny preset's weights are fixed, whatever the run seed
-
-
-def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
-    """The tiny preset's folder in the cache, built on first use (keyed by its content)."""
-    return build_folder_once(Path(cache_dir) / random_preset_name(seed, image_size),
-                             lambda folder: build_random_preset(folder, seed, image_size))
 
 
 def resolve_device(device: str) -> str:
@@ -58,18 +49,14 @@ class Runtime:
         self.preset = config.preset
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(self.preset.dtype, self.device)
-
-    @cached_property
-    def tiny_dir(self) -> Path:
-        return tiny_preset_dir(self.config.cache_dir, TINY_MODEL_SEED, self.preset.image_size)
-
-    @cached_property
-    def world_dir(self) -> Path:
-        return built_world(self.config.cache_dir, world_spec(self.preset))
+        self._built_folders: dict[str, Path] = {}
 
     def _built(self, name: str) -> Path | None:
-        """The cache folder a preset's ``tiny`` or ``world`` models name; None for any other source."""
-        return {"tiny": lambda: self.tiny_dir, WORLD: lambda: self.world_dir}.get(name, lambda: None)()
+        """The cache folder of a source built here (``tiny``, ``world``: ``pipeline.local_sources``), found
+        once; None for any other source."""
+        if name in LOCAL_SOURCES and name not in self._built_folders:
+            self._built_folders[name] = LOCAL_SOURCES[name](self.config)
+        return self._built_folders.get(name)
 
     def sd_source(self) -> str:
         return str(self._built(self.preset.sd) or self.preset.sd)

@@ -71,7 +71,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_dir(cache_dir):
-    from pipeline.runtime import tiny_preset_dir
+    from pipeline.local_sources import tiny_preset_dir
 
     return tiny_preset_dir(cache_dir, 0, 64)
 

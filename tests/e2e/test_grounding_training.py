@@ -18,7 +18,7 @@ from stages.errors import DataError
 from stages.generate import Diffusion
 from stages.grounding.metrics import BACKGROUND, IoU, add_predictions
 from stages.grounding.train import GroundingTrainer, TrainOptions, autocast_dtype
-from stages.toy_shapes import write_toy_dataset
+from testbed.toy_shapes import write_toy_dataset
 
 
 @pytest.fixture(scope="module")

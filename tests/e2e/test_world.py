@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, load_preset, resolve_vocabulary
+from pipeline.local_sources import build, world_folder, world_spec
 from pipeline.runtime import Runtime
-from pipeline.world import build, world_folder, world_spec
 from stages.oracle import build_small_maskrcnn
-from stages.toy_shapes import FORMS, draw_scene
-from stages.world.build import render_scenes
-from stages.world.train import oracle_quality
+from testbed.toy_shapes import FORMS, draw_scene
+from testbed.world.build import render_scenes
+from testbed.world.train import oracle_quality
 
 CLASSES = ["circle", "square", "triangle", "star"]
 PRESET = {
@@ -60,7 +60,7 @@ def world(tmp_path_factory, cache_dir):
 def test_build_writes_loadable_models_and_a_report(world, cache_dir):
     preset, vocab, report = world
     folder = Path(report["folder"])
-    assert report["built_now"] and folder == world_folder(cache_dir, load_preset(str(preset)).world)
+    assert report["built_now"] and folder == world_folder(cache_dir, world_spec(load_preset(str(preset)), str(preset)))
     for name in ("model_index.json", "unet/config.json", "vae/config.json", "maskrcnn.safetensors", "report.json",
                  *(f"samples/{c}.png" for c in CLASSES)):
         assert (folder / name).is_file(), name
@@ -70,7 +70,7 @@ def test_build_writes_loadable_models_and_a_report(world, cache_dir):
                                 preset=load_preset(str(preset)), n=1, cache_dir=cache_dir, device="cpu"))
     assert runtime.pipe.unet.config.sample_size == 8 and runtime.pipe.vae.config.scaling_factor != 0.18215
     assert set(runtime.oracle.label_ids) == set(CLASSES)  # the oracle's categories come with its weights
-    assert build(cache_dir, load_preset(str(preset)).world) == (folder, False)  # reused, not rebuilt
+    assert build(cache_dir, world_spec(load_preset(str(preset)), str(preset))) == (folder, False)  # reused, not rebuilt
 
 
 def test_trained_oracle_finds_shapes_better_than_chance(world, cache_dir):
@@ -134,4 +134,4 @@ def test_world_preset_without_its_section_is_a_config_error(tmp_path):
     preset = tmp_path / "broken.yaml"
     preset.write_text(yaml.safe_dump({k: v for k, v in PRESET.items() if k != "world"}))
     with pytest.raises(ConfigError, match="no `world:` section"):
-        world_spec(load_preset(str(preset)))
+        world_spec(load_preset(str(preset)), str(preset))

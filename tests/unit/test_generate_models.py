@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from stages.generate import Diffusion
-from stages.models import clip_tokenizer, load_stable_diffusion
+from stages.models import load_stable_diffusion
 from stages.prompts import PromptSpec
 from stages.weights import WeightsMissingError
+from testbed.random_presets import clip_tokenizer
 
 SPECS = [PromptSpec(0, "a photograph of a dog", ("dog",), 11),
          PromptSpec(1, "a photograph of a cat and a dog", ("cat", "dog"), 12)]

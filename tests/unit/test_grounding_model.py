@@ -16,7 +16,7 @@ from stages.grounding.model import (
     load_grounding,
     save_grounding,
 )
-from stages.models import clip_tokenizer
+from testbed.random_presets import clip_tokenizer
 
 TEMPLATE = "a photograph of a {}"
 

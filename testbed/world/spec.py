@@ -7,7 +7,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages.models import TINY_SD
+from testbed.random_presets import TINY_SD
 
 # 32-pixel scenes and a VAE that downsamples 4x give an 8x8 latent; the UNet attends to the prompt at
 # 4x4 and 2x2 and in the middle block only, the cheap layout that still lets text place shapes. The

@@ -1,5 +1,5 @@
 """Training loops of the world's models: the text encoder's pretraining, the latent diffusion UNet and the
-Mask R-CNN oracle (the VAE is fitted by ``stages.toy_vae.fit_autoencoder``), and the oracle's mask IoU on
+Mask R-CNN oracle (the VAE is fitted by ``testbed.toy_vae.fit_autoencoder``), and the oracle's mask IoU on
 held-out scenes."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from stages.grounding.metrics import IoU
 from stages.oracle import Oracle
-from stages.toy_vae import warmup_cosine
-from stages.world.spec import Fit
+from testbed.toy_vae import warmup_cosine
+from testbed.world.spec import Fit
 
 OnStep = Callable[[float], None]
 EMA_DECAY = 0.995  # the saved UNet is an exponential average of the last few hundred steps' weights

@@ -16,14 +16,15 @@ import torch
 from PIL import Image
 
 from stages.generate import Diffusion
-from stages.models import MASKRCNN_FILE, clip_tokenizer, load_stable_diffusion
+from stages.models import MASKRCNN_FILE, load_stable_diffusion
 from stages.oracle import Oracle, TorchvisionOracle, build_small_maskrcnn, load_maskrcnn, save_detector
 from stages.prompts import PromptSpec
-from stages.toy_shapes import FORMS, draw_scene
-from stages.toy_vae import fit_autoencoder
 from stages.vocab import Vocabulary, VocabularyError
-from stages.world.spec import WORLD_ARCH, WorldSpec
-from stages.world.train import oracle_quality, pretrain_text_encoder, train_oracle, train_unet
+from testbed.random_presets import clip_tokenizer
+from testbed.toy_shapes import FORMS, draw_scene
+from testbed.toy_vae import fit_autoencoder
+from testbed.world.spec import WORLD_ARCH, WorldSpec
+from testbed.world.train import oracle_quality, pretrain_text_encoder, train_oracle, train_unet
 
 REPORT = "report.json"
 SAMPLES_DIR = "samples"
