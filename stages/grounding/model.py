@@ -12,7 +12,7 @@ pre-norm transformer decoder (class query; memory = the visual map cut into patc
 projected by a bias-free linear map), an MLP to a mask embedding, mask logits = mask embedding .
 per-pixel visual map, bilinearly upsampled to the image size. Loss: per-class BCE with logits.
 
-Departures from the paper and its public code (also listed in the README):
+Departures from the paper and its public code (also listed in docs/paper.md):
 - Features are grouped by their native resolution and each group is reduced there; the official code
   first resizes groups to 16/32/64/64 and mixes at 32/64/64. A bias-free 1x1 conv commutes with
   bilinear resizing, so the reductions are the same function; the mixing blocks run at 16/32/64.
