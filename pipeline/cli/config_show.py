@@ -108,8 +108,7 @@ def markdown(preset_name: str) -> str:
 def show(preset: Annotated[str, typer.Argument(help="Model preset: sd15, tiny, world, or a YAML file.")] = "sd15",
          as_markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table (as in "
                                                                       "docs/configs.md) instead.")] = False):
-    """Every setting: the run's (flags) and the preset's (nested ones dotted), with its value in PRESET, its
-    default and what it does."""
+    """Every setting of a run and of PRESET (nested ones dotted): its value, its default, what it does."""
     if as_markdown:
         print(markdown(preset), end="")
         return
