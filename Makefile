@@ -53,7 +53,7 @@ bench-world: $(STAMP)
 	$(BIN)/python benchmarks/world.py --out runs/bench-world
 
 # CPU seconds per image of the oracle's backends, torchvision and detectron2, at the same input sizes
-# (needs detectron2: README, "The detectron2 oracle backend").
+# (needs detectron2: docs/oracle.md).
 bench-oracle: $(STAMP)
 	$(BIN)/python benchmarks/oracle_backends.py
 

@@ -53,20 +53,24 @@ class TrainSettings(TrainOptions):
     """The trainer's options plus what the training jobs feed it (``stages.grounding.train.TrainOptions``)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
-    batch_size: int = Field(gt=0)
-    checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = none
-    validate_every: int = Field(0, ge=0)  # steps between validations; the last step always validates
-    val_fraction: float = Field(0.1, ge=0, lt=1)  # oracle samples held out (by key) for validation
+    batch_size: int = Field(gt=0, description="Training batch (oracle samples, or annotated images, per batch).")
+    checkpoint_every: int = Field(0, ge=0, description="Optimizer steps between resumable checkpoints "
+                                  "(OUT/grounding-resume/); 0: none.")
+    validate_every: int = Field(0, ge=0, description="Optimizer steps between validations (mIoU on the held-out "
+                                "samples); the last step always validates.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of the oracle samples held out (by key) "
+                                "for validation.")
 
 
 class Guidance(BaseModel):
-    """Classifier-free guidance scale per phase. The official code generated its training images at
-    5.0 and tests at 7.5: phase A's oracle data uses ``oracle``; phase C and Protocol I use ``label``.
-    A single number sets both."""
+    """Classifier-free guidance scale per phase (each field's description says which); a single number sets
+    both."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    oracle: float = 5.0
-    label: float = 7.5
+    oracle: float = Field(5.0, description="Guidance scale of phase A (the oracle's training images; the "
+                          "official code: 5.0).")
+    label: float = Field(7.5, description="Guidance scale of phase C and Protocol I (the official test script: "
+                         "7.5).")
 
     @model_validator(mode="before")
     @classmethod
@@ -81,32 +85,52 @@ class Preset(BaseModel):
     before any output is written."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    sd: str
-    image_size: int = Field(gt=0)
-    steps: int = Field(gt=0)
-    guidance: Guidance = Guidance()
-    capture_step: int = Field(gt=0)
-    features: Literal[FEATURE_LAYOUTS] = "official"  # which UNet outputs the grounding module reads
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # of the UNet, VAE, text encoder and
-    #   grounding module; auto: float16 on a GPU (CUDA, MPS), float32 on a CPU
-    oracle_backend: Literal["torchvision", "detectron2"] = "torchvision"  # the oracle's detector library
-    oracle_config: str | None = Field(None, validate_default=True)  # detectron2 only: a model-zoo config
-    #   name or a .yaml / LazyConfig .py file
-    oracle_weights: str  # torchvision: COCO_V1, tiny, world or a .pth/.safetensors state dict; detectron2: .pkl/.pth
-    oracle_score_threshold: float = Field(ge=0, le=1)  # the top instance per class must score this much
-    oracle_input_size: Literal["auto"] | PositiveInt = "auto"  # auto: 800 (COCO's scale) on a GPU,
-    #   the image size on a CPU (detectron2: its config's test size); the detector resizes its input to this short side
-    min_mask_fraction: float = Field(0.001, ge=0, lt=1)  # phase C: a prompted class whose mask covers
-    #   less of the image filters the sample ("missing_mask"): it would be written as background
-    grounding: GroundingArchitecture = GroundingArchitecture()
-    attention: AttentionSettings = AttentionSettings()  # the attention labeler (stages/attention/settings.py)
-    train: TrainSettings
-    bootstrap_n: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    shard_size: int = Field(gt=0)
-    world: dict[str, Any] | None = None  # the testbed's miniature world, which `sd: world` / `oracle_weights: world`
-    #   are built from (datagen world build): its sizes, checked by testbed.world.spec.WorldSpec where those
-    #   are resolved (pipeline.local_sources); opaque here, as the world is no part of a real run
+    sd: str = Field(description="Stable Diffusion: a hub id, a local diffusers folder, tiny (built locally with "
+                    "random weights) or world (the miniature world); --sd-path overrides it.")
+    image_size: int = Field(gt=0, description="Generated image side in pixels; every UNet resolution must divide "
+                            "its latent.")
+    steps: int = Field(gt=0, description="DDIM sampling steps (eta 0).")
+    guidance: Guidance = Field(Guidance(), description="Classifier-free guidance scale per phase; one number sets "
+                               "both.")
+    capture_step: int = Field(gt=0, description="The DDIM step, counted from the end (1 = the last, t = 1), "
+                              "whose latent phase A stores and whose UNet features the grounding module reads; "
+                              "within steps.")
+    features: Literal[FEATURE_LAYOUTS] = Field(
+        "official", description="The UNet outputs the grounding module reads: official = the 25 blocks of the "
+        "official code (12 encoder blocks incl. conv_in and the downsamplers, the middle block, 12 decoder "
+        "blocks); blocks = the 9 down/mid/up block outputs.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="dtype of the UNet, VAE, text encoder and grounding module; auto: float16 on a GPU "
+        "(CUDA, MPS), float32 on a CPU; --dtype overrides it.")
+    oracle_backend: Literal["torchvision", "detectron2"] = Field(
+        "torchvision", description="The oracle's detector library: torchvision's Mask R-CNN, or detectron2's "
+        "(docs/oracle.md).")
+    oracle_config: str | None = Field(None, validate_default=True, description="detectron2 only (and required "
+                                      "there): a model-zoo config name or a .yaml / LazyConfig .py file.")
+    oracle_weights: str = Field(description="The oracle's checkpoint. torchvision: COCO_V1, tiny, world or a "
+                                ".pth/.safetensors state dict; detectron2: a .pkl/.pth checkpoint. "
+                                "--oracle-weights overrides it.")
+    oracle_score_threshold: float = Field(ge=0, le=1, description="The oracle's mask of a class is its "
+                                          "top-scoring instance of that class with at least this score.")
+    oracle_input_size: Literal["auto"] | PositiveInt = Field(
+        "auto", description="Short side the detector resizes its input to. auto: 800 (COCO's scale) on a GPU, the "
+        "image size on a CPU; for detectron2 the size its config tests at.")
+    min_mask_fraction: float = Field(0.001, ge=0, lt=1, description="Phase C filters a sample (missing_mask) "
+                                     "where a prompted class has no mask (from either labeler) or one covering less "
+                                     "of the image than this, instead of writing that object as background.")
+    grounding: GroundingArchitecture = Field(GroundingArchitecture(), description="The grounding module's sizes; "
+                                             "the defaults are the paper's.")
+    attention: AttentionSettings = Field(AttentionSettings(), description="The attention labeler "
+                                         "(--labeler attention); the defaults are DAAM's.")
+    train: TrainSettings = Field(description="Training of the grounding module (phase B, train-annotated).")
+    bootstrap_n: int = Field(gt=0, description="Oracle-labelled samples generated in phase A (seen classes "
+                             "only); --bootstrap-n overrides it.")
+    batch_size: int = Field(gt=0, description="Generation batch (images sampled together); --batch-size "
+                            "overrides it.")
+    shard_size: int = Field(gt=0, description="Samples per shard; --shard-size (or --shard-mb) overrides it.")
+    world: dict[str, Any] | None = Field(None, description="The testbed's miniature world that `sd: world` and "
+                                         "`oracle_weights: world` are built from (datagen world build): its sizes, "
+                                         "checked by testbed.world.spec.WorldSpec; no part of a real run.")
 
     @field_validator("oracle_config")
     @classmethod
@@ -150,18 +174,23 @@ class RunConfig(BaseModel):
     """A whole run. ``fingerprint`` covers every field that changes the samples."""
 
     model_config = ConfigDict(extra="forbid")
-    vocab: str
-    out: OutputLocation
-    preset_name: str
+    vocab: str = Field(description="Vocabulary: voc, voc-split1, coco, shapes, or a YAML file (--vocab).")
+    out: OutputLocation = Field(description="Output folder or object-store URL (--out).")
+    preset_name: str = Field(description="The model preset's name or file (--models).")
     preset: Preset
-    seed: int = 0
-    n: int = Field(gt=0)
-    labeler: str = "grounding"  # what labels phase C (stages.labelers); one that needs no training skips phases A and B
-    pair_fraction: float = Field(0.5, ge=0, le=1)
-    image_format: Literal["jpg", "png"] = "jpg"
-    device: str = "auto"
-    compile: bool = False  # torch.compile the UNet (first batches compile): same computation, not in the fingerprint
-    cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
+    seed: int = Field(0, description="Run seed: each sample's prompt and noise follow from (seed, phase, index).")
+    n: int = Field(gt=0, description="Samples in the labelled dataset (phase C); may grow on a rerun.")
+    labeler: str = Field("grounding", description="What labels phase C (stages.labelers): grounding (the trained "
+                         "grounding module), attention (cross-attention maps; skips phases A and B) or consensus "
+                         "(where both agree; the rest is ignored, 255).")
+    pair_fraction: float = Field(0.5, ge=0, le=1, description="Fraction of prompts that name two classes instead "
+                                 "of one.")
+    image_format: Literal["jpg", "png"] = Field("jpg", description="How the images are stored in the shards.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    compile: bool = Field(False, description="torch.compile the UNet (its first batches compile): the same "
+                          "computation, not in the fingerprint.")
+    cache_dir: Path = Field(default_factory=lambda: default_cache_dir(), description="Where built models (tiny, "
+                            "the world) and locks live: $DATAGEN_CACHE or ~/.cache/datagen.")
 
     @field_validator("labeler")
     @classmethod

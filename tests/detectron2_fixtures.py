@@ -16,7 +16,7 @@ import torch
 INSTALLED = importlib.util.find_spec("detectron2") is not None
 needs_detectron2 = pytest.mark.skipif(
     not INSTALLED, reason="detectron2 is not installed (not on PyPI: CI installs the wheel in ../shared/wheels, "
-                          "README 'The detectron2 oracle backend' says how elsewhere)")
+                          "docs/oracle.md says how elsewhere)")
 
 MODEL_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 

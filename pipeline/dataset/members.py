@@ -1,4 +1,4 @@
-"""A sample's members decoded without trusting them, and checked against the format (README "Output format").
+"""A sample's members decoded without trusting them, and checked against the format (docs/format.md).
 
 Every reader of shards (``reader.training_dataset``, `datagen validate`, `show`, `stats`) and of real
 annotated images (``voc``) decodes through here, so hostile bytes read the same everywhere: an image

@@ -1,4 +1,4 @@
-"""Sample encoding: what one WebDataset sample holds (see README "Output format")."""
+"""Sample encoding: what one WebDataset sample holds (see docs/format.md)."""
 
 from __future__ import annotations
 

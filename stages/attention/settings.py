@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 BLOCKS = ("down", "mid", "up")
 
@@ -29,8 +29,10 @@ class SelfAttentionRefinement(BaseModel):
     ``resolution``, averaged like the cross-attention: ``A**power @ map`` (Dataset Diffusion: 32, 4)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    resolution: PositiveInt
-    power: PositiveInt = 4
+    resolution: PositiveInt = Field(description="Latent resolution of the self-attention layers whose matrix "
+                                    "propagates the class maps (Dataset Diffusion: 32).")
+    power: PositiveInt = Field(4, description="The power the self-attention matrix is raised to (Dataset "
+                               "Diffusion: 4).")
 
 
 class AttentionSettings(BaseModel):
@@ -38,15 +40,25 @@ class AttentionSettings(BaseModel):
     the defaults are DAAM's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    resolutions: tuple[PositiveInt, ...] | None = None  # latent resolutions of the recorded cross-attention
-    #   layers (SD 1.x at 512 px: 64, 32, 16, 8); null: all of them (DAAM)
-    blocks: tuple[Literal[BLOCKS], ...] = BLOCKS  # which UNet parts' layers are recorded
-    steps: tuple[float, float] = (0.0, 1.0)  # the recorded part of the sampling run, as fractions: step i
-    #   of N (0 = the noisiest) is recorded when start * N <= i < end * N; [0, 1]: every step (DAAM, Dataset Diffusion)
-    threshold: float | Literal["otsu"] = 0.4  # a class's pixels: its normalised map above this (and above
-    #   the other classes'); otsu: a threshold per image and class
-    uncertain: float | None = None  # pixels whose best class is in [uncertain, threshold): 255, not scored
-    refine: SelfAttentionRefinement | None = None  # self-attention propagation (Dataset Diffusion, DiffSegmenter)
+    resolutions: tuple[PositiveInt, ...] | None = Field(
+        None, description="Latent resolutions of the recorded cross-attention layers (SD 1.x at 512 px has 64, 32, "
+        "16, 8; Dataset Diffusion's code records 16); null: all of them (DAAM).")
+    blocks: tuple[Literal[BLOCKS], ...] = Field(BLOCKS, description="Which UNet parts' layers are recorded: "
+                                                "down, mid, up.")
+    steps: tuple[float, float] = Field(
+        (0.0, 1.0), description="The recorded part of the sampling run as [start, end] fractions: step i of N "
+        "(0 = the noisiest) is recorded when start * N <= i < end * N; [0, 1]: every step (DAAM, Dataset "
+        "Diffusion).")
+    threshold: float | Literal["otsu"] = Field(
+        0.4, description="A class's pixels: its normalised map above this and above the other classes' (Dataset "
+        "Diffusion 0.6, DAAM 0.4); otsu: a threshold per image and class (Otsu 1979; DiffuMask also picks its "
+        "threshold per image).")
+    uncertain: float | None = Field(
+        None, description="Pixels whose best class scores in [uncertain, threshold) are written as 255, ignored "
+        "by training jobs (Dataset Diffusion's uncertainty band: 0.5); null: none.")
+    refine: SelfAttentionRefinement | None = Field(
+        None, description="Propagate the class maps through a self-attention matrix (Dataset Diffusion, "
+        "DiffSegmenter); null: none (DAAM).")
 
     @model_validator(mode="after")
     def _consistent(self) -> AttentionSettings:

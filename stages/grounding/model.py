@@ -12,7 +12,7 @@ pre-norm transformer decoder (class query; memory = the visual map cut into patc
 projected by a bias-free linear map), an MLP to a mask embedding, mask logits = mask embedding .
 per-pixel visual map, bilinearly upsampled to the image size. Loss: per-class BCE with logits.
 
-Departures from the paper and its public code (also listed in the README):
+Departures from the paper and its public code (also listed in docs/paper.md):
 - Features are grouped by their native resolution and each group is reduced there; the official code
   first resizes groups to 16/32/64/64 and mixes at 32/64/64. A bias-free 1x1 conv commutes with
   bilinear resizing, so the reductions are the same function; the mixing blocks run at 16/32/64.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
 WEIGHTS_FILE = "model.safetensors"
@@ -49,12 +49,19 @@ class GroundingArchitecture(BaseModel):
     paper's. ``reduce_channels`` pair with the feature resolutions from coarse to fine."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    reduce_channels: tuple[PositiveInt, ...] = (16, 32, 64, 128)
-    width: PositiveInt = 512
-    heads: PositiveInt = 8
-    layers: PositiveInt = 3
-    patch_size: PositiveInt = 4
-    conditional_bn: bool = False  # BN gain/bias from the class embedding (one visual map per class)
+    reduce_channels: tuple[PositiveInt, ...] = Field(
+        (16, 32, 64, 128), description="Channels of the bias-free 1x1 conv that reduces each feature resolution, "
+        "from coarse to fine: one entry per UNet feature resolution (their sum is the visual map's channels, 240 "
+        "at the paper's size).")
+    width: PositiveInt = Field(512, description="Width of the transformer decoder (and of the class and mask "
+                               "embeddings); divisible by heads.")
+    heads: PositiveInt = Field(8, description="Attention heads of the transformer decoder.")
+    layers: PositiveInt = Field(3, description="Layers of the transformer decoder.")
+    patch_size: PositiveInt = Field(4, description="Side of the patches the visual map is cut into as the "
+                                    "decoder's memory; divides the finest feature resolution.")
+    conditional_bn: bool = Field(False, description="Batch norm gain and bias from the class embedding (the "
+                                 "paper's reading; one visual map per class); false: plain, non-affine batch norm, "
+                                 "as the official code runs it.")
 
 
 class GroundingConfig(GroundingArchitecture):

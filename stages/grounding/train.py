@@ -44,12 +44,15 @@ class TrainOptions(BaseModel):
     """How the trainer optimises (a model preset's ``train:`` section extends it with the data side)."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(gt=0)  # optimizer steps
-    lr: float = Field(gt=0)
-    accumulate: int = Field(1, gt=0)  # batches per optimizer step
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere
+    steps: int = Field(gt=0, description="Optimizer steps.")
+    lr: float = Field(gt=0, description="Adam learning rate (the official code: 1e-5).")
+    accumulate: int = Field(1, gt=0, description="Batches per optimizer step (gradient accumulation).")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warm-up.")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="Learning rate after the warm-up: "
+                                                    "constant, or cosine decay to 0 at the last step.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a CUDA GPU that has it, else fp16 with loss scaling; fp32 "
+        "elsewhere. fp16 needs CUDA.")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
