@@ -20,6 +20,7 @@ demo: $(STAMP)
 # Everything, unit and end-to-end, as CI runs it.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 # tests/unit only (no CLI runs, Ray or subprocesses): for the edit loop.

@@ -62,7 +62,7 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
          "--seed", str(seed), "--device", "cpu")
     protocol1 = step("eval grounding", "eval", "grounding", "--vocab", vocab_name, "--models", models,
                      "--out", str(dataset), "--n", str(eval_n), "--seed", str(seed), "--device", "cpu",
-                     "--labeler", "both")
+                     "--labeler", "all")
     real = write_scene_dataset(out / "real", [c.name for c in vocab.classes], real_train, real_val,
                                load_preset(models).image_size, seed=seed + 1000)
     zs3 = {}

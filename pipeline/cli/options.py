@@ -36,9 +36,13 @@ ShardSize = Annotated[int | None, typer.Option(help="Samples per shard.")]
 ShardMb = Annotated[float | None, typer.Option(help="Target shard size in MB (sets the samples per shard from the "
                                                     "image size).")]
 BatchSize = Annotated[int | None, typer.Option(help="Generation batch size.")]
-Labeler = Annotated[str, typer.Option(help="What labels the dataset: grounding (the grounding module, trained in "
-                                           "phases A and B) or attention (the UNet's cross-attention maps: no "
-                                           "oracle, no training; phases A and B are skipped).")]
+Labeler = Annotated[str, typer.Option(help="What labels the dataset (part of its identity, so give it to every "
+                                           "phase command): grounding (the grounding module, trained in phases A "
+                                           "and B), attention (the UNet's cross-attention maps: no oracle, no "
+                                           "training; phases A and B are skipped) or consensus (both; pixels "
+                                           "where they disagree are ignored, 255).")]
+PairFraction = Annotated[float, typer.Option(help="Fraction of prompts that name two classes instead of one.")]
+ImageFormat = Annotated[str, typer.Option(help="Image encoding in the shards: jpg or png (lossless).")]
 ExecutorKind = Annotated[str, typer.Option("--executor", help="local (in this process) or ray.")]
 RayAddress = Annotated[str | None, typer.Option(help="Ray cluster to join (auto, ray://host:port); implies "
                                                 "--executor ray. Without it, ray starts a local instance.")]
@@ -61,7 +65,7 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
                sd_path: str | None = None, oracle_weights: str | None = None, bootstrap_n: int | None = None,
                train_steps: int | None = None, shard_size: int | None = None, shard_mb: float | None = None,
                batch_size: int | None = None, labeler: str = "grounding", dtype: str | None = None,
-               compile: bool = False) -> RunConfig:
+               compile: bool = False, pair_fraction: float = 0.5, image_format: str = "jpg") -> RunConfig:
     """The validated run config: the model preset with the flags that were given (None: the preset's)."""
     preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
                                   "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
@@ -71,7 +75,8 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
     resolve_vocabulary(vocab)  # fail early on a bad vocabulary
     try:
         config = RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device,
-                           labeler=labeler, compile=compile)
+                           labeler=labeler, compile=compile, pair_fraction=pair_fraction,
+                           image_format=image_format)
     except ValidationError as err:
         raise one_line(err, lambda where: f"--{where.replace('.', '-')}") from err
     return config if shard_mb is None else _sized(config, shard_size, shard_mb)

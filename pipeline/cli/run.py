@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Annotated
 
@@ -83,7 +82,7 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         executor: opt.ExecutorKind = "local", ray_address: opt.RayAddress = None, workers: opt.Workers = None,
         gpus_per_worker: opt.GpusPerWorker = None, cpus_per_worker: opt.CpusPerWorker = 1.0,
         encode_cpus: opt.EncodeCpus = 1.0, labeler: opt.Labeler = "grounding", dtype: opt.Dtype = None,
-        compile: opt.Compile = False,
+        compile: opt.Compile = False, pair_fraction: opt.PairFraction = 0.5, image_format: opt.ImageFormat = "jpg",
     ):
         settings = opt.executor_settings(kind=executor, ray_address=ray_address, workers=workers,
                                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
@@ -91,23 +90,20 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                                 oracle_weights=oracle_weights, device=device, bootstrap_n=bootstrap_n,
                                 train_steps=train_steps, shard_size=shard_size, shard_mb=shard_mb,
-                                batch_size=batch_size, labeler=labeler, dtype=dtype, compile=compile)
+                                batch_size=batch_size, labeler=labeler, dtype=dtype, compile=compile,
+                                pair_fraction=pair_fraction, image_format=image_format)
         _execute(config, phases, settings)
 
     command.__doc__ = help_text
-    if Phase.LABEL not in phases:  # --labeler is phase C's choice: generate and train do not offer it
-        signature = inspect.signature(command)
-        command.__signature__ = signature.replace(
-            parameters=[p for p in signature.parameters.values() if p.name != "labeler"])
     return command
 
 
-app.command("run")(_phase_command(ALL_PHASES, "Every phase: oracle bootstrap, grounding training, labelling "
-                                              "(with --labeler attention: labelling only)."))
+app.command("run")(_phase_command(ALL_PHASES, "Every phase the labeler needs: oracle bootstrap, grounding "
+                                              "training, labelling (with --labeler attention: labelling only)."))
 for _phase, _help in ((Phase.ORACLE, "Phase A: seen-class images labelled by the Mask R-CNN oracle."),
                       (Phase.TRAIN, "Phase B: train the grounding module on the oracle shards."),
-                      (Phase.LABEL, "Phase C: generate and label the dataset with the grounding module (or "
-                                    "with cross-attention maps: --labeler attention).")):
+                      (Phase.LABEL, "Phase C: generate and label the dataset with --labeler (the grounding module "
+                                    "by default).")):
     app.command(_phase.command)(_phase_command(frozenset({_phase}), _help))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from rich.progress import Progress
 
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.checkpoint import training_record
 from pipeline.dataset.layout import ALL_PHASES, DATA_DIR, MANIFEST, ORACLE_DIR, WIDS_INDEX, Phase
 from pipeline.dataset.location import listing
@@ -93,7 +93,11 @@ def make_dataset(config: RunConfig, phases: frozenset[Phase] = ALL_PHASES,
     `label` run it). Raises ``DatagenError`` (one line) for what cannot run, before any work; a
     KeyboardInterrupt leaves finished shards in place for the next call."""
     started, hooks = time.time(), hooks or RunHooks()
-    phases = phases_for(config, phases)
+    needed = phases_for(config, phases)
+    if not needed:
+        raise ConfigError(f"--labeler {config.labeler} needs no phase A or B (it trains nothing): run `datagen "
+                          "label` or `datagen run`")
+    phases = needed
     labelling = Phase.LABEL in phases
     check_output(config, labelling=labelling)
     if not has_pending_work(config, phases):

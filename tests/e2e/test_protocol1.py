@@ -31,19 +31,20 @@ def trained(tmp_path_factory, cache_dir):
     return out
 
 
-def test_eval_grounding_reports_seen_and_unseen_miou_of_both_labelers_in_one_table(trained, voc):
-    result = datagen("eval", "grounding", *ARGS, "--out", str(trained), "--labeler", "both")
+def test_eval_grounding_reports_seen_and_unseen_miou_of_every_labeler_in_one_table(trained, voc):
+    result = datagen("eval", "grounding", *ARGS, "--out", str(trained), "--labeler", "all")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == json.loads((trained / "eval" / "protocol1.json").read_text())
-    assert report["protocol"] == "I" and report["images"] == 8 and report["labelers"] == ["grounding", "attention"]
+    assert report["protocol"] == "I" and report["images"] == 8
+    assert report["labelers"] == ["grounding", "attention", "consensus"]
     assert [c["name"] for c in report["classes"]] == [c.name for c in voc.classes]
     assert {c["split"] for c in report["classes"] if c["name"] in ("sheep", "sofa", "train")} == {"unseen"}
     prompted = sum(c["pairs"] + c["oracle_missed"] for c in report["classes"])
     assert 8 <= prompted <= 16  # one or two classes per image
     scored = [c for c in report["classes"] if c["pairs"]]
     assert scored
-    for labeler in ("grounding", "attention"):
+    for labeler in ("grounding", "attention", "consensus"):
         assert all(0 <= c["iou"][labeler] <= 1 for c in scored)
         assert all(c["iou"][labeler] is None for c in report["classes"] if not c["pairs"])
         for split in ("seen", "unseen"):
@@ -51,9 +52,10 @@ def test_eval_grounding_reports_seen_and_unseen_miou_of_both_labelers_in_one_tab
             expected = pytest.approx(sum(ious) / len(ious)) if ious else None
             assert report["scores"][labeler][f"miou_{split}"] == expected
     assert report["scores"]["attention"]["zero_shot"] is True
-    assert report["scores"]["attention"]["attention"]["settings"]["threshold"] == 0.6
+    assert report["scores"]["attention"]["details"]["settings"]["threshold"] == 0.6
+    assert report["scores"]["consensus"]["grounding"]["source"] == "test"
     assert report["scores"]["grounding"]["grounding"]["source"] == "test"
-    assert "IoU grounding" in result.stderr and "IoU attention" in result.stderr and "mIoU unseen" in result.stderr
+    assert all(column in result.stderr for column in ("IoU grounding", "IoU attention", "IoU consensus", "mIoU unseen"))
 
 
 def test_eval_attention_needs_no_checkpoint(tmp_path, cache_dir):
