@@ -91,7 +91,7 @@ class Runtime:
 
     def labelers(self, names: tuple[str, ...]) -> list[Labeler]:
         """Labelers by name on these models (Protocol I scores several on one sampling pass)."""
-        return [self.labeler if name == self.config.labeler else labeler_class(name).load(self) for name in names]
+        return [labeler_class(name).load(self) for name in names]
 
     @cached_property
     def oracle(self) -> Oracle:

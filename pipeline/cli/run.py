@@ -20,14 +20,13 @@ from stages.prompts import prompt_specs
 
 def _execute(config: RunConfig, phases: frozenset[Phase], settings: ExecutorSettings) -> None:
     """Run ``make_dataset`` with progress bars, print what it did, and exit 1 on failed shards or samples."""
-    with progress_bar(console) as progress:
-        hooks = RunHooks(progress, info=lambda text: console.print(text, highlight=False),
-                         warn=lambda text: console.print(f"[yellow]{text}[/]", highlight=False))
-        try:
-            result = make_dataset(config, phases, settings, hooks)
-        except KeyboardInterrupt:
-            console.print("interrupted: finished shards are kept; rerun the same command to resume")
-            raise typer.Exit(130) from None
+    hooks = RunHooks(progress_bar(console), info=lambda text: console.print(text, highlight=False),
+                     warn=lambda text: console.print(f"[yellow]{text}[/]", highlight=False))
+    try:
+        result = make_dataset(config, phases, settings, hooks)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished shards are kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
     if result.complete:
         console.print(f"[green]dataset is complete[/]: nothing to do in {config.out}")
         if result.restored_classes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from rich.progress import Progress
@@ -33,7 +34,7 @@ from pipeline.dataset.reader import write_wids_index
 from pipeline.dataset.shards import finished_stats, summarize
 from pipeline.dataset.zero_shot import NOT_ZERO_SHOT
 from pipeline.inspect.card import write_card
-from pipeline.run.executors import ExecutorSettings, make_executor
+from pipeline.run.executors import Executor, ExecutorSettings, make_executor
 from pipeline.run.phases import check_earlier_phases, has_pending_work, run_shard_phase, run_train_phase
 from pipeline.run.workers import ShardWorker
 from pipeline.runtime import Runtime
@@ -48,7 +49,7 @@ def _quiet(_text: str) -> None:
 class RunHooks:
     """How a run talks while it works: progress bars and one-line notes (the CLI prints them)."""
 
-    progress: Progress | None = None
+    progress: Progress | None = None  # started once the checks are passed and the work begins
     info: Callable[[str], None] = _quiet
     warn: Callable[[str], None] = _quiet
 
@@ -134,6 +135,15 @@ def _run_phases(config: RunConfig, result: RunResult, settings: ExecutorSettings
     prepare_output(config, {"config": config.model_dump(mode="json"), **model_records(
         runtime.sd_source(), oracle, config.preset.oracle_backend, config.preset.oracle_config)},
         config.vocabulary(), (ORACLE_DIR, DATA_DIR) if oracle else (DATA_DIR,), labelling=Phase.LABEL in phases)
+    with hooks.progress or nullcontext():
+        _work(config, result, runtime, executor, hooks)
+    if result.labels is not None:  # phase C ran
+        _write_card_and_index(config)
+
+
+def _work(config: RunConfig, result: RunResult, runtime: Runtime, executor: Executor, hooks: RunHooks) -> None:
+    """The phases' model work, with the progress bars shown."""
+    phases, labeler = result.phases, config.labeler_class()
     if Phase.ORACLE in phases:
         report = run_shard_phase(config, Phase.ORACLE, executor, hooks.progress)
         if report.failed_shards:
@@ -154,7 +164,6 @@ def _run_phases(config: RunConfig, result: RunResult, settings: ExecutorSettings
     report = run_shard_phase(config, Phase.LABEL, executor, hooks.progress)
     if report.failed_shards:
         result.failed_shards[Phase.LABEL] = report.failed_shards
-    _write_card_and_index(config)
 
 
 def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> None:
