@@ -1,6 +1,6 @@
 """The proof on a miniature world: build (or reuse) the world, run the unchanged datagen commands on it
 and print one table: the oracle on rendered ground truth, how often it finds the prompted class in
-generated images, Protocol I seen / unseen mIoU of both labelers (grounding, attention) on the same
+generated images, Protocol I seen / unseen mIoU of every labeler (grounding, attention, consensus) on the same
 test images, ZS3 seen / unseen / hIoU for `real-seen` and `real-seen+synthetic`, and the CPU minutes
 of each step.
 

@@ -32,6 +32,7 @@ from stages.grounding.train import TrainOptions
 from stages.labelers import LABELERS, Labeler, labeler_class
 from stages.vocab import Vocabulary, load_vocabulary
 from stages.yaml_file import read_yaml_mapping
+from testbed.world.spec import WorldSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # The preset settings of phases A and B (the oracle, the training): they change only the labels of labelers
@@ -252,6 +253,13 @@ def load_preset(name_or_path: str, overrides: dict | None = None) -> Preset:
         if value is not None:
             raw[key] = value
     try:
-        return Preset(**raw)
+        preset = Preset(**raw)
     except ValidationError as err:
         raise one_line(err, lambda where: f"model preset '{name_or_path}': {where}") from err
+    if preset.world is None:
+        return preset
+    try:  # the testbed's section: checked on loading as the rest is, its defaults filled in (they are the world's)
+        world = WorldSpec(**preset.world)
+    except ValidationError as err:
+        raise one_line(err, lambda where: f"model preset '{name_or_path}': world.{where}") from err
+    return preset.model_copy(update={"world": world.model_dump(mode="json")})

@@ -84,11 +84,6 @@ class Runtime:
     def text_template(self) -> str:
         return self.config.vocabulary().text_template
 
-    @cached_property
-    def labeler(self) -> Labeler:
-        """The run's labeler (``--labeler``), on this run's models."""
-        return labeler_class(self.config.labeler).load(self)
-
     def labelers(self, names: tuple[str, ...]) -> list[Labeler]:
         """Labelers by name on these models (Protocol I scores several on one sampling pass)."""
         return [labeler_class(name).load(self) for name in names]

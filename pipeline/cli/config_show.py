@@ -2,7 +2,7 @@
 
 The rows come from walking the pydantic models (``RunConfig``, ``Preset`` and the models nested in it), so
 a field's ``description=`` is the one text for each setting: this command prints it and docs/configs.md
-holds its markdown output (tests/unit/test_config_show.py checks that the two agree).
+holds its markdown output (tests/unit/test_cli_docs.py checks that the two agree).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from pipeline.config import ConfigError, RunConfig, load_preset, one_line, resolve_vocabulary
 from pipeline.dataset.location import is_remote, location
 from pipeline.dataset.sizing import samples_per_shard
-from pipeline.local_sources import world_spec
 from pipeline.run.executors import ExecutorSettings
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
@@ -70,8 +69,6 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
     preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
                                   "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
                                   "train": {"steps": train_steps}})
-    if preset.world is not None:  # the testbed's section: checked on loading as the rest is, its defaults filled in
-        preset = preset.model_copy(update={"world": world_spec(preset, models).model_dump(mode="json")})
     resolve_vocabulary(vocab)  # fail early on a bad vocabulary
     try:
         config = RunConfig(vocab=vocab, out=out, preset_name=models, preset=preset, seed=seed, n=n, device=device,

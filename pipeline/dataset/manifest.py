@@ -241,13 +241,12 @@ def _read_manifest(out) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def record_labeller(config: OutputOwner, labeler: str, trained: bool, details: dict | None,
-                    training_record: dict | None) -> dict:
-    """Before phase C labels shards: keep in the manifest's ``labels`` what labels the dataset and whether
-    its labels are zero-shot (``pipeline.dataset.zero_shot.labels_entry``); returns that entry. Runs under
-    the output lock, after ``prepare_output``."""
+def record_labeller(config: OutputOwner, labeler: dict, training_record: dict | None) -> dict:
+    """Before phase C labels shards: keep in the manifest's ``labels`` what labels the dataset (``labeler``:
+    ``Labeler.provenance``) and whether its labels are zero-shot (``pipeline.dataset.zero_shot.labels_entry``);
+    returns that entry. Runs under the output lock, after ``prepare_output``."""
     manifest = _read_manifest(config.out)
     has_shards = bool(finished_stats(config.out / DATA_DIR))
-    entry = labels_entry(manifest.get(LABELS), labeler, trained, details, training_record, has_shards)
+    entry = labels_entry(manifest.get(LABELS), labeler, training_record, has_shards)
     write_text_atomic(config.out / MANIFEST, json.dumps(manifest | {LABELS: entry}, indent=1, sort_keys=True))
     return entry

@@ -17,8 +17,9 @@ from pipeline.dataset.checkpoint import training_record
 from pipeline.dataset.layout import DATA_DIR, MANIFEST
 from pipeline.dataset.location import is_remote, location, shard_location
 
-LABELS = "labels"  # the manifest's entry: {"labeler": name, "zero_shot": bool | None, "grounding": [the checkpoints
-#   that labelled it] (labelers that use one), "details": the labeler's own description (where it has one)}
+LABELS = "labels"  # the manifest's entry: the labeler's provenance ({"labeler": name, "trained": bool, "details": its
+#   description where it has one, "card": the card's text}), "zero_shot": bool | None, and for a labeler that uses
+#   the trained checkpoint, "grounding": [the checkpoints that labelled the shards]
 NOT_ZERO_SHOT = ("NOT zero-shot: the grounding module was trained with unseen classes as targets "
                  "(train-annotated --train-on-unseen), so its unseen-class labels and every unseen score "
                  "computed from them are not zero-shot")
@@ -46,20 +47,18 @@ def checkpoint_summary(record: dict | None) -> dict:
     return {k: record[k] for k in keep if k in (record or {})} | {"zero_shot": checkpoint_zero_shot(record)}
 
 
-def labels_entry(previous: dict | None, labeler: str, trained: bool, details: dict | None, record: dict | None,
-                 has_shards: bool) -> dict:
-    """The manifest's ``labels`` once ``labeler`` labels (more) shards. A labeler that needs no training
-    (not ``trained``) had no class, seen or unseen, as a target: zero-shot by construction. Otherwise the
-    checkpoint of ``record`` labels them, and shards labelled earlier (``has_shards``) keep their
-    checkpoint: once not zero-shot, the dataset stays so."""
-    entry = {"labeler": labeler} | ({"details": details} if details is not None else {})
-    if not trained:
-        return entry | {"zero_shot": True}
+def labels_entry(previous: dict | None, labeler: dict, record: dict | None, has_shards: bool) -> dict:
+    """The manifest's ``labels`` once the labeler that ``labeler`` describes (``Labeler.provenance``) labels
+    (more) shards. A labeler that needs no training (not ``trained``) had no class, seen or unseen, as a
+    target: zero-shot by construction. Otherwise the checkpoint of ``record`` labels them, and shards
+    labelled earlier (``has_shards``) keep their checkpoint: once not zero-shot, the dataset stays so."""
+    if not labeler["trained"]:
+        return labeler | {"zero_shot": True}
     labelled_by = list((previous or {}).get("grounding", [])) if has_shards else []
     summary = checkpoint_summary(record)
     if summary not in labelled_by:
         labelled_by.append(summary)
-    return entry | {"zero_shot": combine(c.get("zero_shot") for c in labelled_by), "grounding": labelled_by}
+    return labeler | {"zero_shot": combine(c.get("zero_shot") for c in labelled_by), "grounding": labelled_by}
 
 
 def dataset_zero_shot(folder: Path, manifest: dict | None = None) -> bool | None:

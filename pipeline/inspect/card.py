@@ -14,7 +14,6 @@ from pipeline.dataset.shards import finished_shards
 from pipeline.dataset.zero_shot import LABELS, dataset_zero_shot, describe
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
-from stages.labelers import Labeler, labeler_class
 
 
 def _model(record: dict | None, fallback: str) -> str:
@@ -47,20 +46,19 @@ def _grounding(out: Path) -> str:
     return line
 
 
-def _labeler(manifest: dict) -> tuple[type[Labeler], str]:
-    """What labelled the dataset, and the card's table row for it."""
-    labeler = labeler_class(manifest["config"]["labeler"])
-    details = labeler.card_details(manifest.get(LABELS, {}).get("details"))
-    return labeler, f"| labeler | `{labeler.name}`{': ' + details if details else ''} |"
+def _labeler(labels: dict) -> str:
+    """The card's table row for the labeler, as the manifest's ``labels`` records it."""
+    details = labels.get("card", {}).get("details")
+    return f"| labeler | `{labels.get('labeler')}`{': ' + details if details else ''} |"
 
 
-def _zero_shot(out: Path, manifest: dict, labeler: type[Labeler]) -> tuple[str, str]:
+def _zero_shot(out: Path, manifest: dict) -> tuple[str, str]:
     """The card's warning (empty when zero-shot) and its table row."""
     status = dataset_zero_shot(out, manifest)
-    labellers = manifest.get(LABELS, {}).get("grounding", [])
-    sources = ", ".join(sorted({str(c.get("source")) for c in labellers})) or "not recorded"
-    origin = f"labelled by checkpoints trained on: {sources}" if labeler.trained else \
-        f"nothing trained: the {labeler.name} labeler"
+    labels = manifest.get(LABELS, {})
+    sources = ", ".join(sorted({str(c.get("source")) for c in labels.get("grounding", [])})) or "not recorded"
+    origin = f"labelled by checkpoints trained on: {sources}" if labels.get("trained") else \
+        f"nothing trained: the {labels.get('labeler')} labeler"
     row = f"| zero-shot labels | {'yes' if status else '**no**' if status is False else 'unknown'}: " \
           f"{describe(status)} ({origin}) |"
     warning = f"\n> **{describe(status)}.**\n" if status is False else ""
@@ -83,12 +81,12 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
                      for c in stats["classes"])
     last = max(sh["count"] - 1, 0)
     preset_json = json.dumps(preset, sort_keys=True)
-    labeler, labeler_row = _labeler(manifest)
-    warning, zero_shot_row = _zero_shot(out, manifest, labeler)
+    labels = manifest.get(LABELS, {})
+    warning, zero_shot_row = _zero_shot(out, manifest)
     oracle = _oracle(models.get('oracle'), sources.get('oracle', '?')) if sources.get('oracle', '?') else "not used"
     return f"""# datagen dataset `{out.name}`
 
-{labeler.card_opening}
+{labels.get("card", {}).get("opening", "Synthetic semantic segmentation data made by datagen.")}
 {warning}{tiny}
 ## What made it
 
@@ -97,7 +95,7 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
 | code | datagen {code.get('datagen', manifest.get('packages', {}).get('datagen', '?'))}{commit} |
 | Stable Diffusion | {_model(models.get('stable_diffusion'), sources.get('stable_diffusion', '?'))} |
 | Mask R-CNN oracle | {oracle} |
-{labeler_row}
+{_labeler(labels)}
 | grounding module | {_grounding(out)} |
 {zero_shot_row}
 | model preset | `{config['preset_name']}` |

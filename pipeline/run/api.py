@@ -129,20 +129,22 @@ def _run_phases(config: RunConfig, result: RunResult, settings: ExecutorSettings
                           grounding=Phase.LABEL in phases and Phase.TRAIN not in phases and labeler.trained)
     hooks.info(f"datagen: preset {config.preset_name} on {runtime.device}, labeler {config.labeler}, "
                f"output {config.out}")
-    executor = make_executor(settings, worker=ShardWorker(config, runtime))
+    worker = ShardWorker(config, runtime)
+    executor = make_executor(settings, worker=worker)
     executor.check()
     oracle = runtime.oracle_source() if labeler.trained else None
     prepare_output(config, {"config": config.model_dump(mode="json"), **model_records(
         runtime.sd_source(), oracle, config.preset.oracle_backend, config.preset.oracle_config)},
         config.vocabulary(), (ORACLE_DIR, DATA_DIR) if oracle else (DATA_DIR,), labelling=Phase.LABEL in phases)
     with hooks.progress or nullcontext():
-        _work(config, result, runtime, executor, hooks)
+        _work(config, result, worker, executor, hooks)
     if result.labels is not None:  # phase C ran
         _write_card_and_index(config)
 
 
-def _work(config: RunConfig, result: RunResult, runtime: Runtime, executor: Executor, hooks: RunHooks) -> None:
+def _work(config: RunConfig, result: RunResult, worker: ShardWorker, executor: Executor, hooks: RunHooks) -> None:
     """The phases' model work, with the progress bars shown."""
+    runtime = worker.runtime
     phases, labeler = result.phases, config.labeler_class()
     if Phase.ORACLE in phases:
         report = run_shard_phase(config, Phase.ORACLE, executor, hooks.progress)
@@ -157,8 +159,7 @@ def _work(config: RunConfig, result: RunResult, runtime: Runtime, executor: Exec
     if Phase.LABEL not in phases:
         return
     checkpoint = training_record(config.out) if labeler.trained else None
-    result.labels = record_labeller(config, labeler.name, labeler.trained, runtime.labeler.describe(),
-                                    checkpoint)  # before any shard: a kill keeps it
+    result.labels = record_labeller(config, worker.labeler.provenance(), checkpoint)  # before any shard: kept
     if result.labels["zero_shot"] is False:
         hooks.warn(f"labels of {config.out}: {NOT_ZERO_SHOT}")
     report = run_shard_phase(config, Phase.LABEL, executor, hooks.progress)

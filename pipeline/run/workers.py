@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from pipeline.config import RunConfig
 from pipeline.dataset.layout import Phase
@@ -24,7 +25,7 @@ from pipeline.dataset.shards import write_shard
 from pipeline.run import faults
 from pipeline.runtime import Runtime
 from stages.label import ClassMask, missing_classes
-from stages.labelers import Request, sample
+from stages.labelers import Labeler, Request, labeler_class, sample
 from stages.prompts import PromptSpec, prompt_specs
 
 ProgressFn = Callable[[int], None]
@@ -58,6 +59,12 @@ class ShardWorker:
         self.runtime = runtime or Runtime(config)
         self.vocab = config.vocabulary()
 
+    @cached_property
+    def labeler(self) -> Labeler:
+        """This worker's labeler (its config's ``labeler``) on the runtime's models, loaded on first use (after
+        phase B, for one that labels with the trained checkpoint)."""
+        return labeler_class(self.config.labeler).load(self.runtime)
+
     def specs(self, task: ShardTask) -> list[PromptSpec]:
         classes = self.vocab.seen if task.phase is Phase.ORACLE else self.vocab.classes
         return prompt_specs(self.vocab, classes, task.phase, self.config.seed, task.indices,
@@ -74,7 +81,7 @@ class ShardWorker:
         if phase is Phase.ORACLE:
             rt.oracle
         else:
-            rt.labeler
+            self.labeler
 
     def compute(self, task: ShardTask, on_samples: ProgressFn | None = None) -> ShardResult:
         """The model work of one shard, batch by batch; ``on_samples`` hears of each finished batch."""
@@ -153,7 +160,7 @@ class ShardWorker:
 
     def _label_batch(self, batch: list[PromptSpec]) -> list:
         """Phase C: one sampling pass, labelled by the run's labeler; filtered samples are failures."""
-        labeler = self.runtime.labeler
+        labeler = self.labeler
         requests = [Request.of(spec, self.vocab) for spec in batch]
         sampled = sample(self.runtime.diffusion, [labeler], batch, [r.prompt_names for r in requests])
         gen, settings = sampled.generation, labeler.sample_settings()

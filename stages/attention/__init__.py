@@ -1,1 +1,2 @@
-"""The attention labeler: masks from the UNet's cross-attention maps, with no detector and no training."""
+"""The attention labeler's machinery: its settings, the recording processors and maps to masks
+(the labeler itself: ``stages.labelers.attention``)."""

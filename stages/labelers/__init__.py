@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stages.attention.labeler import AttentionLabeler
 from stages.errors import DatagenError
+from stages.labelers.attention import AttentionLabeler
 from stages.labelers.base import Labeler, LabelerModels, Request, Sampled, sample
 from stages.labelers.consensus import ConsensusLabeler
 from stages.labelers.grounding import GroundingLabeler

@@ -88,10 +88,16 @@ class Labeler(ABC):
         """Settings written into every sample's json (``labeler_settings``), or None."""
         return None
 
-    @staticmethod
-    def card_details(description: dict | None) -> str:
-        """The card's labeler row, after the name, from ``describe()`` as the manifest keeps it."""
+    def card_details(self) -> str:
+        """What the dataset card says of the labeler after its name."""
         return ""
+
+    def provenance(self) -> dict:
+        """What a dataset's manifest keeps of the labeler that labelled it (its ``labels``), the card's text
+        included, so that reading a dataset needs no labeler code."""
+        details = self.describe()
+        return {"labeler": self.name, "trained": self.trained, **({"details": details} if details is not None else {}),
+                "card": {"opening": self.card_opening, "details": self.card_details()}}
 
 
 def sample(diffusion: Diffusion, labelers: list[Labeler], specs: list[PromptSpec],

@@ -7,8 +7,8 @@ uncertain pixels; no paper combines the two labelers."""
 
 from __future__ import annotations
 
-from stages.attention.labeler import AttentionLabeler
 from stages.label import ClassMask, SampleLabels
+from stages.labelers.attention import AttentionLabeler
 from stages.labelers.base import Labeler, LabelerModels, Request, Sampled
 from stages.labelers.grounding import GroundingLabeler
 
@@ -55,7 +55,5 @@ ignored (255) elsewhere."""
     def sample_settings(self) -> dict:
         return {"attention": self.attention.sample_settings()}
 
-    @staticmethod
-    def card_details(description: dict | None) -> str:
-        return f"the grounding module and attention maps agreeing; attention " \
-               f"{AttentionLabeler.card_details((description or {}).get('attention'))}"
+    def card_details(self) -> str:
+        return f"the grounding module and attention maps agreeing; attention {self.attention.card_details()}"

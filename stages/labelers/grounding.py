@@ -26,8 +26,7 @@ masks, or annotated images), which also labels the unseen ones."""
     def load(cls, models: LabelerModels) -> GroundingLabeler:
         return cls(models.grounding, models.class_text, models.text_template, models.device)
 
-    @staticmethod
-    def card_details(description: dict | None) -> str:
+    def card_details(self) -> str:
         return "the grounding module"
 
     def probabilities(self, sampled: Sampled, requests: list[Request]) -> torch.Tensor:

@@ -65,3 +65,10 @@ def test_the_command_line_finds_the_api_s_dataset_complete(consensus_run, datage
     rerun = datagen("run", "--vocab", "voc", "--models", "tiny", "--n", "6", "--shard-size", "3", "--batch-size", "3",
                     "--bootstrap-n", "4", "--train-steps", "3", "--seed", "2", "--labeler", "consensus", "--out", out)
     assert rerun.returncode == 0 and "dataset is complete" in rerun.stderr
+
+
+@pytest.mark.parametrize("module", ["stages.labelers.attention", "stages.labelers.grounding",
+                                    "stages.labelers.consensus", "stages.labelers.base", "pipeline.run.api"])
+def test_each_labeler_module_imports_first_in_a_fresh_interpreter(module):
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

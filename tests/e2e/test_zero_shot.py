@@ -73,21 +73,24 @@ def test_unseen_pixels_are_ignored_and_never_targets_unless_asked(real, voc):
     assert load_annotated(_with(real, {SHEEP})[0], voc, 64, train_on_unseen=True)["names"] == ["sheep"]
 
 
+GROUNDING = {"labeler": "grounding", "trained": True}
+
+
 def test_a_record_that_does_not_say_is_unknown_and_mixed_labellers_are_not_zero_shot():
     assert checkpoint_zero_shot({"source": "annotated"}) is None and checkpoint_zero_shot(None) is None
     assert checkpoint_zero_shot({"source": "oracle", "zero_shot": True}) is True
-    tainted = labels_entry(None, "grounding", True, None, {"source": "annotated", "zero_shot": False}, has_shards=False)
+    tainted = labels_entry(None, GROUNDING, {"source": "annotated", "zero_shot": False}, has_shards=False)
     assert tainted["zero_shot"] is False
     clean = {"source": "oracle", "zero_shot": True}
-    assert labels_entry(tainted, "grounding", True, None, clean, has_shards=True)["zero_shot"] is False  # kept
-    assert labels_entry(tainted, "grounding", True, None, clean, has_shards=False) == \
-        {"labeler": "grounding", "zero_shot": True, "grounding": [clean]}
+    assert labels_entry(tainted, GROUNDING, clean, has_shards=True)["zero_shot"] is False  # its shards remain
+    assert labels_entry(tainted, GROUNDING, clean, has_shards=False) == GROUNDING | {"zero_shot": True,
+                                                                                     "grounding": [clean]}
 
 
 def test_a_labeler_that_trains_nothing_is_zero_shot_whatever_the_checkpoint():
-    details = {"settings": {"threshold": 0.6}}
-    entry = labels_entry(None, "attention", False, details, {"source": "annotated", "zero_shot": False}, True)
-    assert entry == {"labeler": "attention", "zero_shot": True, "details": details}
+    attention = {"labeler": "attention", "trained": False, "details": {"settings": {"threshold": 0.6}}}
+    entry = labels_entry(None, attention, {"source": "annotated", "zero_shot": False}, has_shards=True)
+    assert entry == attention | {"zero_shot": True}
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from pipeline.config import ConfigError, load_preset
-from stages.attention.labeler import AttentionLabeler
 from stages.attention.maps import attention_masks, class_token_positions, otsu_threshold
 from stages.attention.record import AttentionRecorder, AttentionRecordingError, RecordingProcessor
 from stages.attention.settings import AttentionSettings, SelfAttentionRefinement
 from stages.generate import Diffusion
+from stages.labelers.attention import AttentionLabeler
 from stages.prompts import PromptSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")

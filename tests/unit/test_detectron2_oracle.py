@@ -16,7 +16,7 @@ from detectron2_fixtures import MODEL_ZOO_CONFIG, needs_detectron2, random_check
 from pipeline.cli.options import run_config
 from pipeline.config import CONFIG_DIR, ConfigError, RunConfig, load_preset, resolve_vocabulary
 from pipeline.runtime import Runtime
-from stages.attention.labeler import AttentionLabeler
+from stages.labelers.attention import AttentionLabeler
 from stages.oracle import (
     COCO_DETECTOR_CATEGORIES,
     OracleBackendError,

@@ -103,13 +103,10 @@ it sampled the image (no detector, no training; the settings and their published
     def sample_settings(self) -> dict:
         return self.settings.to_dict() | {"timesteps": self.timesteps}
 
-    @staticmethod
-    def card_details(description: dict | None) -> str:
-        description = description or {}
-        return (f"settings `{json.dumps(description.get('settings'), sort_keys=True)}`; "
-                f"{len(description.get('cross_attention_layers', []))} cross-attention and "
-                f"{len(description.get('self_attention_layers', []))} self-attention layers recorded at timesteps "
-                f"{description.get('timesteps')}")
+    def card_details(self) -> str:
+        return (f"settings `{json.dumps(self.settings.to_dict(), sort_keys=True)}`; {len(self.cross_layers)} "
+                f"cross-attention and {len(self.self_layers)} self-attention layers recorded at timesteps "
+                f"{self.timesteps}")
 
     def masks(self, maps: torch.Tensor, class_ids: list[int], names: list[str]) -> SampleLabels:
         """Disjoint class masks (and the uncertain pixels) from one sample's maps."""
