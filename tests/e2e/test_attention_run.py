@@ -69,3 +69,10 @@ def test_an_unknown_labeler_is_a_config_error_before_anything_is_written(tmp_pat
     result = CliRunner().invoke(app, ["run", *ARGS[:-1], "clip", "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, ConfigError) and str(result.exception).startswith("--labeler: ")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "train"])
+def test_phase_a_or_b_for_a_labeler_that_trains_nothing_is_refused_before_anything_is_written(command, tmp_path):
+    result = CliRunner().invoke(app, [command, *ARGS, "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, ConfigError) and "needs no phase A or B" in str(result.exception)
+    assert not (tmp_path / "x").exists()
