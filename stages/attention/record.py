@@ -11,12 +11,15 @@ over heads. Each sample's probabilities come from its own queries and keys only,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from stages.errors import DatagenError
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 
 class AttentionRecordingError(DatagenError, ValueError):
@@ -54,6 +57,8 @@ def _block_resolutions(unet) -> dict[str, int]:
 
 def attention_layers(unet) -> list[AttentionLayer]:
     """Every attention layer of a ``UNet2DConditionModel``, with its part and resolution."""
+    from diffusers.models.attention_processor import Attention  # here: the labeler registry loads without diffusers
+
     sides = _block_resolutions(unet)
     layers = []
     for name, module in unet.named_modules():
@@ -89,6 +94,8 @@ class RecordingProcessor:
     computes the layer's output with diffusers' fused ``AttnProcessor2_0``."""
 
     def __init__(self, recorder: AttentionRecorder, layer: AttentionLayer):
+        from diffusers.models.attention_processor import AttnProcessor2_0  # as in attention_layers
+
         self.recorder, self.layer = recorder, layer
         self.fused = AttnProcessor2_0()
 

@@ -81,7 +81,8 @@ class Labeler(ABC):
         """Each sample's disjoint class masks (and pixels to ignore) for the classes of its request."""
 
     def describe(self) -> dict | None:
-        """What labelled a dataset beyond the checkpoint (settings, recorded layers): manifest and card."""
+        """What labelled a dataset beyond the checkpoint (settings, recorded layers): the manifest's and
+        Protocol I's ``details``."""
         return None
 
     def sample_settings(self) -> dict | None:
