@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from pipeline.config import ConfigError, Preset, RunConfig, one_line, resolve_vocabulary
+from pipeline.config import ConfigError, Preset, RunConfig, resolve_vocabulary
 from pipeline.dataset.atomic import build_folder_once
 from stages.weights import WeightsMissingError
 from testbed.random_presets import build_random_preset, random_preset_name
@@ -28,15 +26,12 @@ def tiny_preset_dir(cache_dir: Path, seed: int, image_size: int) -> Path:
 
 
 def world_spec(preset: Preset, preset_name: str) -> WorldSpec:
-    """The preset's ``world:`` section as the testbed's WorldSpec; ConfigError, one line naming the
-    preset and the key, when it is missing or wrong."""
+    """The preset's ``world:`` section (checked by ``load_preset``) as the testbed's WorldSpec; ConfigError,
+    one line naming the preset, when it has none."""
     if preset.world is None:
         raise ConfigError(f"model preset '{preset_name}': it uses `world` models but has no `world:` section "
                           "(see configs/presets/world.yaml)")
-    try:
-        return WorldSpec(**preset.world)
-    except ValidationError as err:
-        raise one_line(err, lambda where: f"model preset '{preset_name}': world.{where}") from err
+    return WorldSpec(**preset.world)
 
 
 def world_folder(cache_dir: Path, spec: WorldSpec) -> Path:

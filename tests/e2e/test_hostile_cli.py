@@ -143,6 +143,7 @@ def test_a_preset_that_cannot_run_is_refused_before_the_output_folder_is_claimed
     (["--out", "gs://bucket/out"], "--out: gs://bucket/out: gs:// needs a package that is not installed"),  # gcsfs
     (["--vocab", "VOCAB"], "vocabulary VOCAB holds a list, not a mapping"),
     (["--models", "VOCAB"], "model preset VOCAB holds a list, not a mapping"),
+    (["--labeler", "clip"], "--labeler: 'clip' is not one of grounding, attention, consensus"),
 ])
 def test_run_refuses_what_it_cannot_use_with_one_line(datagen, tmp_path, args, message):
     vocab = tmp_path / "list.yaml"

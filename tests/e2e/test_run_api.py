@@ -2,8 +2,11 @@
 validates, whose samples keep their agreement rate, and that the `datagen` command then finds complete."""
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +75,13 @@ def test_the_command_line_finds_the_api_s_dataset_complete(consensus_run, datage
 def test_each_labeler_module_imports_first_in_a_fresh_interpreter(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_readme_s_python_api_snippet_makes_its_dataset(tmp_path, cache_dir):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "make_dataset" in block)
+    script = snippet + "\nassert result.ok and result.summary['written'] >= 1, result.summary\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"DATAGEN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "api" / "README.md").is_file()
