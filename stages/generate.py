@@ -163,16 +163,17 @@ class Diffusion:
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
     @torch.inference_mode()
-    def features_from_latent(self, latents: torch.Tensor, timestep: int,
-                             prompts: list[str]) -> dict[int, torch.Tensor]:
-        """The capture-step features of stored latents: one guided UNet pass, no sampling."""
+    def features_from_latent(self, latents: torch.Tensor, timestep: int, prompts: list[str],
+                             capture_features: bool = True) -> dict[int, torch.Tensor] | None:
+        """The capture-step features of stored latents: one guided UNet pass, no sampling (the pass alone,
+        features None, when not ``capture_features``: what an attention recorder around it records)."""
         embeddings = self.encode_prompts(prompts)
-        self.capture.armed = True
+        self.capture.armed = capture_features
         try:
             self._guided_eps(latents.to(self.device), timestep, embeddings, self.guidance)  # the output is unused
         finally:
             self.capture.armed = False
-        return self.capture.take()
+        return self.capture.take() if capture_features else None
 
     @torch.inference_mode()
     def latents_from_images(self, images: torch.Tensor, timestep: int, seeds: list[int]) -> torch.Tensor:

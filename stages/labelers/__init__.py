@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from stages.errors import DatagenError
 from stages.labelers.attention import AttentionLabeler
-from stages.labelers.base import Labeler, LabelerModels, Request, Sampled, sample
+from stages.labelers.base import Labeler, LabelerModels, Request, Sampled, invert, sample
 from stages.labelers.consensus import ConsensusLabeler
 from stages.labelers.grounding import GroundingLabeler
 
-__all__ = ["LABELERS", "Labeler", "LabelerModels", "Request", "Sampled", "labeler_class", "sample"]
+__all__ = ["LABELERS", "Labeler", "LabelerModels", "Request", "Sampled", "invert", "labeler_class", "sample"]
 
 LABELERS: dict[str, type[Labeler]] = {labeler.name: labeler for labeler in (
     GroundingLabeler,

@@ -86,19 +86,36 @@ it sampled the image (no detector, no training; the settings and their published
                  capture_features: bool = False) -> tuple[Generation, list[torch.Tensor]]:
         """Sample ``specs`` while recording; the generation and, per sample, its (K, H, W) class maps
         in [0, 1] for the K names of ``prompt_names`` (each class as its prompt writes it)."""
-        tokenizer = self.diffusion.pipe.tokenizer
-        positions = [class_token_positions(tokenizer, s.prompt, names) for s, names in zip(specs, prompt_names)]
-        unet = self.diffusion.pipe.unet
-        with AttentionRecorder(unet, self.cross_layers + self.self_layers, set(self.timesteps)) as recorder:
+        positions = self._positions([s.prompt for s in specs], prompt_names)
+        with self._recording(self.timesteps) as recorder:
             gen = self.diffusion.generate(specs, capture_features=capture_features)
+        return gen, self._maps(recorder, positions, gen.images.shape[1])
+
+    def invert(self, latents: torch.Tensor, timestep: int, prompts: list[str], prompt_names: list[list[str]],
+               size: int, capture_features: bool) -> tuple[dict[int, torch.Tensor] | None, list[torch.Tensor]]:
+        """Record the one UNet pass of ``Diffusion.features_from_latent`` on ``latents`` at ``timestep`` (the
+        maps of that step, whatever ``attention.steps`` selects while sampling); its features (or None) and,
+        per sample, its (K, size, size) class maps as ``generate`` gives them."""
+        positions = self._positions(prompts, prompt_names)
+        with self._recording([timestep]) as recorder:
+            features = self.diffusion.features_from_latent(latents, timestep, prompts, capture_features)
+        return features, self._maps(recorder, positions, size)
+
+    def _recording(self, timesteps: list[int]) -> AttentionRecorder:
+        return AttentionRecorder(self.diffusion.pipe.unet, self.cross_layers + self.self_layers, set(timesteps))
+
+    def _positions(self, prompts: list[str], prompt_names: list[list[str]]) -> list[list[list[int]]]:
+        """Each class's token positions in its prompt: a name the prompt lacks is refused before the UNet runs."""
+        tokenizer = self.diffusion.pipe.tokenizer
+        return [class_token_positions(tokenizer, p, names) for p, names in zip(prompts, prompt_names)]
+
+    def _maps(self, recorder: AttentionRecorder, positions: list[list[list[int]]], size: int) -> list[torch.Tensor]:
         with torch.inference_mode():
             recorded = recorder.take(self.resolution)
-            size = gen.images.shape[1]
             power = self.settings.refine.power if self.settings.refine else 1
-            maps = [class_maps(recorded.cross[b], positions[b], size,
+            return [class_maps(recorded.cross[b], positions[b], size,
                                None if recorded.affinity is None else recorded.affinity[b], power).cpu()
-                    for b in range(len(specs))]
-        return gen, maps
+                    for b in range(len(positions))]
 
     def sample_settings(self) -> dict:
         return self.settings.to_dict() | {"timesteps": self.timesteps}

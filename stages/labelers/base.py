@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+import numpy as np
 import torch
 
 from stages.attention.settings import AttentionSettings
@@ -110,3 +111,19 @@ def sample(diffusion: Diffusion, labelers: list[Labeler], specs: list[PromptSpec
         return Sampled(diffusion.generate(specs, capture_features=features), None)
     generation, maps = recorder.generate(specs, prompt_names, capture_features=features)
     return Sampled(generation, maps)
+
+
+def invert(diffusion: Diffusion, labelers: list[Labeler], images: np.ndarray, latents: torch.Tensor, timestep: int,
+           prompts: list[str], prompt_names: list[list[str]]) -> Sampled:
+    """What ``sample`` gives the labelers, for images that were not sampled (annotated ones): ``latents`` is
+    their x_t at ``timestep`` (``Diffusion.latents_from_images``), and one UNet pass there records what every
+    labeler reads, through the same capture and recorder as sampling."""
+    features = any(labeler.needs_features for labeler in labelers)
+    recorder = next((labeler.recorder for labeler in labelers if labeler.recorder is not None), None)
+    if recorder is None:
+        captured, maps = diffusion.features_from_latent(latents, timestep, prompts, features), None
+    else:
+        captured, maps = recorder.invert(latents, timestep, prompts, prompt_names, images.shape[1], features)
+    finite = torch.isfinite(latents).flatten(1).all(1).cpu().numpy()
+    return Sampled(Generation(images=images, latents=latents.float().cpu(), timestep=timestep, features=captured,
+                              finite=finite), maps)
