@@ -94,7 +94,7 @@ def eval_grounding(
     print(json.dumps(report))
 
 
-def _fmt(value: float | None) -> str:
+def fmt_score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
@@ -112,10 +112,21 @@ def protocol1_table(report: dict) -> Table:
     table.add_column("pairs", justify="right")
     table.add_column("oracle missed", justify="right")
     for c in report["classes"]:
-        table.add_row(c["name"], c["split"], *(_fmt(c["iou"][labeler]) for labeler in labelers), str(c["pairs"]),
+        table.add_row(c["name"], c["split"], *(fmt_score(c["iou"][labeler]) for labeler in labelers), str(c["pairs"]),
                       str(c["oracle_missed"]))
     for split in ("seen", "unseen"):
         label = f"mIoU {split}" + (" (NOT zero-shot)" if split == "unseen" and zero_shot is False else "")
-        table.add_row(f"[bold]{label}[/]", "", *(f"[bold]{_fmt(scores[labeler][f'miou_{split}'])}[/]"
+        table.add_row(f"[bold]{label}[/]", "", *(f"[bold]{fmt_score(scores[labeler][f'miou_{split}'])}[/]"
                                                  for labeler in labelers), "", "")
+    add_group_rows(table, report, "prompts", 2)
     return table
+
+
+def add_group_rows(table: Table, report: dict, what: str, trailing: int) -> None:
+    """Rows of each labeler's mIoU seen / unseen on one-class and on multi-class images (``by_classes``)."""
+    for group, label in (("one_class", "one-class"), ("multi_class", "multi-class")):
+        entry = report["by_classes"][group]
+        pairs = (entry["scores"][name] for name in report["labelers"])
+        table.add_row(f"mIoU seen / unseen, {label} {what} ({entry['images']})", "",
+                      *(f"{fmt_score(s['miou_seen'])} / {fmt_score(s['miou_unseen'])}" for s in pairs),
+                      *[""] * trailing)

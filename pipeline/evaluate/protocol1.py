@@ -5,7 +5,8 @@ than the training and labelling phases); every image is labelled by the Mask R-C
 knows all classes) and by each labeler asked for, all from one sampling pass that records what each
 reads. Per labeler and class, IoU = summed intersection / summed union over the (image, class) pairs
 where the oracle found the class; mIoU is the mean over the seen classes and over the unseen classes.
-Pixels a labeler ignores (255 in its dataset) count as not the class.
+Pixels a labeler ignores (255 in its dataset) count as not the class. The one-class and two-class
+prompts are also scored apart (``pipeline.evaluate.scores``).
 
 An unseen mIoU is zero-shot only if the labeler never had an unseen class as a target: the grounding
 checkpoint says whether it had (``pipeline.dataset.zero_shot``); a labeler that needs no training had
@@ -23,8 +24,8 @@ import numpy as np
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.checkpoint import training_record
 from pipeline.dataset.zero_shot import checkpoint_zero_shot, combine, describe
+from pipeline.evaluate.scores import GroupedIoU
 from pipeline.runtime import Runtime
-from stages.grounding.metrics import IoU
 from stages.labelers import LABELERS, Labeler, Request, sample
 from stages.prompts import prompt_specs
 
@@ -32,7 +33,7 @@ PHASE = "holdout"
 ALL = "all"  # --labeler all: every registered labeler
 
 
-def _labeler_summary(labeler: Labeler, config: RunConfig) -> dict:
+def labeler_summary(labeler: Labeler, config: RunConfig) -> dict:
     """A labeler's zero-shot status and what it is (the checkpoint's training, its own description)."""
     details = {"details": labeler.describe()} if labeler.describe() is not None else {}
     if not labeler.trained:
@@ -50,7 +51,7 @@ def evaluate_labelers(config: RunConfig, runtime: Runtime, n: int, labelers: tup
     vocab = config.vocabulary()
     labeling = runtime.labelers(labelers)
     specs = prompt_specs(vocab, vocab.classes, PHASE, config.seed, range(n), config.pair_fraction)
-    iou, pairs, missed = {name: IoU() for name in labelers}, Counter(), Counter()
+    scored, pairs, missed = GroupedIoU(labelers), Counter(), Counter()
     started = time.time()
     batch_size = config.preset.batch_size
     for start in range(0, n, batch_size):
@@ -64,6 +65,7 @@ def evaluate_labelers(config: RunConfig, runtime: Runtime, n: int, labelers: tup
         for b, spec in enumerate(batch):
             if not gen.finite[b]:
                 continue
+            group = scored.image(len(spec.classes))
             for name in spec.classes:
                 detection = oracle[b][name]
                 if detection is None:
@@ -71,20 +73,21 @@ def evaluate_labelers(config: RunConfig, runtime: Runtime, n: int, labelers: tup
                     continue
                 pairs[name] += 1
                 for labeler in labelers:
-                    iou[labeler].add(name, predicted[labeler][b].get(name, np.zeros_like(detection.mask)),
-                                     detection.mask)
+                    scored.add(labeler, group, name,
+                               predicted[labeler][b].get(name, np.zeros_like(detection.mask)), detection.mask)
         if on_batch:
             on_batch(len(batch))
     seen = [c.name for c in vocab.seen]
     unseen = [c.name for c in vocab.unseen]
+    iou = scored.overall
     per_class = {labeler: iou[labeler].per_class() for labeler in labelers}
     scores = {labeler.name: {"miou_seen": iou[labeler.name].mean(seen), "miou_unseen": iou[labeler.name].mean(unseen),
-                             **_labeler_summary(labeler, config)} for labeler in labeling}
+                             **labeler_summary(labeler, config)} for labeler in labeling}
     zero_shot = combine(s["zero_shot"] for s in scores.values())
     return {
         "protocol": "I", "images": n, "preset": config.preset_name, "seed": config.seed,
         "labelers": list(labelers), "zero_shot": zero_shot, "zero_shot_note": describe(zero_shot),
-        "scores": scores,
+        "scores": scores, "by_classes": scored.by_group(seen, unseen),
         "classes": [{"name": c.name, "split": "seen" if c.seen else "unseen",
                      "iou": {labeler: per_class[labeler].get(c.name) for labeler in labelers},
                      "pairs": pairs[c.name], "oracle_missed": missed[c.name]} for c in vocab.classes],
