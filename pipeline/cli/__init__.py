@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import run, inspect, grounding, zs3, world  # noqa: F401  # isort: skip - each registers its commands, in help order
+from pipeline.cli import run, inspect, grounding, labels, zs3, world  # noqa: F401  # isort: skip - each registers its commands, in help order
 from pipeline.cli import config_show  # noqa: F401  # isort: skip - registers `datagen config`
 from pipeline.cli.app import app, console
 from stages.errors import DatagenError

@@ -28,7 +28,8 @@ from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
 
-def _resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:
+def resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:
+    """Shorter side to ``size``, then the centred ``size`` x ``size`` square."""
     w, h = img.size
     scale = size / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
@@ -52,8 +53,8 @@ def load_annotated(item: VocImage, vocab: Vocabulary, size: int, train_on_unseen
     ignored = frozenset() if train_on_unseen else frozenset(c.id for c in vocab.unseen)
     table = label_table(names, vocab, source, ignored)
     image, mask = read_pair(item)
-    image = _resize_crop(Image.fromarray(image), size, Image.BICUBIC)
-    raw = _resize_crop(Image.fromarray(mask), size, Image.NEAREST)
+    image = resize_crop(Image.fromarray(image), size, Image.BICUBIC)
+    raw = resize_crop(Image.fromarray(mask), size, Image.NEAREST)
     if unnamed := sorted(set(np.unique(raw).tolist()) - set(names) - {IGNORE_INDEX}):
         raise DataError(f"{item.mask} holds class index {unnamed[-1]} but the vocabulary '{vocab.name}' has "
                         f"{len(vocab.classes)} classes and {source} names no class {unnamed[-1]}")
