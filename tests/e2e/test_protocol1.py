@@ -42,6 +42,9 @@ def test_eval_grounding_reports_seen_and_unseen_miou_of_every_labeler_in_one_tab
     assert {c["split"] for c in report["classes"] if c["name"] in ("sheep", "sofa", "train")} == {"unseen"}
     prompted = sum(c["pairs"] + c["oracle_missed"] for c in report["classes"])
     assert 8 <= prompted <= 16  # one or two classes per image
+    groups = report["by_classes"]
+    assert groups["one_class"]["images"] + 2 * groups["multi_class"]["images"] == prompted
+    assert groups["one_class"]["images"] + groups["multi_class"]["images"] == 8
     scored = [c for c in report["classes"] if c["pairs"]]
     assert scored
     for labeler in ("grounding", "attention", "consensus"):
