@@ -75,9 +75,10 @@ def real_images(root: Path, fmt: str, split: str | None, vocab: Vocabulary, size
     return real_split(root, fmt, split or DEFAULT_SPLITS[fmt][1], vocab, crop)
 
 
-def _absent(vocab: Vocabulary, shown: list[ClassInfo], rng: np.random.Generator) -> ClassInfo:
+def _absent(vocab: Vocabulary, shown: list[ClassInfo], rng: np.random.Generator) -> list[ClassInfo]:
+    """One class the image does not show, drawn by ``rng``; none when it shows every class."""
     others = [c for c in vocab.classes if c not in shown]
-    return others[int(rng.integers(len(others)))]
+    return [others[int(rng.integers(len(others)))]] if others else []
 
 
 def _request(classes: list[ClassInfo]) -> Request:
@@ -112,7 +113,7 @@ def evaluate_labels(config: RunConfig, runtime: Runtime, real: RealSegmentation,
             pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
             latents = diffusion.latents_from_images(pixels, timestep, [b[3] for b in batch])
             requests = [_request(b[2]) for b in batch]
-            asked = [_request([*b[2], b[4]]) for b in batch]
+            asked = [_request([*b[2], *b[4]]) for b in batch]
             passes = [invert(diffusion, labeling, images, latents, timestep,
                              [prompt_for(vocab, r.prompt_names) for r in rs], [r.prompt_names for r in rs])
                       for rs in (requests, asked)]
@@ -129,9 +130,10 @@ def evaluate_labels(config: RunConfig, runtime: Runtime, real: RealSegmentation,
                     for c in shown:
                         predicted = masks.get(c.name, np.zeros_like(valid))
                         scored.add(name, group, c.name, predicted & valid, (truth == c.id) & valid)
-                    given = next((m.mask for m in with_absent[b].masks if m.name == absent.name), None)
-                    absent_share[name].append(0.0 if given is None else
-                                              float((given & valid).sum() / max(1, valid.sum())))
+                    for c in absent:
+                        given = next((m.mask for m in with_absent[b].masks if m.name == c.name), None)
+                        absent_share[name].append(0.0 if given is None else
+                                                  float((given & valid).sum() / max(1, valid.sum())))
         if on_batch:
             on_batch(len(indices))
     seen, unseen = [c.name for c in vocab.seen], [c.name for c in vocab.unseen]
