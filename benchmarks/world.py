@@ -1,8 +1,9 @@
 """The proof on a miniature world: build (or reuse) the world, run the unchanged datagen commands on it
 and print one table: the oracle on rendered ground truth, how often it finds the prompted class in
 generated images, Protocol I seen / unseen mIoU of every labeler (grounding, attention, consensus) on the same
-test images, ZS3 seen / unseen / hIoU for `real-seen` and `real-seen+synthetic`, and the CPU minutes
-of each step.
+test images, every labeler against the rendered truth of the validation scenes (`eval labels`: seen /
+unseen mIoU, one- vs multi-class scenes, absent-class pixels), ZS3 seen / unseen / hIoU for `real-seen`
+and `real-seen+synthetic`, and the CPU minutes of each step.
 
     python benchmarks/world.py --out runs/bench-world
 """
@@ -65,6 +66,8 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
                      "--labeler", "all")
     real = write_scene_dataset(out / "real", [c.name for c in vocab.classes], real_train, real_val,
                                load_preset(models).image_size, seed=seed + 1000)
+    labels = step("eval labels", "eval", "labels", "--real", str(real), "--vocab", vocab_name, "--models", models,
+                  "--out", str(dataset), "--seed", str(seed), "--device", "cpu", "--labeler", "all")
     zs3 = {}
     for mode in ("real-seen", "real-seen+synthetic"):
         extra = ("--synthetic", str(dataset)) if "synthetic" in mode else ()
@@ -87,10 +90,20 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
         "protocol1": {labeler: {"miou_seen": scores["miou_seen"], "miou_unseen": scores["miou_unseen"],
                                 "per_class": {c["name"]: c["iou"][labeler] for c in protocol1["classes"]}}
                       for labeler, scores in protocol1["scores"].items()},
+        "labels": _labels_vs_truth(labels),
         "zs3": {mode: {k: m[k] for k in ("miou_seen", "miou_unseen", "hiou")} for mode, m in zs3.items()},
         "times": times, "n": n, "eval_n": eval_n, "real_train": real_train, "real_val": real_val,
         "zs3_steps": zs3_steps, "models": models,
     }
+
+
+def _labels_vs_truth(report: dict) -> dict:
+    """Per labeler, from `eval labels`: mIoU seen / unseen, absent-class pixels, and mIoU seen / unseen on
+    one-class and on multi-class scenes."""
+    groups = report["by_classes"]
+    return {name: {**{k: s[k] for k in ("miou_seen", "miou_unseen", "absent_pixels")},
+                   **{group: groups[group]["scores"][name] for group in groups}}
+            for name, s in report["scores"].items()}
 
 
 def _fmt(value) -> str:
@@ -113,6 +126,14 @@ def table(report: dict) -> Table:
     for labeler, scores in report["protocol1"].items():
         t.add_row(f"Protocol I mIoU seen / unseen ({labeler} vs oracle)",
                   f"{_fmt(scores['miou_seen'])} / {_fmt(scores['miou_unseen'])}")
+    for labeler, scores in report["labels"].items():
+        t.add_row(f"labels vs truth, seen / unseen ({labeler})",
+                  f"{_fmt(scores['miou_seen'])} / {_fmt(scores['miou_unseen'])}")
+        one, multi = scores["one_class"], scores["multi_class"]
+        t.add_row(f"labels vs truth, seen / unseen: one-class | two-class scenes ({labeler})",
+                  f"{_fmt(one['miou_seen'])} / {_fmt(one['miou_unseen'])} | "
+                  f"{_fmt(multi['miou_seen'])} / {_fmt(multi['miou_unseen'])}")
+        t.add_row(f"absent-class pixels ({labeler})", _fmt(scores["absent_pixels"]))
     for mode, m in report["zs3"].items():
         t.add_row(f"ZS3 {mode}: seen / unseen / hIoU",
                   f"{_fmt(m['miou_seen'])} / {_fmt(m['miou_unseen'])} / {_fmt(m['hiou'])}")

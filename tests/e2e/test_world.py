@@ -109,7 +109,7 @@ def test_scenes_do_not_tell_the_class_by_colour():
 
 def test_bench_world_runs_datagen_on_the_world(world, tmp_path):
     """`make bench-world` at its smallest size on the reduced world: the unchanged `datagen run`, `eval
-    grounding` and `eval zs3` (both modes) run on it and the table's numbers come back."""
+    grounding`, `eval labels` and `eval zs3` (both modes) run on it and the table's numbers come back."""
     preset, _, _ = world
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -126,8 +126,11 @@ def test_bench_world_runs_datagen_on_the_world(world, tmp_path):
     assert set(report["zs3"]) == {"real-seen", "real-seen+synthetic"}
     for metrics in report["zs3"].values():
         assert 0 <= metrics["miou_seen"] <= 1, metrics
-    assert set(report["times"]) == {"world build", "run (A+B+C)", "eval grounding", "eval zs3 real-seen",
-                                    "eval zs3 real-seen+synthetic"}
+    assert set(report["labels"]) == {"grounding", "attention", "consensus"}
+    for scores in report["labels"].values():
+        assert 0 <= scores["absent_pixels"] <= 1 and set(scores) >= {"miou_seen", "one_class", "multi_class"}
+    assert set(report["times"]) == {"world build", "run (A+B+C)", "eval grounding", "eval labels",
+                                    "eval zs3 real-seen", "eval zs3 real-seen+synthetic"}
 
 
 def test_world_preset_without_its_section_is_a_config_error(tmp_path):
