@@ -24,7 +24,14 @@ from testbed.random_presets import clip_tokenizer
 from testbed.toy_shapes import FORMS, draw_scene
 from testbed.toy_vae import fit_autoencoder
 from testbed.world.spec import WORLD_ARCH, WorldSpec
-from testbed.world.train import oracle_quality, pretrain_text_encoder, train_oracle, train_unet
+from testbed.world.train import (
+    oracle_quality,
+    pretrain_text_encoder,
+    text_gap,
+    top_detection_rate,
+    train_oracle,
+    train_unet,
+)
 
 REPORT = "report.json"
 SAMPLES_DIR = "samples"
@@ -111,20 +118,28 @@ def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Prog
 
     with clock("render"):
         images, masks, captions = render_scenes(vocab, spec.scenes, spec.image_size, spec.pair_fraction, spec.seed)
-        val_images, val_masks, _ = render_scenes(vocab, spec.val_scenes, spec.image_size, spec.pair_fraction,
+        val_images, val_masks, val_captions = render_scenes(vocab, spec.val_scenes, spec.image_size, spec.pair_fraction,
                                                  spec.seed + 1)
+        single_images, single_masks, _ = render_scenes(vocab, spec.val_scenes, spec.image_size, 0.0, spec.seed + 2)
+    pipe = _pipeline(spec.seed, spec.image_size)
+    with clock("vae"):
+        latents, vae_losses = _fit_vae(pipe, images, spec, step("vae", spec.vae.steps))
+        round_trips = _decode(pipe, latents)
+    vae_mse = float(np.mean((round_trips[:256].astype(np.float32) - images[:256]) ** 2) / 127.5 ** 2)
     threads = torch.get_num_threads()
     oracle_threads = max(1, threads // 2)
-    # the oracle trains in a second process meanwhile: the two loops share no data and each keeps one
-    # core busy, where one process's intra-op threads gain little on these small tensors. Leaving the
-    # block terminates that process, so a failure here does not wait for it.
+    # the oracle trains in a second process meanwhile, on the rendered scenes and their round trips
+    # through the VAE (the generated images it labels are decoded by that VAE): the two loops share no
+    # data and each keeps one core busy, where one process's intra-op threads gain little on these
+    # small tensors. Leaving the block terminates that process, so a failure here does not wait for it.
     with multiprocessing.get_context("spawn").Pool(1, _share_counter, (oracle_done,)) as pool:
-        oracle_job = pool.apply_async(_train_oracle_job, (categories, images, masks, spec, oracle_threads,
+        oracle_job = pool.apply_async(_train_oracle_job, (categories, np.concatenate([images, round_trips]),
+                                                          np.concatenate([masks, masks]), spec, oracle_threads,
                                                           folder / MASKRCNN_FILE))
         torch.set_num_threads(max(1, threads - oracle_threads))
         try:
-            losses, vae_mse = _train_generator(folder, spec, clock, images, captions,
-                                               [c.prompt_name for c in vocab.classes], step)
+            losses = _train_generator(pipe, folder, spec, clock, latents, captions,
+                                      [c.prompt_name for c in vocab.classes], step)
         finally:
             torch.set_num_threads(threads)
         while not oracle_job.ready():  # the generator is done: the oracle's bar keeps moving meanwhile
@@ -132,11 +147,20 @@ def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Prog
             if progress:
                 progress("oracle", oracle_done.value, spec.oracle.steps)
         losses["oracle"], clock.parts["oracle"] = oracle_job.get()
+    losses = {"vae": vae_losses, **losses}
     with clock("report"):
         loaded = load_maskrcnn(spec.image_size, folder / MASKRCNN_FILE, box_score_thresh=0.05)
         oracle = TorchvisionOracle(loaded, vocab, score_threshold=REPORT_SCORE_THRESHOLD, categories=categories)
         report["oracle_on_rendered"] = oracle_quality(oracle, val_images, val_masks, names)
+        truth = [names[int(m.max()) - 1] for m in single_masks]
+        report["oracle_top_is_true_class"] = {
+            "rendered": top_detection_rate(oracle, single_images, truth),
+            "round_trip": top_detection_rate(oracle, _decode(pipe, _encode(pipe, single_images)), truth)}
         report["generated"] = _sample_grids(folder, vocab, spec, oracle)
+        right = _embed(pipe, val_captions)
+        wrong = right[torch.from_numpy(np.random.default_rng(spec.seed).permutation(len(right)))]
+        report["unet_text_gap_percent"] = text_gap(pipe.unet, _encode(pipe, val_images), right, wrong,
+                                                   WORLD_ARCH["scheduler"], spec.seed)
     report["losses"] = {part: _curve(values) for part, values in losses.items()}
     report["vae_reconstruction_mse"] = vae_mse
     report["times"] = clock.parts
@@ -145,20 +169,34 @@ def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Prog
     return report
 
 
-def _train_generator(folder: Path, spec: WorldSpec, clock: _Clock, images: np.ndarray, captions: list[str],
-                     prompt_names: list[str], step) -> tuple[dict[str, list[float]], float]:
-    """Fit the VAE, pretrain the text encoder on the captions, train the UNet on the VAE's latents and
-    save the diffusers folder: (the losses of each, the VAE's reconstruction MSE on the first scenes)."""
-    pipe = _pipeline(spec.seed, spec.image_size)
+def _fit_vae(pipe, images: np.ndarray, spec: WorldSpec, on_step) -> tuple[torch.Tensor, list[float]]:
+    """Fit the VAE to the rendered scenes; (their scaled latents, the losses)."""
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with clock("vae"):
-        vae_losses = fit_autoencoder(pipe.vae, pixels, spec.vae.steps, spec.vae.batch_size, spec.vae.lr,
-                                     seed=spec.seed, on_step=step("vae", spec.vae.steps), anneal=True)
-        with torch.no_grad():
-            latents = torch.cat([pipe.vae.encode(pixels[i:i + 256]).latent_dist.mean
-                                 for i in range(0, len(pixels), 256)]) * pipe.vae.config.scaling_factor
-            recon = pipe.vae.decode(latents[:256] / pipe.vae.config.scaling_factor).sample
-        vae_mse = float(torch.nn.functional.mse_loss(recon, pixels[:256]))
+    losses = fit_autoencoder(pipe.vae, pixels, spec.vae.steps, spec.vae.batch_size, spec.vae.lr, seed=spec.seed,
+                             on_step=on_step, anneal=True)
+    return _encode(pipe, images), losses
+
+
+@torch.no_grad()
+def _encode(pipe, images: np.ndarray) -> torch.Tensor:
+    """uint8 scenes (N, H, W, 3) -> scaled VAE latents (posterior means), as the UNet is trained on."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.cat([pipe.vae.encode(pixels[i:i + 256]).latent_dist.mean
+                      for i in range(0, len(pixels), 256)]) * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def _decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Scaled latents -> uint8 images (N, H, W, 3), as generation decodes."""
+    out = torch.cat([pipe.vae.decode(latents[i:i + 256] / pipe.vae.config.scaling_factor).sample
+                     for i in range(0, len(latents), 256)])
+    return ((out / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _train_generator(pipe, folder: Path, spec: WorldSpec, clock: _Clock, latents: torch.Tensor, captions: list[str],
+                     prompt_names: list[str], step) -> dict[str, list[float]]:
+    """Pretrain the text encoder on the captions, train the UNet on the VAE's latents and save the
+    diffusers folder; the losses of each."""
     texts = ["", *sorted(set(captions))]
     with clock("text"):
         ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -172,11 +210,11 @@ def _train_generator(folder: Path, spec: WorldSpec, clock: _Clock, images: np.nd
         index = {t: i for i, t in enumerate(texts)}
         unet, unet_losses = train_unet(pipe.unet, latents, torch.tensor([index[c] for c in captions]), embeddings,
                                        spec.unet, spec.caption_dropout, WORLD_ARCH["scheduler"], spec.seed,
-                                       step("unet", spec.unet.steps))
+                                       step("unet", spec.unet.steps), spec.min_snr_gamma)
     pipe.unet = unet
     pipe.register_modules(unet=unet)
     pipe.save_pretrained(folder)
-    return {"vae": vae_losses, "text": text_losses, "unet": unet_losses}, vae_mse
+    return {"text": text_losses, "unet": unet_losses}
 
 
 _oracle_done = None  # the step counter the parent polls, in the oracle's process
@@ -225,8 +263,7 @@ def _sample_grids(folder: Path, vocab: Vocabulary, spec: WorldSpec, oracle: Orac
         images = diffusion.generate(specs, capture_features=False).images
         detections = [r[c.name] for r in oracle.label(images, [[c.name]] * len(images))]
         found[c.name] = sum(d is not None for d in detections) / len(detections)
-        top[c.name] = sum(len(k.scores) > 0 and oracle.categories[int(k.labels[k.scores.argmax()])] == c.detector_name
-                          for k in oracle.candidates(images)) / len(images)
+        top[c.name] = top_detection_rate(oracle, images, [c.name] * len(images))
         overlays = [np.where(d.mask[..., None], (0.5 * im + [0, 127, 0]).astype(np.uint8), im // 3)
                     if d is not None else im // 3 for im, d in zip(images, detections)]
         grid = np.concatenate([np.concatenate(list(images), 1), np.concatenate(overlays, 1)], 0)

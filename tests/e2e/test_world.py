@@ -66,9 +66,11 @@ def test_build_writes_loadable_models_and_a_report(world, cache_dir):
         assert (folder / name).is_file(), name
     for part in ("vae", "unet", "oracle"):
         assert np.isfinite(report["losses"][part]["last"]) and report["times"][part]["wall_s"] > 0, part
+    assert set(report["oracle_top_is_true_class"]) == {"rendered", "round_trip"}
+    assert len(report["unet_text_gap_percent"]) == 5  # one per timestep bucket, from pure noise to clean
     runtime = Runtime(RunConfig(vocab=str(vocab), out=folder / "unused", preset_name=str(preset),
                                 preset=load_preset(str(preset)), n=1, cache_dir=cache_dir, device="cpu"))
-    assert runtime.pipe.unet.config.sample_size == 8 and runtime.pipe.vae.config.scaling_factor != 0.18215
+    assert runtime.pipe.unet.config.sample_size == 16 and runtime.pipe.vae.config.scaling_factor != 0.18215
     assert set(runtime.oracle.label_ids) == set(CLASSES)  # the oracle's categories come with its weights
     assert build(cache_dir, world_spec(load_preset(str(preset)), str(preset))) == (folder, False)  # reused, not rebuilt
 
