@@ -34,7 +34,7 @@ ARCHITECTURES = {
                                                  True),
     "deeplabv3_resnet50": Architecture(_deeplab(deeplabv3_resnet50), ResNet50_Weights, True),
     "deeplabv3_resnet101": Architecture(_deeplab(deeplabv3_resnet101), ResNet101_Weights, True),
-    # full resolution for small images (the miniature world's 32-pixel scenes), 1.9M parameters
+    # full resolution for small images (the miniature world's 32-pixel scenes), 0.49M parameters
     "unet_small": Architecture(lambda num_classes, backbone, aux_loss: SegmentationUNet(num_classes), None, False),
 }
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics the backbones expect

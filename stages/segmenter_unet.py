@@ -24,7 +24,7 @@ class SegmentationUNet(nn.Module):
     return. ``width`` channels at full resolution, doubled at each of the ``depth`` halvings; any H, W of at
     least 2 ** depth works (a size that does not halve evenly is matched by interpolation on the way up)."""
 
-    def __init__(self, num_classes: int, width: int = 32, depth: int = 3):
+    def __init__(self, num_classes: int, width: int = 16, depth: int = 3):
         super().__init__()
         widths = [width * 2 ** i for i in range(depth + 1)]
         self.down = nn.ModuleList([_block(3, widths[0])] + [_block(a, b) for a, b in zip(widths, widths[1:])])
