@@ -46,7 +46,7 @@ def datagen(*args: str) -> tuple[dict, float, float]:
     return json.loads(result.stdout.strip().splitlines()[-1]), time.time() - started, cpu
 
 
-def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: int, zs3_steps: int,
+def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: int, zs3_steps: int | None,
         seed: int) -> dict:
     vocab_name = world_spec(load_preset(models), models).vocab
     vocab = resolve_vocabulary(vocab_name)
@@ -70,9 +70,10 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
                   "--out", str(dataset), "--seed", str(seed), "--device", "cpu", "--labeler", "all")
     zs3 = {}
     for mode in ("real-seen", "real-seen+synthetic"):
-        extra = ("--synthetic", str(dataset)) if "synthetic" in mode else ()
+        extra = (("--synthetic", str(dataset)) if "synthetic" in mode else ()) + (
+            ("--steps", str(zs3_steps)) if zs3_steps else ())
         zs3[mode] = step(f"eval zs3 {mode}", "eval", "zs3", "--real", str(real), "--vocab", vocab_name,
-                         "--mode", mode, *extra, "--segmenter", "world", "--steps", str(zs3_steps),
+                         "--mode", mode, *extra, "--segmenter", "world",
                          "--out", str(out / f"zs3-{mode.replace('+', '-')}"), "--device", "cpu",
                          "--seed", str(seed))["metrics"]
     oracle_stats = [json.loads(p.read_text()) for p in sorted((dataset / "oracle").glob("*.stats.json"))]
@@ -149,7 +150,8 @@ def main(out: Annotated[Path, typer.Option(help="Working folder (dataset, real s
          eval_n: Annotated[int, typer.Option(help="Protocol I test images.")] = 200,
          real_train: Annotated[int, typer.Option(help="Rendered 'real' training images.")] = 800,
          real_val: Annotated[int, typer.Option(help="Rendered 'real' validation images.")] = 200,
-         zs3_steps: Annotated[int, typer.Option(help="Segmenter steps per ZS3 mode.")] = 400,
+         zs3_steps: Annotated[int | None, typer.Option(help="Segmenter steps per ZS3 mode (default: the world "
+                                                           "segmenter preset's).")] = None,
          seed: Annotated[int, typer.Option(help="Run seed.")] = 0):
     """Build or reuse the world, run datagen on it and print the proof table (JSON on stdout)."""
     report = run(out, models, n, eval_n, real_train, real_val, zs3_steps, seed)

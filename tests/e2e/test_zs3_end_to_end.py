@@ -119,7 +119,7 @@ def test_other_modes_say_what_they_trained_on(mode, data, tmp_path, in_process):
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, monkeypatch):
     voc, synthetic = data
-    preset = load_segmenter_preset("tiny", {"steps": 6, "checkpoint_every": 3})
+    preset = load_segmenter_preset("tiny", {"steps": 6, "checkpoint_every": 3, "class_balance": 0.5})
     request = Zs3Request(vocab="voc", real=voc, out=tmp_path / "out", preset_name="tiny", preset=preset,
                          synthetic=str(synthetic), device="cpu")
     saved = zs3_run.save_checkpoint
@@ -138,6 +138,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, monkeypa
     report = run_zs3(request, console, Progress(console=console))
     assert report["training"]["steps"] == 6 and report["training"]["losses"][:3] == first["losses"]
     assert (tmp_path / "out" / "report.json").exists()
+    last = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)  # the balanced loss's counts go on
+    assert last["pixels"].sum() > 1.5 * first["pixels"].sum() > 0
 
 
 def bad(result, *words):

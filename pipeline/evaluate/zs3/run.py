@@ -199,7 +199,7 @@ def _start_training(request: Zs3Request, inputs: Zs3Inputs, settings: dict, fing
     if procs.main:
         _claim_out(request.out, settings, fingerprint)
     model = wrap_for_processes(model.to(procs.device), procs)
-    state = new_train_state(model, preset, procs.device)
+    state = new_train_state(model, preset, procs.device, inputs.num_classes)
     checkpoint_path = request.out / CHECKPOINT
     if checkpoint_path.is_file():
         _resume(state, checkpoint_path, procs.device, fingerprint)

@@ -19,7 +19,7 @@ from pipeline.dataset.atomic import replacing
 from pipeline.evaluate.zs3.config import SegmenterPreset
 from stages.errors import DataError
 from stages.metrics import confusion_matrix
-from stages.segmenter import predict, segmentation_loss
+from stages.segmenter import class_pixels, median_frequency_weights, predict, segmentation_loss
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,13 @@ class TrainState:
     scaler: torch.amp.GradScaler
     step: int = 0
     losses: list[float] | None = None
+    class_balance: float = 0.0  # the preset's: 0 plain cross-entropy, else weights from pixels
+    pixels: torch.Tensor | None = None  # (num_classes,) labelled pixels of each class trained on so far
 
     def state_dict(self, fingerprint: str) -> dict:
         model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         return {"fingerprint": fingerprint, "step": self.step, "losses": list(self.losses or []),
-                "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "pixels": self.pixels, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load(self, checkpoint: dict) -> None:
@@ -138,15 +140,23 @@ class TrainState:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.step, self.losses = checkpoint["step"], list(checkpoint["losses"])
+        self.pixels = checkpoint["pixels"]
+
+    def class_weights(self, masks: torch.Tensor) -> torch.Tensor | None:
+        """Count the batch's ``masks`` into ``pixels``; the loss's class weights from the counts so far
+        (this process's), None for plain cross-entropy."""
+        self.pixels += class_pixels(masks, len(self.pixels))
+        return median_frequency_weights(self.pixels, self.class_balance) if self.class_balance else None
 
 
-def new_train_state(model: nn.Module, preset: SegmenterPreset, device: torch.device) -> TrainState:
+def new_train_state(model: nn.Module, preset: SegmenterPreset, device: torch.device, num_classes: int) -> TrainState:
     """SGD with momentum and poly(0.9) learning-rate decay (the DeepLab recipe); loss scaling on GPUs."""
     optimizer = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=preset.momentum,
                                 weight_decay=preset.weight_decay)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=preset.steps, power=0.9)
     return TrainState(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
-                      losses=[])
+                      losses=[], class_balance=preset.class_balance,
+                      pixels=torch.zeros(num_classes, dtype=torch.int64, device=device))
 
 
 def save_checkpoint(state: TrainState, path: Path, fingerprint: str) -> None:
@@ -169,8 +179,9 @@ def train(state: TrainState, batches: Iterator, steps: int, device: torch.device
     while state.step < steps:
         images, masks = next(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        weights = state.class_weights(masks)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            loss = segmentation_loss(state.model(images), masks)
+            loss = segmentation_loss(state.model(images), masks, class_weights=weights)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
