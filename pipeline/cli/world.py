@@ -60,5 +60,9 @@ def _table(report: dict) -> Table:
                   f"[bold]{generated['mean_top']:.2f}[/]")
     parts = ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in report["times"].items())
     losses = ", ".join(f"{k} {v['first']:.3f} -> {v['last']:.3f}" for k, v in report["losses"].items())
-    table.caption = f"losses: {losses}; times: {parts}"
+    top = report["oracle_top_is_true_class"]
+    gap = ", ".join(f"{t} {v:+.1f}%" for t, v in report["unet_text_gap_percent"].items())
+    table.caption = (f"oracle's top detection is the true class on one-shape scenes: rendered {top['rendered']:.2f}, "
+                     f"VAE round trip {top['round_trip']:.2f}; UNet text gap by timestep: {gap}; losses: {losses}; "
+                     f"times: {parts}")
     return table
