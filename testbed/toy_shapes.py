@@ -109,8 +109,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.uniform(0, 255, 3) + rng.normal(0, 2, (size, size, 3))
 
 
-# forms drawn upright: the pointed ones point up
-UPRIGHT = {name: -math.pi / 2 if name in ("triangle", "star", "arrow") else 0.0 for name in FORMS}
+# forms drawn upright: the pointed ones point up, the square stands on a side
+UPRIGHT = {name: -math.pi / 2 if name in ("triangle", "star", "arrow") else math.pi / 4 if name == "square" else 0.0
+           for name in FORMS}
 
 
 def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:

@@ -158,7 +158,7 @@ def build_world(folder: Path, spec: WorldSpec, vocab: Vocabulary, progress: Prog
             "round_trip": top_detection_rate(oracle, _decode(pipe, _encode(pipe, single_images)), truth)}
         report["generated"] = _sample_grids(folder, vocab, spec, oracle)
         right = _embed(pipe, val_captions)
-        wrong = right[torch.from_numpy(np.random.default_rng(spec.seed).permutation(len(right)))]
+        wrong = right[_other_scenes(val_masks, spec.seed)]
         report["unet_text_gap_percent"] = text_gap(pipe.unet, _encode(pipe, val_images), right, wrong,
                                                    WORLD_ARCH["scheduler"], spec.seed)
     report["losses"] = {part: _curve(values) for part, values in losses.items()}
@@ -239,6 +239,13 @@ def _train_oracle_job(categories: tuple[str, ...], images: np.ndarray, masks: np
     losses = train_oracle(detector, images, masks, spec.oracle, spec.seed, on_step)
     save_detector(detector, path, categories)
     return losses, {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+
+
+def _other_scenes(masks: np.ndarray, seed: int) -> list[int]:
+    """For each scene, another scene drawn at random whose classes differ: its caption is a wrong one."""
+    rng = np.random.default_rng(seed)
+    shown = [frozenset(np.unique(m[m > 0]).tolist()) for m in masks]
+    return [int(rng.choice([j for j, other in enumerate(shown) if other != classes])) for classes in shown]
 
 
 def _curve(losses: list[float], points: int = 20) -> dict:

@@ -54,8 +54,8 @@ class WorldSpec(BaseModel):
     min_snr_gamma: float | None = Field(5.0, gt=0)
     vae: Fit = Fit(steps=1500, batch_size=16, lr=2e-3)
     text: Fit = Fit(steps=300, batch_size=32, lr=1e-3)  # the text encoder learns which classes a caption names
-    unet: Fit = Fit(steps=3000, batch_size=32, lr=1e-3)
-    oracle: Fit = Fit(steps=1500, batch_size=8, lr=2e-3)
+    unet: Fit = Fit(steps=6000, batch_size=32, lr=1e-3)
+    oracle: Fit = Fit(steps=4000, batch_size=8, lr=2e-3)
     samples_per_class: int = Field(16, gt=0)  # report: generated images per class (grid, oracle hit rate)
     sample_steps: int = Field(20, gt=0)
     sample_guidance: float = 4.0
