@@ -12,7 +12,7 @@ import numpy as np
 
 from stages.vocab import ClassInfo, Vocabulary
 
-PHASES = {"oracle": 1, "label": 2, "holdout": 3}
+PHASES = {"oracle": 1, "label": 2, "holdout": 3, "eval labels": 4}  # random streams: one per phase
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,11 @@ def prompt_spec(vocab: Vocabulary, classes: tuple[ClassInfo, ...], phase: str, r
 def prompt_specs(vocab: Vocabulary, classes: tuple[ClassInfo, ...], phase: str, run_seed: int,
                  indices: range, pair_fraction: float = 0.5) -> list[PromptSpec]:
     return [prompt_spec(vocab, classes, phase, run_seed, i, pair_fraction) for i in indices]
+
+
+def prompt_for(vocab: Vocabulary, names: list[str]) -> str:
+    """"a photograph of a {c}" / "... a {c1} and a {c2}" (the vocabulary's templates); more than two
+    classes are chained with " and a "."""
+    if len(names) == 2:
+        return vocab.pair_templates[0].format(*names)
+    return vocab.templates[0].format(" and a ".join(names))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pipeline.dataset.members import decode_mask, decode_rgb
 from stages.errors import DataError
@@ -87,3 +88,13 @@ def read_pair(item: VocImage) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{item.mask} is {mask.shape[1]}x{mask.shape[0]}, its image {item.image} "
                         f"{image.shape[1]}x{image.shape[0]}: a mask must cover its image pixel for pixel")
     return image, mask
+
+
+def resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:
+    """Shorter side to ``size``, then the centred ``size`` x ``size`` square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.array(img.crop((left, top, left + size, top + size)))

@@ -30,17 +30,16 @@ from PIL import Image
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset.layout import MANIFEST
 from pipeline.dataset.shards import read_json_object
+from pipeline.dataset.voc import resize_crop
 from pipeline.dataset.zero_shot import combine, describe
 from pipeline.evaluate.protocol1 import labeler_summary
 from pipeline.evaluate.scores import GroupedIoU
 from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, RealSegmentation, detect_format, real_split
 from pipeline.runtime import Runtime
-from pipeline.training.annotated import prompt_for, resize_crop
 from stages.labelers import Request, invert
 from stages.metrics import IGNORE_INDEX
+from stages.prompts import PHASES, prompt_for
 from stages.vocab import ClassInfo, Vocabulary
-
-NOISE = 4  # the noise stream of this evaluation: apart from the prompt phases of stages.prompts
 
 
 def check_dataset(config: RunConfig) -> None:
@@ -106,7 +105,7 @@ def evaluate_labels(config: RunConfig, runtime: Runtime, real: RealSegmentation,
             if not shown:
                 no_class += 1  # nothing to name in a prompt
                 continue
-            rng = np.random.default_rng([config.seed, NOISE, i])
+            rng = np.random.default_rng([config.seed, PHASES["eval labels"], i])  # its noise, absent class
             batch.append((image, truth, shown, int(rng.integers(2**31 - 1)), _absent(vocab, shown, rng)))
         if batch:
             images = np.stack([b[0] for b in batch])

@@ -22,28 +22,11 @@ import torch
 from PIL import Image
 
 from pipeline.dataset.labels import label_table
-from pipeline.dataset.voc import VocImage, label_names, read_pair
+from pipeline.dataset.voc import VocImage, label_names, read_pair, resize_crop
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
+from stages.prompts import prompt_for
 from stages.vocab import Vocabulary
-
-
-def resize_crop(img: Image.Image, size: int, resample) -> np.ndarray:
-    """Shorter side to ``size``, then the centred ``size`` x ``size`` square."""
-    w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.array(img.crop((left, top, left + size, top + size)))
-
-
-def prompt_for(vocab: Vocabulary, names: list[str]) -> str:
-    """"a photograph of a {c}" / "... a {c1} and a {c2}" (the vocabulary's templates); more than two
-    classes are chained with " and a "."""
-    if len(names) == 2:
-        return vocab.pair_templates[0].format(*names)
-    return vocab.templates[0].format(" and a ".join(names))
 
 
 def load_annotated(item: VocImage, vocab: Vocabulary, size: int, train_on_unseen: bool = False) -> dict | None:

@@ -124,6 +124,11 @@ def invert(diffusion: Diffusion, labelers: list[Labeler], images: np.ndarray, la
         captured, maps = diffusion.features_from_latent(latents, timestep, prompts, features), None
     else:
         captured, maps = recorder.invert(latents, timestep, prompts, prompt_names, images.shape[1], features)
-    finite = torch.isfinite(latents).flatten(1).all(1).cpu().numpy()
+    # where generation checks its final latents, one pass has only what it recorded to go wrong
+    finite = np.ones(len(images), bool)
+    for tensor in (captured or {}).values():
+        finite &= torch.isfinite(tensor).flatten(1).all(1).cpu().numpy()
+    if maps is not None:
+        finite &= np.array([bool(torch.isfinite(m).all()) for m in maps])
     return Sampled(Generation(images=images, latents=latents.float().cpu(), timestep=timestep, features=captured,
                               finite=finite), maps)

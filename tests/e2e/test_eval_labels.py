@@ -81,4 +81,6 @@ def test_bad_input_is_one_line_and_writes_nothing(datagen, scenes, tmp_path, cac
     result = datagen("eval", "labels", *ARGS, "--out", tmp_path / "out", "--labeler", "attention", *args)
     assert result.returncode == 2
     assert message in result.one_line()
-    assert not (tmp_path / "out" / "eval").exists()
+    out = tmp_path / "out"
+    made = {p.relative_to(out).as_posix() for p in out.rglob("*")} if out.exists() else set()
+    assert made <= {"manifest.json"}, made  # nothing claimed or written beside the dataset found there

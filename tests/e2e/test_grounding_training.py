@@ -12,12 +12,13 @@ from pipeline.config import RunConfig, load_preset
 from pipeline.dataset.layout import RESUME_DIR
 from pipeline.dataset.voc import voc_images
 from pipeline.runtime import Runtime
-from pipeline.training.annotated import load_annotated, prompt_for
+from pipeline.training.annotated import load_annotated
 from pipeline.training.job import train_on_annotated
 from stages.errors import DataError
 from stages.generate import Diffusion
 from stages.grounding.metrics import BACKGROUND, IoU, add_predictions
 from stages.grounding.train import GroundingTrainer, TrainOptions, autocast_dtype
+from stages.prompts import prompt_for
 from testbed.toy_shapes import write_toy_dataset
 
 

@@ -35,7 +35,8 @@ def test_inversion_records_the_features_and_maps_sampling_records_at_the_capture
     assert {r: f.shape for r, f in features.items()} == {r: f.shape for r, f in gen.features.items()}
     for res in gen.features:
         torch.testing.assert_close(features[res], gen.features[res])
-    for ours, theirs in zip(again, maps):
+    for ours, theirs in zip(again, maps):  # maps are normalised, then raised to the 4th power through the
+        # self-attention: a rounding difference between the two calls' batches grows about 4x there
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
     images = torch.from_numpy(gen.images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -69,7 +70,7 @@ class Painter(Labeler):
 
 def test_a_labeler_that_paints_an_absent_class_is_scored_so(tmp_path, cache_dir, monkeypatch):
     vocab = resolve_vocabulary("shapes")
-    real = real_images(write_scene_dataset(tmp_path / "real", [c.name for c in vocab.classes], 0, 6, 32, seed=1),
+    real = real_images(write_scene_dataset(tmp_path / "real", [c.name for c in vocab.classes], 0, 6, 32, seed=0),
                        "auto", None, vocab, 64)
     config = RunConfig(vocab="shapes", out=tmp_path / "out", preset_name="tiny", preset=load_preset("tiny"), n=1,
                        device="cpu", cache_dir=cache_dir)

@@ -143,9 +143,13 @@ class TrainState:
         self.pixels = checkpoint["pixels"]
 
     def class_weights(self, masks: torch.Tensor) -> torch.Tensor | None:
-        """Count the batch's ``masks`` into ``pixels``; the loss's class weights from the counts so far
-        (this process's), None for plain cross-entropy."""
-        self.pixels += class_pixels(masks, len(self.pixels))
+        """Count the batch's ``masks`` into ``pixels`` (every process's batch: all train with the same
+        weights, and the main process's checkpoint holds all the counts); the loss's class weights from
+        the counts so far, None for plain cross-entropy."""
+        counts = class_pixels(masks, len(self.pixels))
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        self.pixels += counts.to(self.pixels.device)
         return median_frequency_weights(self.pixels, self.class_balance) if self.class_balance else None
 
 
