@@ -84,12 +84,16 @@ def run(out: Path, models: str, n: int, eval_n: int, real_train: int, real_val: 
                   "oracle_per_class_iou": world["oracle_on_rendered"]["per_class_iou"],
                   "generated_found": world["generated"]["oracle_finds_prompted_class"],
                   "generated_top": world["generated"]["oracle_top_is_prompted_class"],
+                  "oracle_top_is_true_class": world["oracle_top_is_true_class"],
+                  "unet_text_gap_percent": world["unet_text_gap_percent"],
                   "build_times": world["times"], "losses": {k: [v["first"], v["last"]]
                                                             for k, v in world["losses"].items()}},
         "phase_a": {"planned": planned, "labelled": written,
                     "oracle_finds_prompted": written / planned if planned else None},
         "protocol1": {labeler: {"miou_seen": scores["miou_seen"], "miou_unseen": scores["miou_unseen"],
-                                "per_class": {c["name"]: c["iou"][labeler] for c in protocol1["classes"]}}
+                                "per_class": {c["name"]: c["iou"][labeler] for c in protocol1["classes"]},
+                                **{group: protocol1["by_classes"][group]["scores"][labeler]
+                                   for group in protocol1["by_classes"]}}
                       for labeler, scores in protocol1["scores"].items()},
         "labels": _labels_vs_truth(labels),
         "zs3": {mode: {k: m[k] for k in ("miou_seen", "miou_unseen", "hiou")} for mode, m in zs3.items()},
@@ -111,11 +115,22 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _split(scores: dict) -> str:
+    """'seen / unseen | seen / unseen' of the one-class and the multi-class images."""
+    return " | ".join(f"{_fmt(scores[g]['miou_seen'])} / {_fmt(scores[g]['miou_unseen'])}"
+                      for g in ("one_class", "multi_class"))
+
+
 def table(report: dict) -> Table:
     t = Table(title="datagen on a miniature world")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row("oracle mask mIoU on held-out rendered scenes", _fmt(report["world"]["oracle_miou_rendered"]))
+    truth = report["world"]["oracle_top_is_true_class"]
+    t.add_row("oracle's top detection is the true class: one-shape rendered scenes | their VAE round trips",
+              f"{_fmt(truth['rendered'])} | {_fmt(truth['round_trip'])}")
+    t.add_row("UNet text gap by timestep bucket, % (loss with another scene's caption over the right one)",
+              " ".join(f"{v:+.1f}" for v in report["world"]["unet_text_gap_percent"].values()))
     t.add_row("phase A: generated samples the oracle labels (finds a prompted class)",
               _fmt(report["phase_a"]["oracle_finds_prompted"]))
     found = report["world"]["generated_found"]
@@ -127,13 +142,11 @@ def table(report: dict) -> Table:
     for labeler, scores in report["protocol1"].items():
         t.add_row(f"Protocol I mIoU seen / unseen ({labeler} vs oracle)",
                   f"{_fmt(scores['miou_seen'])} / {_fmt(scores['miou_unseen'])}")
+        t.add_row(f"Protocol I seen / unseen: one-class | two-class prompts ({labeler})", _split(scores))
     for labeler, scores in report["labels"].items():
         t.add_row(f"labels vs truth, seen / unseen ({labeler})",
                   f"{_fmt(scores['miou_seen'])} / {_fmt(scores['miou_unseen'])}")
-        one, multi = scores["one_class"], scores["multi_class"]
-        t.add_row(f"labels vs truth, seen / unseen: one-class | two-class scenes ({labeler})",
-                  f"{_fmt(one['miou_seen'])} / {_fmt(one['miou_unseen'])} | "
-                  f"{_fmt(multi['miou_seen'])} / {_fmt(multi['miou_unseen'])}")
+        t.add_row(f"labels vs truth, seen / unseen: one-class | two-class scenes ({labeler})", _split(scores))
         t.add_row(f"absent-class pixels ({labeler})", _fmt(scores["absent_pixels"]))
     for mode, m in report["zs3"].items():
         t.add_row(f"ZS3 {mode}: seen / unseen / hIoU",
