@@ -39,7 +39,7 @@ def test_a_bad_world_section_is_refused_on_loading_naming_the_key(tmp_path, worl
 
 def test_the_packaged_world_section_is_the_testbed_spec():
     spec = world_spec(load_preset("world"), "world")
-    assert isinstance(spec, WorldSpec) and spec.vocab == "shapes" and spec.unet.steps == 3000
+    assert isinstance(spec, WorldSpec) and spec.vocab == "shapes" and spec.unet.steps == 6000
 
 
 def test_a_preset_without_a_world_section_needs_none():
