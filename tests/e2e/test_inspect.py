@@ -215,3 +215,80 @@ def test_rerun_of_a_finished_dataset_restores_a_missing_card_and_index(datagen, 
     assert result.returncode == 0 and "nothing to do" in result.stderr
     assert (copy / "README.md").read_text().replace("copy", "tiny") == card.replace("copy", "tiny")
     assert json.loads((copy / "data" / "index.wids.json").read_text())["shardlist"] == index["shardlist"]
+
+
+def change_stats(folder, shard_index, **fields):
+    """A damage: fields of one shard's stats replaced (or, for a callable, computed from the stats)."""
+    def damage(out):
+        path = finished_shards(out / folder)[shard_index].with_suffix(".stats.json")
+        stats = json.loads(path.read_text())
+        path.write_text(json.dumps(stats | {k: v(stats) if callable(v) else v for k, v in fields.items()}))
+    return damage
+
+
+def rewrite_shard(folder, shard_index, change, names_key=True):
+    """A damage: one shard's samples and stats rewritten by ``change(samples, stats)``; returns where validate
+    names its first sample (``names_key``: the problem is that sample's), else None."""
+    def damage(out):
+        shard = finished_shards(out / folder)[shard_index]
+        samples, stats = list(read_shard(shard)), json.loads(shard.with_suffix(".stats.json").read_text())
+        change(samples, stats)
+        write_shard(shard.parent, shard_index, samples, stats)
+        return f"{folder}/{shard.name} key {samples[0]['__key__']}: " if names_key else None
+    return damage
+
+
+def _repeat_first_sample(samples, stats):
+    samples.append(dict(samples[0]))  # not next to its first copy (the shard holds 4): a sample of its own
+    stats["written"] += 1
+
+
+def _fail_a_written_key(samples, stats):
+    stats["failures"].append({"key": samples[0]["__key__"], "reason": "missing_mask"})
+
+
+def _erase_an_instance_from_the_mask(samples, stats):
+    meta = json.loads(samples[0]["json"])
+    seg = np.array(Image.open(io.BytesIO(samples[0]["seg.png"])))
+    seg[seg == meta["instances"][0]["class_id"]] = 0  # still a valid mask: its RLE and area are unchanged
+    samples[0]["seg.png"] = encode_mask(seg)
+
+
+def _latent(value):
+    def change(samples, stats):
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=True)
+        samples[0]["latent.npy"] = buf.getvalue()
+    return change
+
+
+def _flip_a_class_split(out):
+    classes = json.loads((out / "classes.json").read_text())
+    classes["classes"][0]["seen"] = not classes["classes"][0]["seen"]  # well formed, but not the manifest's
+    (out / "classes.json").write_text(json.dumps(classes))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (change_stats("data", 1, fingerprint="0" * 16),
+     "data/shard-000001.tar: stats were written by another config than the manifest's"),
+    (change_stats("data", 1, start=5, end=9), "data/shard-000001.tar: holds samples 5..9, not what the manifest's "
+                                              "config plans for it"),
+    (change_stats("data", 1, class_instances=lambda s: {**s["class_instances"], "cow": 99}),
+     "data/shard-000001.tar: per-class instance counts or pixel areas disagree with its stats"),
+    (change_stats("data", 1, class_pixels=lambda s: {k: v + 1 for k, v in s["class_pixels"].items()}),
+     "data/shard-000001.tar: per-class instance counts or pixel areas disagree with its stats"),
+    (rewrite_shard("data", 1, _repeat_first_sample, names_key=False), "data/shard-000001.tar: a key appears twice"),
+    (rewrite_shard("data", 1, _fail_a_written_key, names_key=False),
+     "data/shard-000001.tar: a key appears twice, or both written and failed"),
+    (rewrite_shard("data", 1, _erase_an_instance_from_the_mask), "RLE disagrees with seg.png's pixels of class"),
+    (_flip_a_class_split, "classes.json: classes disagree with the manifest's vocabulary"),
+    (rewrite_shard("oracle", 0, _latent(np.zeros((4, 16, 16)))), "latent.npy is float64 (4, 16, 16), not float32"),
+    (rewrite_shard("oracle", 0, _latent(np.zeros((16, 16), np.float32))),
+     "latent.npy is float32 (16, 16), not float32"),
+    (rewrite_shard("oracle", 0, _latent(np.array([{}], object))), "latent.npy does not load without pickle"),
+])
+def test_validate_reports_what_disagrees_with_the_plan_stats_or_manifest(datagen, copy, damage, message):
+    where = damage(copy) or ""
+    result = datagen("validate", str(copy))
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1 and any(line.startswith(where) and message in line for line in lines), lines
