@@ -265,8 +265,17 @@ def test_missing_credentials_are_one_line_before_any_work(store, monkeypatch, da
 
 def test_a_prefix_made_as_a_console_folder_is_empty(store):
     from pipeline.config import RunConfig, load_preset
+    from pipeline.dataset.location import listing, location
     from pipeline.dataset.manifest import check_output
+    from stages.errors import ConfigError
+
+    def config(prefix):
+        return RunConfig(vocab="voc", out=f"s3://{BUCKET}/{prefix}", preset_name="tiny", preset=load_preset("tiny"),
+                         n=4)
 
     store.pipe_file(f"{BUCKET}/console/", b"")  # what "Create folder" in a store's console makes
-    check_output(RunConfig(vocab="voc", out=f"s3://{BUCKET}/console", preset_name="tiny",
-                           preset=load_preset("tiny"), n=4))  # not "exists, is not empty"
+    assert store.exists(f"{BUCKET}/console/") and listing(location(f"s3://{BUCKET}/console")) == {}
+    check_output(config("console"))  # not "exists, is not empty"
+    store.pipe_file(f"{BUCKET}/console/notes.txt", b"mine")  # while a real object in it is refused
+    with pytest.raises(ConfigError, match="exists, is not empty and is not a datagen dataset"):
+        check_output(config("console"))

@@ -1,12 +1,16 @@
 """Hostile configs (issue 18): YAML files, vocabularies and model presets that cannot be used are refused
 with one line naming the file and the entry, before a run claims its output folder."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from pipeline.config import ConfigError, RunConfig, load_preset
+from pipeline.config import CONFIG_DIR, ConfigError, RunConfig, load_preset
 from pipeline.runtime import Runtime
 from stages.errors import DatagenError
 from stages.vocab import VocabularyError, load_vocabulary
+from testbed.random_presets import SD15_SD, TINY_SD
+from testbed.world.spec import WORLD_ARCH
 
 NOT_A_MAPPING = [  # (file bytes, what the line says)
     (b"- a\n- b\n", "holds a list, not a mapping"),
@@ -117,8 +121,6 @@ def test_a_nested_section_of_the_wrong_type_is_named_not_merged(tmp_path):
 
 
 def load_preset_text() -> str:
-    from pipeline.config import CONFIG_DIR
-
     return "\n".join(line for line in (CONFIG_DIR / "presets" / "tiny.yaml").read_text().splitlines()
                      if not line.startswith("train:"))
 
@@ -145,8 +147,25 @@ def test_preset_sizes_that_do_not_fit_the_models_are_refused_before_any_work(tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_the_packaged_presets_fit_their_models(tmp_path, tiny_pipe):
-    runtime = Runtime(RunConfig(vocab="voc", out=tmp_path, preset_name="tiny", preset=load_preset("tiny"), n=1))
-    runtime.__dict__["pipe"] = tiny_pipe
+# Each packaged preset's model architecture (what check_preset reads of it): the tiny preset's as built,
+# SD 1.5's config.json written out, the miniature world's; a new preset without an entry fails below.
+ARCHITECTURES = {"tiny": TINY_SD, "sd15": SD15_SD, "world": WORLD_ARCH}
+
+
+def architecture_of(arch: dict) -> SimpleNamespace:
+    """What ``Runtime.check_preset`` reads of a loaded pipeline, from an architecture's configs (SD 1.5's
+    weights are not on these machines, and its random-weight build takes minutes)."""
+    vae_levels = len(arch["vae"]["block_out_channels"])
+    return SimpleNamespace(vae_scale_factor=2 ** (vae_levels - 1),
+                           unet=SimpleNamespace(config=SimpleNamespace(**arch["unet"])))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml")))
+def test_the_packaged_presets_fit_their_models(tmp_path, tiny_pipe, name):
+    runtime = Runtime(RunConfig(vocab="voc", out=tmp_path, preset_name=name, preset=load_preset(name), n=1))
+    runtime.__dict__["pipe"] = architecture_of(ARCHITECTURES[name])
     runtime.check_preset()  # no error
+    tiny = architecture_of(TINY_SD)  # the stand-in holds what the loaded models hold
+    assert (tiny.vae_scale_factor, tuple(tiny.unet.config.block_out_channels)) == \
+        (tiny_pipe.vae_scale_factor, tuple(tiny_pipe.unet.config.block_out_channels))
     assert issubclass(VocabularyError, DatagenError) and issubclass(ConfigError, DatagenError)
