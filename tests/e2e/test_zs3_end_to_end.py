@@ -135,7 +135,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, monkeypa
     first = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
     assert first["step"] == 3 and not (tmp_path / "out" / "report.json").exists()
     monkeypatch.setattr(zs3_run, "save_checkpoint", saved)
+    trained = []  # (step, weights) where each call of train began, and the step it ended at
+    train = zs3_run.train
+
+    def recording_train(state, batches, steps, device, on_step):
+        began = (state.step, {k: v.clone() for k, v in state.model.state_dict().items()})
+        train(state, batches, steps, device, on_step)
+        trained.append((*began, state.step))
+
+    monkeypatch.setattr(zs3_run, "train", recording_train)
     report = run_zs3(request, console, Progress(console=console))
+    [(began, weights, ended)] = trained  # a restart would begin at step 0 with fresh weights: as deterministic,
+    assert (began, ended) == (3, 6)      # it would log the same first losses
+    assert weights.keys() == first["model"].keys() and all(torch.equal(weights[k], first["model"][k]) for k in weights)
     assert report["training"]["steps"] == 6 and report["training"]["losses"][:3] == first["losses"]
     assert (tmp_path / "out" / "report.json").exists()
     last = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)  # the balanced loss's counts go on
