@@ -1,5 +1,6 @@
 """Streams oracle shards (phase A output) as grounding-training batches, split into train and
-validation by sample key."""
+validation by sample key. A sample naming an unseen class is refused: phase B's checkpoint is recorded as
+zero-shot."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class NoTrainingSamples(DataError):
 
 def _decode(sample: dict, vocab: Vocabulary) -> dict:
     meta = json.loads(sample["json"])
+    if unseen := [name for name in meta["classes"] if not vocab[name].seen]:
+        raise DataError(f"{sample['__url__']} key {sample['__key__']} names the unseen class '{unseen[0]}': phase B "
+                        "trains on seen classes only (zero-shot), and phase A writes no such sample")
     found = {inst["name"]: inst for inst in meta["instances"]}
     h, w = meta["height"], meta["width"]
     targets = np.zeros((len(meta["classes"]), h, w), dtype=np.float32)

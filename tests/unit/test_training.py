@@ -7,6 +7,7 @@ import torch
 from pipeline.dataset.samples import encode_sample, instance
 from pipeline.dataset.shards import shard_path, write_shard
 from pipeline.training.oracle_data import oracle_batches
+from stages.errors import DataError
 from stages.generate import Diffusion
 from stages.grounding.model import ClassTextEncoder, GroundingConfig, GroundingModule, class_embeddings
 from stages.grounding.train import GroundingTrainer, TrainOptions, fit
@@ -67,6 +68,21 @@ def test_empty_oracle_data_is_refused(tmp_path, voc):
     write_shard(tmp_path, 0, [], {"start": 0, "end": 1})
     with pytest.raises(ValueError, match="no training samples"):
         next(oracle_batches([shard_path(tmp_path, 0)], voc, 2, 0))
+
+
+def test_a_sample_naming_an_unseen_class_is_refused_not_trained_on(tmp_path, voc):
+    """Phase B's checkpoint is recorded zero-shot: an oracle shard holding an unseen class (sheep), which phase A
+    never writes, stops the stream with one line naming it, its shard and key, before any batch."""
+    spec = PromptSpec(0, "a photograph of a dog and a sheep", ("dog", "sheep"), 0)
+    sheep = encode_sample(spec, [12, 17], np.zeros((SIZE, SIZE, 3), np.uint8), "jpg", "oracle:maskrcnn",
+                          [instance(12, "dog", DOG, 0.9), instance(17, "sheep", ~DOG, 0.8)],
+                          {"capture_timestep": TIMESTEP}, latent=np.zeros((4, 16, 16), np.float32))
+    write_shard(tmp_path, 0, [oracle_sample(1, with_cat=True), sheep], {"start": 0, "end": 2})
+    shard = shard_path(tmp_path, 0)
+    with pytest.raises(DataError) as refused:
+        next(oracle_batches([shard], voc, 2, seed=0))
+    assert f"{shard} key 000000000000 names the unseen class 'sheep'" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.usefixtures("one_torch_thread")  # CPU-bound: 60 steps of UNet features + module training
