@@ -5,6 +5,7 @@ zero-shot. Real VOC-layout images where the unseen class sheep is present, the t
 
 import contextlib
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 from zs3_fixtures import VOCAB_IDS, make_voc
 
+from pipeline.config import RunConfig, load_preset
 from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
 from pipeline.dataset.voc import read_mask, voc_images
 from pipeline.dataset.zero_shot import checkpoint_zero_shot, labels_entry
-from pipeline.training.annotated import load_annotated
+from pipeline.runtime import Runtime
+from pipeline.training.annotated import annotated_batches, load_annotated
 
 SHEEP, PERSON = VOCAB_IDS["sheep"], VOCAB_IDS["person"]  # sheep is unseen in the voc vocabulary
 TINY = ["--vocab", "voc", "--models", "tiny", "--seed", "1"]
@@ -71,6 +74,42 @@ def test_unseen_pixels_are_ignored_and_never_targets_unless_asked(real, voc):
     assert asked["names"] == ["person", "sheep"] and "sheep" in asked["prompt"]
     assert (asked["targets"][1] == (mask == SHEEP)).all() and (asked["ignore"] == (mask == 255)).all()
     assert load_annotated(_with(real, {SHEEP})[0], voc, 64, train_on_unseen=True)["names"] == ["sheep"]
+
+
+def first_epoch(batches, real):
+    """The names and ignore masks of one epoch of training batches, with each image's mask by its id."""
+    masks = {item.id: read_mask(item.mask) for item in voc_images(real, "train")}
+    return [(names, ignore.numpy(), masks[i]) for batch in itertools.islice(batches, 4)  # 16 images, 4 a batch
+            for names, ignore, i in zip(batch["names"], batch["ignore"], batch["ids"])]
+
+
+@pytest.mark.parametrize("train_on_unseen", [False, True])
+def test_training_batches_ignore_unseen_pixels_unless_asked(real, voc, train_on_unseen):
+    epoch = first_epoch(annotated_batches(voc_images(real, "train"), voc, 64, 1, 4, seed=0,
+                                          train_on_unseen=train_on_unseen), real)
+    assert any("sheep" in names for names, _, _ in epoch) == train_on_unseen
+    for _, ignore, mask in epoch:
+        assert (ignore == ((mask == 255) | (mask == SHEEP) & (not train_on_unseen))).all()
+    assert len(epoch) == (16 if train_on_unseen else 15)  # the image of sheep alone is skipped, not trained on
+
+
+@pytest.mark.parametrize("train_on_unseen", [False, True])
+def test_train_on_annotated_hands_training_the_choice(real, tmp_path, monkeypatch, cache_dir, train_on_unseen):
+    """What ``train_on_annotated`` gives the training loop: its batches, validation batches and record."""
+    from pipeline.training import job
+
+    given = {}
+    monkeypatch.setattr(job, "run_training", lambda config, runtime, job, batches, validation, *args, zero_shot:
+                        given.update(job=job, batches=batches, validation=validation, zero_shot=zero_shot))
+    preset = load_preset("tiny", {"train": {"batch_size": 4}})  # first_epoch's
+    config = RunConfig(vocab="voc", out=tmp_path / "out", preset_name="tiny", preset=preset, n=1)
+    job.train_on_annotated(config, Runtime(config), real, train_on_unseen=train_on_unseen)
+    assert given["zero_shot"] is not train_on_unseen and given["job"]["train_on_unseen"] is train_on_unseen
+    epoch = first_epoch(given["batches"](0), real)
+    assert any("sheep" in names for names, _, _ in epoch) == train_on_unseen
+    assert any(SHEEP in mask for _, _, mask in epoch)
+    validation = [names for batch in given["validation"]() for names in batch["names"]]
+    assert any("sheep" in names for names in validation) == train_on_unseen  # a validation image shows sheep
 
 
 GROUNDING = {"labeler": "grounding", "trained": True}
