@@ -286,7 +286,8 @@ def _flip_a_class_split(out):
     (rewrite_shard("oracle", 0, _latent(np.zeros((16, 16), np.float32))),
      "latent.npy is float32 (16, 16), not float32"),
     (rewrite_shard("oracle", 0, _latent(np.array([{}], object))), "latent.npy does not load without pickle"),
-])
+], ids=["fingerprint", "range", "instances", "pixels", "repeated-key", "written-and-failed", "rle-vs-seg",
+        "classes-json", "latent-dtype", "latent-shape", "latent-pickle"])
 def test_validate_reports_what_disagrees_with_the_plan_stats_or_manifest(datagen, copy, damage, message):
     where = damage(copy) or ""
     result = datagen("validate", str(copy))
