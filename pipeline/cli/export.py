@@ -36,6 +36,10 @@ def coco(run: DatasetDir,
         except DatagenError:  # the error alone is printed: no half-drawn bar above it
             progress.remove_task(task)
             raise
+        except KeyboardInterrupt:
+            progress.remove_task(task)
+            console.print(f"interrupted: {out} is as it was")
+            raise typer.Exit(130) from None
     ids = "COCO's category ids" if result.category_ids == "coco" else "the dataset's class ids as category ids"
     console.print(f"exported {result.images} images and {result.annotations} instances with {ids}", highlight=False)
     print(result.out / ANNOTATIONS)

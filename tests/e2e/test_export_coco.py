@@ -11,6 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pipeline.dataset.members import decode_mask
+from pipeline.dataset.shards import encode_mask, finished_shards, write_shard
 from pipeline.inspect.folder import open_output, read_shard
 
 
@@ -118,3 +119,18 @@ def test_a_damaged_shard_midway_leaves_nothing_at_out(datagen, copy, tmp_path):
     result = datagen("export", "coco", copy, "--out", tmp_path / "out")
     assert result.returncode == 2 and "shard-000003.tar is truncated or corrupt" in result.one_line()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "out"] and not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda s: s.update({"seg.png": encode_mask(np.full((64, 64), 200, np.uint8))}), "seg.png holds class ids [200]"),
+    (lambda s: s.update({"__key__": "images"}), "key 'images' is not a sample index"),
+])
+def test_a_sample_that_is_not_the_format_is_one_line_naming_shard_and_key(datagen, copy, tmp_path, change, problem):
+    shard = finished_shards(copy / "data")[1]
+    samples = list(read_shard(shard))
+    change(samples[2])
+    write_shard(shard.parent, 1, samples, json.loads(shard.with_suffix(".stats.json").read_text()))
+    result = datagen("export", "coco", copy, "--out", tmp_path / "out")
+    line = result.one_line()
+    assert result.returncode == 2 and f"shard-000001.tar key {samples[2]['__key__']}: " in line and problem in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
