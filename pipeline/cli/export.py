@@ -7,21 +7,22 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.app import app, console
-from pipeline.cli.inspect import DatasetDir
 from pipeline.cli.progress import progress_bar
 from pipeline.export.coco import ANNOTATIONS, check_out, export_coco
 from pipeline.inspect.folder import open_output
 from stages.errors import DatagenError
 
+RunDir = Annotated[str, typer.Argument(metavar="RUN", show_default=False,
+                                       help="A datagen output folder or object-store URL (the --out of a run).")]
 export_app = typer.Typer(help="Write a dataset in another format (COCO instances JSON).", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
 @export_app.command()
-def coco(run: DatasetDir,
-         out: Annotated[str, typer.Option(help="A local folder, new, empty or an earlier export (replaced): "
-                                               "instances.json and images/.",
-                                          show_default=False)],
+def coco(run: RunDir,
+         out: Annotated[str, typer.Option(metavar="DIR", show_default=False,
+                                          help="A local folder, new, empty or an earlier export (replaced): "
+                                               "instances.json and images/.")],
          category_ids: Annotated[str, typer.Option(help="auto (COCO's ids when every class is a COCO category, "
                                                         "else the dataset's), coco, or dataset (the seg.png "
                                                         "ids).")] = "auto"):
