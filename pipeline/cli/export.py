@@ -8,9 +8,10 @@ import typer
 
 from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
+from pipeline.dataset.layout import Phase
 from pipeline.export.coco import ANNOTATIONS, check_out, export_coco
 from pipeline.inspect.folder import open_output
-from stages.errors import DatagenError
+from stages.errors import ConfigError, DatagenError
 
 RunDir = Annotated[str, typer.Argument(metavar="RUN", show_default=False,
                                        help="A datagen output folder or object-store URL (the --out of a run).")]
@@ -25,10 +26,15 @@ def coco(run: RunDir,
                                                "instances.json and images/.")],
          category_ids: Annotated[str, typer.Option(help="auto (COCO's ids when every class is a COCO category, "
                                                         "else the dataset's), coco, or dataset (the seg.png "
-                                                        "ids).")] = "auto"):
+                                                        "ids).")] = "auto",
+         phase: Annotated[str, typer.Option(help="label: the dataset (data/, phase C); oracle: phase A's "
+                                                 "oracle-labelled shards (oracle/), the oracle's top instance "
+                                                 "of each prompted class.")] = "label"):
     """COCO instances JSON of the dataset's samples (one annotation per connected object), with the images."""
     check_out(out)  # before the dataset is read: a bad --out costs nothing
-    ds = open_output(run)
+    if phase not in (Phase.LABEL, Phase.ORACLE):
+        raise ConfigError(f"--phase must be label or oracle, not '{phase}'")
+    ds = open_output(run, Phase(phase))
     total = sum(ds.counted_stats(shard)["written"] for shard in ds.shards)
     with progress_bar(console, unit="images") as progress:
         task = progress.add_task("export coco", total=total)

@@ -1,8 +1,9 @@
-"""`datagen export coco`: a dataset's phase C shards as COCO instances JSON plus the image files.
+"""`datagen export coco`: a dataset's phase C shards (or phase A's) as COCO instances JSON plus the images.
 
 ``OUT/instances.json`` lists every sample as a COCO image (id = the sample index, ``file_name`` its
-file in ``OUT/images/``, the shard's bytes unchanged) and every connected component of each class's
-pixels as an annotation (``instances.objects``) with COCO's category ids where the classes are COCO's
+file in ``OUT/images/``, the shard's bytes unchanged) and every object as an annotation: a connected
+component of a class's pixels in phase C (``instances.objects``), one of the oracle's instances in
+phase A (``instances.oracle_objects``), with COCO's category ids where the classes are COCO's
 (``categories.category_ids``). Streaming: one sample in memory at a time; the annotations go to a side
 file while the images are listed, and are appended after them. The export is built in a temporary
 folder beside OUT and renamed into place at the end, so OUT is absent, or an earlier export (which a new
@@ -20,17 +21,18 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.dataset.atomic import replace_folder
+from pipeline.dataset.layout import Phase
 from pipeline.dataset.location import is_remote, location, names
 from pipeline.dataset.members import check_mask, decode_json, decode_mask, open_image, sample_classes
 from pipeline.dataset.reader import IMAGE_MEMBERS
 from pipeline.export.categories import category_ids
-from pipeline.export.instances import objects
+from pipeline.export.instances import objects, oracle_objects
 from pipeline.inspect.folder import BadSample, DatasetFolder
 from stages.errors import ConfigError, DataError
 
 ANNOTATIONS = "instances.json"
 IMAGES = "images"
-DESCRIPTION = "a datagen dataset's phase C samples (datagen export coco)"  # info's first field: marks an export
+DESCRIPTION = "a datagen dataset's samples (datagen export coco)"  # info's first field: marks an export
 OPENING = json.dumps({"info": {"description": DESCRIPTION}}, separators=(",", ":"))[:-2].encode()
 
 
@@ -94,8 +96,10 @@ def export_coco(ds: DatasetFolder, out: str, scheme: str = "auto",
     ids, used = category_ids(classes, scheme)
     categories = [{"id": ids[c["id"]], "name": c["name"], "class_id": c["id"], "seen": c["seen"]}
                   for c in sorted(classes, key=lambda c: ids[c["id"]])]
+    made = "the oracle's top instance of each prompted class" if ds.phase is Phase.ORACLE \
+        else "8-connected components of each class's pixels"
     source = {"fingerprint": ds.manifest.get("fingerprint"), "vocabulary": ds.manifest["vocabulary"].get("name"),
-              "category_ids": used, "instances": "8-connected components of each class's pixels"}
+              "phase": ds.phase.value, "category_ids": used, "instances": made}
     info = {"description": DESCRIPTION, "version": version("datagen"), "datagen": source}
     head = {"info": info, "licenses": [], "categories": categories}
     written = CocoExport(folder, 0, 0, used)
@@ -136,8 +140,12 @@ def _export_sample(sample: dict, ds: DatasetFolder, ids: dict[int, int], images_
     ext = next(ext for ext in IMAGE_MEMBERS if ext in sample)
     with open_image(sample[ext], "the image") as image:  # the header: its size, no pixel decoded
         width, height = image.size
-    seg = decode_mask(sample["seg.png"])
-    check_mask(seg, (height, width), class_ids, f"the sample's classes {sorted(class_ids)}")
+    if ds.phase is Phase.ORACLE:
+        found = list(oracle_objects(meta.get("instances"), class_ids, height, width))
+    else:
+        seg = decode_mask(sample["seg.png"])
+        check_mask(seg, (height, width), class_ids, f"the sample's classes {sorted(class_ids)}")
+        found = objects(seg, class_ids)
     try:
         with open(images_dir / f"{key}.{ext}", "xb") as file:  # "x": a key seen before is refused
             file.write(sample[ext])
@@ -145,5 +153,5 @@ def _export_sample(sample: dict, ds: DatasetFolder, ids: dict[int, int], images_
         raise DataError("the key appears twice (in this shard or an earlier one)") from None
     image_id = int(key)
     images.add({"id": image_id, "file_name": f"{key}.{ext}", "width": width, "height": height})
-    for class_id, fields in objects(seg, class_ids):
+    for class_id, fields in found:
         annotations.add({"id": annotations.count + 1, "image_id": image_id, "category_id": ids[class_id], **fields})

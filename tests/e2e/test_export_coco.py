@@ -90,6 +90,20 @@ def test_detectron2_registers_and_reads_it(exported):
     assert len(MetadataCatalog.get("datagen_export_test").thing_classes) == 20
 
 
+def test_phase_a_exports_the_oracles_instances(datagen, tiny_dataset, tmp_path):
+    result = datagen("export", "coco", tiny_dataset, "--out", tmp_path / "oracle", "--phase", "oracle")
+    assert result.returncode == 0, result.stderr
+    coco = json.loads((tmp_path / "oracle" / "instances.json").read_text())
+    to_class = {c["id"]: c["class_id"] for c in coco["categories"]}
+    ds = open_output(tiny_dataset, "oracle")
+    samples = [s for shard in ds.shards for s in read_shard(shard)]
+    stored = [(int(s["__key__"]), i) for s in samples for i in json.loads(s["json"])["instances"]]
+    assert [i["id"] for i in coco["images"]] == [int(s["__key__"]) for s in samples] and stored
+    assert [(a["image_id"], to_class[a["category_id"]], a["segmentation"], a["area"]) for a in coco["annotations"]] \
+        == [(key, i["class_id"], i["segmentation"], i["area"]) for key, i in stored]  # each instance, as stored
+    assert coco["info"]["datagen"]["phase"] == "oracle"
+
+
 def test_dataset_ids_on_request_replacing_an_earlier_export(datagen, tiny_dataset, tmp_path):
     assert datagen("export", "coco", tiny_dataset, "--out", tmp_path / "ids").returncode == 0
     result = datagen("export", "coco", tiny_dataset, "--out", tmp_path / "ids", "--category-ids", "dataset")
@@ -110,6 +124,8 @@ def test_a_full_out_or_a_folder_that_is_not_a_dataset_is_one_line(datagen, tiny_
     result = datagen("export", "coco", tmp_path, "--out", tmp_path / "new")
     assert result.returncode == 2 and "is not a datagen dataset (no manifest.json)" in result.one_line()
     assert not (tmp_path / "new").exists()
+    result = datagen("export", "coco", tiny_dataset, "--out", tmp_path / "new", "--phase", "train")
+    assert result.returncode == 2 and result.one_line() == "error: --phase must be label or oracle, not 'train'"
 
 
 def test_a_damaged_shard_midway_leaves_nothing_at_out(datagen, copy, tmp_path):

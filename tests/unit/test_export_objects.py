@@ -1,13 +1,14 @@
-"""`datagen export coco`'s parts: objects are the 8-connected components of each class's pixels, and
-category ids are COCO's where every class is a COCO category."""
+"""`datagen export coco`'s parts: objects are the 8-connected components of each class's pixels (or the
+oracle's instances, checked), and category ids are COCO's where every class is a COCO category."""
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from pipeline.dataset.samples import rle
 from pipeline.export.categories import category_ids
-from pipeline.export.instances import objects
-from stages.errors import ConfigError
+from pipeline.export.instances import objects, oracle_objects
+from stages.errors import ConfigError, DataError
 
 
 def test_each_connected_blob_of_a_class_is_one_object_and_ignore_pixels_are_none():
@@ -30,6 +31,24 @@ def test_each_connected_blob_of_a_class_is_one_object_and_ignore_pixels_are_none
 
 def test_a_class_without_pixels_has_no_object():
     assert list(objects(np.zeros((4, 4), dtype=np.uint8), [1, 2])) == []
+
+
+def test_the_oracles_instances_are_objects_with_their_masks_tight_box():
+    mask = np.zeros((5, 7), dtype=bool)
+    mask[1:3, 2:6] = True
+    mask[4, 6] = True
+    stored = {"class_id": 4, "name": "cat", "score": 0.9, "area": 9, "segmentation": rle(mask),
+              "bbox_xyxy": [1.5, 0.5, 6.2, 4.9]}  # the detector's box: not the mask's
+    [(class_id, fields)] = oracle_objects([stored], [4, 9], 5, 7)
+    assert (class_id, fields["area"], fields["bbox"], fields["iscrowd"]) == (4, 9, [2.0, 1.0, 5.0, 4.0], 0)
+    assert fields["segmentation"] == stored["segmentation"]
+    with pytest.raises(DataError, match="instance 0 is of class 5 at size \\[5, 7\\], not one of the sample's"):
+        list(oracle_objects([dict(stored, class_id=5)], [4, 9], 5, 7))
+    with pytest.raises(DataError, match="at size \\[5, 7\\], not one of the sample's classes \\[4\\] at the "
+                                        "image's \\[7, 5\\]"):
+        list(oracle_objects([stored], [4], 7, 5))
+    with pytest.raises(DataError, match="instance 0 has no class_id and RLE segmentation"):
+        list(oracle_objects([{"class_id": 4, "segmentation": {"size": [5, 7], "counts": [1, 2]}}], [4], 5, 7))
 
 
 def classes(*names, detector=None):
