@@ -10,6 +10,7 @@ import sys
 
 from pipeline.cli import run, inspect, grounding, labels, zs3, world  # noqa: F401  # isort: skip - each registers its commands, in help order
 from pipeline.cli import config_show  # noqa: F401  # isort: skip - registers `datagen config`
+from pipeline.cli import export  # noqa: F401  # isort: skip - registers `datagen export`
 from pipeline.cli.app import app, console
 from stages.errors import DatagenError
 

@@ -156,6 +156,15 @@ def test_validate_stats_and_show_read_the_store(store, uploaded, datagen):
     assert Image.open(io.BytesIO(store.cat_file(f"{BUCKET}/run/show.png"))).size[0] > 64
 
 
+def test_export_coco_reads_the_store_as_a_folder(store, uploaded, datagen, tmp_path):
+    url, local = uploaded
+    for source, out in ((url, tmp_path / "there"), (local, tmp_path / "here")):
+        assert datagen("export", "coco", source, "--out", out).returncode == 0
+    there, here = ({str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+                   for out in (tmp_path / "there", tmp_path / "here"))
+    assert there == here and len(there) == 5  # instances.json and the 4 images, byte for byte
+
+
 def test_datagen_and_webdataset_readers_stream_the_store(store, uploaded):
     import webdataset as wds
 
