@@ -30,17 +30,19 @@ from pipeline.dataset.layout import (
     FORMAT_VERSION,
     GROUNDING_DIR,
     MANIFEST,
+    ORACLE_DIR,
     RESUME_DIR,
 )
 from pipeline.dataset.location import STORE_ERRORS, check_reachable, is_remote, names, store_error
 from pipeline.dataset.provenance import code_version, model_record, oracle_record
-from pipeline.dataset.shards import finished_stats, read_json_object
+from pipeline.dataset.shards import finished_stats, finished_stats_by_id, read_json_object, shard_name
 from pipeline.dataset.zero_shot import LABELS, labels_entry
 from stages.errors import ConfigError
 from stages.metrics import IGNORE_INDEX
 from stages.vocab import Vocabulary
 
 PROBE = ".datagen-probe"  # the name of check_writable's probe (a probe a failed delete left is not data)
+SHARDS = "shards"  # the manifest's shard digests: "data/shard-000000.tar" -> sha256
 PACKAGES = ("datagen", "torch", "torchvision", "diffusers", "transformers", "webdataset", "pycocotools")
 
 
@@ -250,3 +252,15 @@ def record_labeller(config: OutputOwner, labeler: dict, training_record: dict | 
     entry = labels_entry(manifest.get(LABELS), labeler, training_record, has_shards)
     write_text_atomic(config.out / MANIFEST, json.dumps(manifest | {LABELS: entry}, indent=1, sort_keys=True))
     return entry
+
+
+def record_shards(out) -> dict[str, str]:
+    """Keep in the manifest the sha256 of every finished shard (in ``data/`` and ``oracle/``) as its stats
+    recorded it while the shard was written, for `datagen validate` and for copies checked elsewhere; returns
+    them. Shards written before datagen recorded digests are left out. Runs under the output lock."""
+    digests = {f"{folder}/{shard_name(sid)}.tar": stats["sha256"] for folder in (ORACLE_DIR, DATA_DIR)
+               for sid, stats in finished_stats_by_id(out / folder).items() if isinstance(stats.get("sha256"), str)}
+    manifest = _read_manifest(out)
+    if manifest and manifest.get(SHARDS) != digests:
+        write_text_atomic(out / MANIFEST, json.dumps(manifest | {SHARDS: digests}, indent=1, sort_keys=True))
+    return digests

@@ -1,12 +1,14 @@
 """Shard files: atomic WebDataset writing, per-shard stats, and finding finished shards.
 
 A shard is written to a temporary name and renamed into place (``atomic``; on an object store, uploaded
-whole); its ``.stats.json`` is written last. A shard without stats does not exist: a rerun redoes it.
+whole); its ``.stats.json`` is written last, with the shard's sha256 and size in bytes, hashed as it is
+written. A shard without stats does not exist: a rerun redoes it.
 Finding finished shards lists their folder once (``location.names``), then reads each one's stats.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections import Counter
@@ -70,13 +72,29 @@ def read_json_object(path: Path) -> dict:
     return data
 
 
-def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:
-    """Write samples (``__key__`` plus encoded members) as one shard, then its stats, atomically."""
-    with replacing(shard_path(folder, shard_id)) as tmp, open(tmp, "wb") as stream, \
-            wds.TarWriter(stream, encoder=False, mtime=SHARD_MTIME) as writer:
-        for sample in samples:
-            writer.write(sample)
+class _Hashing:
+    """A write-only stream that hashes what passes through it (the tar writer only writes)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.digest, self.bytes = stream, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        return self.stream.write(data)
+
+
+def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> dict:
+    """Write samples (``__key__`` plus encoded members) as one shard, then its stats with the shard's
+    ``sha256`` and ``bytes``, atomically; the stats written."""
+    with replacing(shard_path(folder, shard_id)) as tmp, open(tmp, "wb") as stream:
+        hashing = _Hashing(stream)
+        with wds.TarWriter(hashing, encoder=False, mtime=SHARD_MTIME) as writer:
+            for sample in samples:
+                writer.write(sample)
+    stats = stats | {"sha256": hashing.digest.hexdigest(), "bytes": hashing.bytes}
     write_json_atomic(stats_path(folder, shard_id), stats)
+    return stats
 
 
 def read_stats(folder: Path, shard_id: int) -> dict | None:
@@ -110,6 +128,8 @@ def finished_stats_by_id(folder: Path) -> dict[int, dict]:
 
 COUNTS = ("shard", "start", "end", "planned", "written")  # what a run's stats count, as integers
 TALLIES = ("failed", "class_instances", "class_pixels")  # name -> integer count
+LATER_COUNTS = ("background_pixels", "ignore_pixels", "bytes")  # integers, in stats written since they were added
+LATER_TALLIES = ("image_sizes", "mask_sizes")
 
 
 def whole_stats(stats: dict | None) -> bool:
@@ -119,7 +139,8 @@ def whole_stats(stats: dict | None) -> bool:
         return isinstance(tally, dict) and all(type(v) is int for v in tally.values())
 
     return isinstance(stats, dict) and all(type(stats.get(k)) is int for k in COUNTS) \
-        and all(counts(stats.get(k, {})) for k in TALLIES)
+        and all(counts(stats.get(k, {})) for k in TALLIES + LATER_TALLIES) \
+        and all(type(stats[k]) is int for k in LATER_COUNTS if k in stats)
 
 
 def finished_shards(folder: Path) -> list[Path]:
@@ -138,13 +159,17 @@ def summarize(folder: Path) -> dict:
 
 
 def sum_stats(shard_stats: list[dict]) -> dict:
-    """Totals over shards' stats: shards, planned, written, failures by reason, per-class instances and pixels."""
-    written, planned, failed, instances, pixels = 0, 0, Counter(), Counter(), Counter()
+    """Totals over shards' stats: shards, planned, written, failures by reason, per-class instances and pixels,
+    background and ignore pixels, image and mask sizes (the last four count only shards whose stats have them)."""
+    tallies = {k: Counter() for k in ("failed", "class_instances", "class_pixels", *LATER_TALLIES)}
+    written = planned = background = ignore = 0
     for stats in shard_stats:
         written += stats["written"]
         planned += stats["planned"]
-        failed.update(stats.get("failed", {}))
-        instances.update(stats.get("class_instances", {}))
-        pixels.update(stats.get("class_pixels", {}))
-    return {"shards": len(shard_stats), "planned": planned, "written": written, "failed": dict(sorted(failed.items())),
-            "class_instances": dict(sorted(instances.items())), "class_pixels": dict(sorted(pixels.items()))}
+        background += stats.get("background_pixels", 0)
+        ignore += stats.get("ignore_pixels", 0)
+        for name, tally in tallies.items():
+            tally.update(stats.get(name, {}))
+    return {"shards": len(shard_stats), "planned": planned, "written": written,
+            **{name: dict(sorted(tally.items())) for name, tally in tallies.items()},
+            "background_pixels": background, "ignore_pixels": ignore}

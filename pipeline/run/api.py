@@ -27,6 +27,7 @@ from pipeline.dataset.manifest import (
     output_lock,
     prepare_output,
     record_labeller,
+    record_shards,
     restore_classes,
 )
 from pipeline.dataset.plan import errored_samples
@@ -168,9 +169,9 @@ def _work(config: RunConfig, result: RunResult, worker: ShardWorker, executor: E
 
 
 def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> None:
-    """Write the dataset card and the wids index; ``only_if_stale``: only when either is missing or
-    older than the manifest or a shard's stats (a run killed after its last shard wrote neither). Times
-    are the file system's, or the store's (one listing per folder)."""
+    """Record the shards' digests in the manifest, write the dataset card and the wids index; ``only_if_stale``:
+    only when the card or the index is missing or older than the manifest or a shard's stats (a run killed
+    after its last shard wrote neither). Times are the file system's, or the store's (one listing per folder)."""
     data = config.out / DATA_DIR
     if only_if_stale:
         top, shards = listing(config.out), listing(data)
@@ -178,5 +179,6 @@ def _write_card_and_index(config: RunConfig, only_if_stale: bool = False) -> Non
         newest = max(e.modified for e in sources if e)
         if all(e and e.modified >= newest for e in (top.get("README.md"), shards.get(WIDS_INDEX))):
             return
+    record_shards(config.out)
     write_card(config.out)
     write_wids_index(data)

@@ -22,6 +22,7 @@ from pipeline.dataset.layout import Phase
 from pipeline.dataset.plan import ERRORED, ShardTask
 from pipeline.dataset.samples import LabelledSample, RawInstance, sample_key
 from pipeline.dataset.shards import write_shard
+from pipeline.dataset.tally import Tally
 from pipeline.run import faults
 from pipeline.runtime import Runtime
 from stages.label import ClassMask, missing_classes
@@ -181,28 +182,25 @@ class ShardWorker:
 
 def commit_shard(result: ShardResult, config: RunConfig) -> dict:
     """Encode a computed shard's samples and write the shard and its stats atomically; the stats."""
-    samples, failures = [], list(result.failures)
+    samples, failures, tally = [], list(result.failures), Tally(masks=result.task.phase is Phase.LABEL)
     for labelled in result.samples:
         try:
-            samples.append(labelled.encode(config.image_format))
+            sample = labelled.encode(config.image_format)
         except Exception as err:  # noqa: BLE001 - recorded in stats with its reason
             failures.append({"key": sample_key(labelled.spec.index), "reason": _raised(err).reason})
+            continue
+        samples.append(sample)
+        tally.add(json.loads(sample["json"])["instances"], labelled.image.shape[:2], labelled.seg)
     failures.sort(key=lambda f: f["key"])
-    stats = _stats(result.task, samples, failures, result.seconds, config.fingerprint())
-    write_shard(result.task.folder, result.task.shard_id, samples, stats)
-    return stats
+    stats = _stats(result.task, len(samples), failures, tally, result.seconds, config.fingerprint())
+    return write_shard(result.task.folder, result.task.shard_id, samples, stats)
 
 
-def _stats(task: ShardTask, samples: list[dict], failures: list[dict], seconds: float, fingerprint: str) -> dict:
-    classes, pixels = Counter(), Counter()
-    for s in samples:
-        for inst in json.loads(s["json"])["instances"]:
-            classes[inst["name"]] += 1
-            pixels[inst["name"]] += inst["area"]
+def _stats(task: ShardTask, written: int, failures: list[dict], tally: Tally, seconds: float,
+           fingerprint: str) -> dict:
     return {
         "phase": task.phase, "shard": task.shard_id, "start": task.start, "end": task.end,
-        "planned": task.end - task.start, "written": len(samples),
-        "failed": dict(Counter(f["reason"] for f in failures)), "failures": failures,
-        "class_instances": dict(sorted(classes.items())), "class_pixels": dict(sorted(pixels.items())),
+        "planned": task.end - task.start, "written": written,
+        "failed": dict(Counter(f["reason"] for f in failures)), "failures": failures, **tally.counts(),
         "seconds": round(seconds, 3), "fingerprint": fingerprint,
     }
