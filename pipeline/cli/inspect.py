@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from pipeline.cli.app import app
+from pipeline.cli.progress import progress_bar
 from pipeline.dataset.location import location
 from pipeline.inspect.folder import open_output
 from pipeline.inspect.show import show as write_sheet
@@ -34,8 +35,9 @@ def show(out: DatasetDir,
 @app.command()
 def validate(out: DatasetDir):
     """Check every shard against the format, its stats and the manifest; exit 1 naming shard and key."""
-    problems, checked = validate_output(location(out))
     console = Console(stderr=True, soft_wrap=True, highlight=False)
+    with progress_bar(console, transient=True) as progress:
+        problems, checked = validate_output(location(out), progress)
     for problem in problems[:MAX_LISTED]:
         print(problem)
     read = ", ".join(f"{c['samples']} samples in {c['shards']} {'oracle' if phase == 'oracle' else 'dataset'} "
@@ -50,4 +52,8 @@ def validate(out: DatasetDir):
 @app.command()
 def stats(out: DatasetDir, json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False):
     """Samples, per-class pixel share and instances, seen vs unseen, failures, image and shard sizes."""
-    print_stats(dataset_stats(open_output(location(out))), Console(soft_wrap=True), as_json=json)
+    ds = open_output(location(out))
+    with progress_bar(Console(stderr=True), unit="shards", transient=True) as progress:
+        bar = progress.add_task("stats", total=len(ds.shards))
+        counted = dataset_stats(ds, lambda k: progress.advance(bar, k))
+    print_stats(counted, Console(soft_wrap=True), as_json=json)

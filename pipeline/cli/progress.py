@@ -39,7 +39,9 @@ class TimeRemaining(TimeRemainingColumn):
         return super().render(task)
 
 
-def progress_bar(console: Console, unit: str = "samples") -> Progress:
-    """A Progress on ``console`` whose rate column counts ``unit`` (samples, steps, images...)."""
+def progress_bar(console: Console, unit: str = "samples", transient: bool = False) -> Progress:
+    """A Progress on ``console`` whose rate column counts ``unit`` (samples, steps, images...); a
+    ``transient`` one is erased when it stops (a command whose result line follows, or whose error
+    must stay one line)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(unit),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemaining(), console=console, transient=False)
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemaining(), console=console, transient=transient)

@@ -17,6 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from stages.errors import DataError
@@ -53,8 +54,19 @@ def _pixels(image: Image.Image, member: str, mode: str | None = None) -> np.ndar
 
 
 def decode_image(source: bytes | Path, member: str) -> np.ndarray:
-    """An image member's pixels as stored (any mode; `datagen validate` checks they are RGB)."""
-    return _pixels(open_image(source, member), member)
+    """An image member's pixels as stored (any mode; `datagen validate` checks they are RGB), every byte
+    checked: Pillow decodes a JPEG whose compressed data is damaged (zeroed bytes, a lost segment) into
+    garbage without an error, so a JPEG's data is decoded again by libjpeg-turbo in strict mode, which
+    refuses it."""
+    image = open_image(source, member)
+    jpeg = image.format == "JPEG"
+    pixels = _pixels(image, member)
+    if jpeg:
+        try:
+            simplejpeg.decode_jpeg(source if isinstance(source, bytes) else source.read_bytes(), strict=True)
+        except ValueError as err:
+            raise DataError(f"{member} does not decode as an image ({err})") from err
+    return pixels
 
 
 def decode_rgb(source: bytes | Path, member: str) -> np.ndarray:

@@ -68,7 +68,7 @@ def _zero_shot(out: Path, manifest: dict) -> tuple[str, str]:
 def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
     out = location(out)
     ds = DatasetFolder(out, manifest, classes, out / DATA_DIR, Phase.LABEL, finished_shards(out / DATA_DIR))
-    stats = dataset_stats(ds, scan=False)
+    stats = dataset_stats(ds)
     config, preset, code = manifest["config"], manifest["config"]["preset"], manifest.get("code", {})
     models, sources = manifest.get("model_revisions", {}), manifest.get("models", {})
     commit = f", git `{code['git_commit']}`{' (uncommitted changes)' if code.get('git_dirty') else ''}" \
@@ -115,7 +115,8 @@ Preset settings: `{preset_json}`. The whole resolved config is in `manifest.json
 - images {preset['image_size']}x{preset['image_size']} `{config['image_format']}`; `seg.png` is a one-channel
   uint8 class-index mask of the same size (0 background, 255 ignore); `json` has the prompt, class
   names and ids, seed, instances as COCO RLE (ASCII counts) and provenance
-- pixels: {stats['background_pixel_share']:.2%} background; seen classes {stats['splits']['seen']['pixel_share']:.2%}, \
+- pixels: {stats['background_pixel_share']:.2%} background (0), {stats['ignore_pixel_share']:.2%} ignore (255); \
+seen classes {stats['splits']['seen']['pixel_share']:.2%}, \
 unseen {stats['splits']['unseen']['pixel_share']:.2%}
 - `{DATA_DIR}/{WIDS_INDEX}` is the wids shard index; `classes.json` maps ids to names and splits
 

@@ -125,16 +125,18 @@ def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
     return DatasetFolder(out, manifest, classes["classes"], folder, phase, shards)
 
 
-def read_shard(shard: Path) -> Iterator[dict]:
+def read_shard(shard: Path, digest=None) -> Iterator[dict]:
     """Samples of one shard as raw bytes per member (``__key__`` plus extensions), nothing decoded.
 
     Members are grouped by key (the name up to its first dot); a tar that ends mid-member or a
-    repeated member raises CorruptShard naming the shard and the key being read.
+    repeated member raises CorruptShard naming the shard and the key being read. ``digest`` (a hashlib
+    object), when given, is fed every byte of the file as it is read, the tar's end included.
     """
     sample = None
     try:
         with shard.open("rb") as stream:
-            for member in wds.tariterators.tar_file_iterator(stream):
+            source = _Hashed(stream, digest) if digest is not None else stream
+            for member in wds.tariterators.tar_file_iterator(source):
                 key, _, ext = member["fname"].partition(".")
                 if sample is None or key != sample["__key__"]:
                     if sample is not None:
@@ -143,7 +145,21 @@ def read_shard(shard: Path) -> Iterator[dict]:
                 if ext in sample:
                     raise CorruptShard(shard, key, f"member {member['fname']} appears twice")
                 sample[ext] = member["data"]
+            while digest is not None and source.read(1 << 20):  # the end-of-archive blocks tarfile skips
+                pass
     except (tarfile.TarError, EOFError, OSError, io.UnsupportedOperation) as err:
         raise CorruptShard(shard, sample and sample["__key__"], str(err).split(" @ ")[0]) from err
     if sample is not None:
         yield sample
+
+
+class _Hashed:
+    """A read-only stream that hashes what is read from it."""
+
+    def __init__(self, stream, digest) -> None:
+        self.stream, self.digest = stream, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data

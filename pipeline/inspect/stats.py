@@ -1,17 +1,18 @@
-"""`datagen stats`: what a dataset holds, from its shard stats and a read of every shard (image and mask sizes)."""
+"""`datagen stats`: what a dataset holds, from its shards' stats (sidecars): no shard is read, except one whose
+stats were written before datagen counted background and ignore pixels and sizes (then its masks are)."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.dataset.members import open_image
 from pipeline.dataset.plan import ERRORED
-from pipeline.dataset.reader import image_member
 from pipeline.dataset.shards import sum_stats
+from pipeline.dataset.tally import MASK_COUNTS, Tally
 from pipeline.inspect.folder import BadSample, DatasetFolder
 from stages.errors import DataError
 
@@ -20,39 +21,44 @@ def _spread(values: list[float]) -> dict:
     return {"min": min(values), "mean": round(sum(values) / len(values), 3), "max": max(values)} if values else {}
 
 
-def _size(data: bytes, member: str) -> str:
-    with open_image(data, member) as image:  # reads the header only
-        return f"{image.width}x{image.height}"
+def _image_member(ds: DatasetFolder) -> str:
+    return ds.members.difference({"json", "seg.png", "latent.npy"}).pop()
 
 
-def scan_sizes(ds: DatasetFolder) -> tuple[Counter, Counter]:
-    """Image and mask sizes ('WxH' -> samples): every shard is read whole (tar members are not
-    seekable), each image's and mask's size comes from its header, no pixels are decoded."""
-    images, masks = Counter(), Counter()
-    for shard in ds.shards:
-        for sample in ds.samples(shard):
-            try:
-                images[_size(image_member(sample), "the image")] += 1
-                if "seg.png" in sample:
-                    masks[_size(sample["seg.png"], "seg.png")] += 1
-            except DataError as err:
-                raise BadSample(shard, sample["__key__"], str(err)) from err
-    return images, masks
+def shard_counts(ds: DatasetFolder, shard: Path) -> dict:
+    """The shard's stats, with the counts of ``MASK_COUNTS`` counted from its samples where its stats predate
+    them; DataError (one line) where they cannot be added up or the shard is not the size they recorded."""
+    stats = ds.counted_stats(shard)
+    size = shard.stat().st_size
+    if type(stats.get("bytes")) is int and stats["bytes"] != size:
+        raise DataError(f"{shard} is {size} bytes, its stats say {stats['bytes']} were written: truncated or "
+                        "replaced since; run `datagen validate`")
+    if all(k in stats for k in MASK_COUNTS):
+        return stats | {"bytes": size}
+    tally = Tally(masks=True)
+    for sample in ds.samples(shard):
+        try:
+            tally.add_sample(sample, _image_member(ds))
+        except DataError as err:
+            raise BadSample(shard, sample["__key__"], str(err)) from err
+    return stats | {k: v for k, v in tally.counts().items() if k in MASK_COUNTS} | {"bytes": size}
 
 
-def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
-    """Counts, per-class and per-split pixel shares and instances, failure reasons, sizes, shard sizes.
+def dataset_stats(ds: DatasetFolder, advance: Callable[[int], None] = lambda k: None) -> dict:
+    """Counts, per-class and per-split pixel shares and instances, background and ignore shares, failure
+    reasons, sizes, shard sizes; ``advance(1)`` after each shard.
 
-    Pixel shares are instance areas (disjoint per sample) over all pixels written; without ``scan``
-    every sample is taken to be the preset's image size.
+    Pixel shares are over all pixels written: instance areas (disjoint per sample) for the classes, and
+    the mask's 0 (background) and 255 (ignore, e.g. the attention labeler's uncertain band) pixels.
     """
-    stats = [ds.counted_stats(shard) for shard in ds.shards]
+    stats = []
+    for shard in ds.shards:
+        stats.append(shard_counts(ds, shard))
+        advance(1)
     totals = sum_stats(stats)
     written, failed = totals["written"], totals["failed"]
     instances, pixels = totals["class_instances"], totals["class_pixels"]
-    side = ds.manifest.get("config", {}).get("preset", {}).get("image_size", 0)
-    images, masks = scan_sizes(ds) if scan else (Counter({f"{side}x{side}": written}), Counter())
-    total_pixels = sum(count * pixels_of(size) for size, count in images.items()) or 1
+    total_pixels = sum(count * pixels_of(size) for size, count in totals["image_sizes"].items()) or 1
     classes = [{"id": c["id"], "name": c["name"], "split": "seen" if c["seen"] else "unseen",
                 "instances": instances.get(c["name"], 0), "pixels": pixels.get(c["name"], 0),
                 "pixel_share": round(pixels.get(c["name"], 0) / total_pixels, 6)} for c in ds.classes]
@@ -61,7 +67,7 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
                       "instances": sum(c["instances"] for c in classes if c["split"] == split),
                       "pixel_share": round(sum(c["pixel_share"] for c in classes if c["split"] == split), 6)}
               for split in ("seen", "unseen")}
-    sizes = [shard.stat().st_size for shard in ds.shards]
+    sizes = [s["bytes"] for s in stats]
     return {
         "out": str(ds.out), "format_version": ds.manifest["format_version"],
         "fingerprint": ds.manifest.get("fingerprint"), "vocabulary": ds.manifest["vocabulary"].get("name"),
@@ -69,9 +75,10 @@ def dataset_stats(ds: DatasetFolder, scan: bool = True) -> dict:
                     "filtered": sum(v for k, v in failed.items() if not k.startswith(ERRORED)),
                     "errored": sum(v for k, v in failed.items() if k.startswith(ERRORED))},
         "failures": failed,
-        "background_pixel_share": round(1 - sum(c["pixel_share"] for c in classes), 6),
+        "background_pixel_share": round(totals["background_pixels"] / total_pixels, 6),
+        "ignore_pixel_share": round(totals["ignore_pixels"] / total_pixels, 6),
         "classes": classes, "splits": splits,
-        "image_sizes": dict(images), "mask_sizes": dict(masks),
+        "image_sizes": totals["image_sizes"], "mask_sizes": totals["mask_sizes"],
         "shards": {"count": len(stats), "samples": _spread([s["written"] for s in stats]),
                    "mb": _spread([round(b / 1e6, 3) for b in sizes]), "total_mb": round(sum(sizes) / 1e6, 3),
                    "mb_per_sample": round(sum(sizes) / 1e6 / max(written, 1), 4)},
@@ -102,6 +109,7 @@ def print_stats(stats: dict, console: Console, as_json: bool) -> None:
     for c in stats["classes"]:
         table.add_row(str(c["id"]), c["name"], c["split"], str(c["instances"]), f"{c['pixel_share']:.2%}")
     table.add_row("0", "background", "", "", f"{stats['background_pixel_share']:.2%}")
+    table.add_row("255", "ignore", "", "", f"{stats['ignore_pixel_share']:.2%}")
     console.print(table)
     splits = Table(title="seen vs unseen")
     for column in ("split", "classes present", "instances", "pixel share"):

@@ -5,19 +5,25 @@ Problems are collected (shard, key, what is wrong) rather than raised, so one ru
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from rich.progress import Progress
 
 from pipeline.dataset.layout import Phase
 from pipeline.dataset.location import location
+from pipeline.dataset.manifest import SHARDS
 from pipeline.dataset.members import UNSAFE, decode_image, decode_json, decode_mask
 from pipeline.dataset.plan import plan_shards
 from pipeline.dataset.shards import finished_shards, whole_stats
+from pipeline.dataset.tally import MASK_COUNTS, Tally
 from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
 from stages.errors import DataError
 from stages.metrics import IGNORE_INDEX
@@ -33,13 +39,14 @@ class Problem:
         return f"{self.shard}{f' key {self.key}' if self.key else ''}: {self.message}"
 
 
-def validate_output(out: Path) -> tuple[list[Problem], dict]:
-    """All problems in a dataset folder (data/ and, when present, oracle/) and what was checked."""
+def validate_output(out: Path, progress: Progress | None = None) -> tuple[list[Problem], dict]:
+    """All problems in a dataset folder (data/ and, when present, oracle/) and what was checked; ``progress``
+    gets a bar per folder, counting samples."""
     data = open_output(out, Phase.LABEL)
     problems = _check_manifest(data)
-    checked = {Phase.LABEL: _check_folder(data, problems)}
+    checked = {Phase.LABEL: _check_folder(data, problems, progress)}
     if finished_shards(location(out) / Phase.ORACLE.folder):
-        checked[Phase.ORACLE] = _check_folder(open_output(out, Phase.ORACLE), problems)
+        checked[Phase.ORACLE] = _check_folder(open_output(out, Phase.ORACLE), problems, progress)
     return problems, checked
 
 
@@ -50,23 +57,27 @@ def _check_manifest(ds: DatasetFolder) -> list[Problem]:
     return []
 
 
-def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
+def _check_folder(ds: DatasetFolder, problems: list[Problem], progress: Progress | None) -> dict:
     """Check every planned shard of one folder; returns counts of what was read."""
+    found = {int(p.stem.removeprefix("shard-")): p for p in ds.shards}
+    stats_of = {sid: ds.stats(shard) for sid, shard in found.items()}  # one read of each
+    total = sum(stats["written"] for stats in stats_of.values() if whole_stats(stats))
+    bar = progress.add_task(f"validate {ds.folder.name}/", total=total or None) if progress else None
+    advance = (lambda k: progress.advance(bar, k)) if progress else (lambda k: None)
     config = ds.manifest.get("config", {})
     n = config.get("n") if ds.phase is Phase.LABEL else config.get("preset", {}).get("bootstrap_n")
     size = config.get("preset", {}).get("shard_size")
     planned = {t.shard_id: t for t in plan_shards(ds.phase, n, size, ds.folder)} if n and size else {}
-    found = {int(p.stem.removeprefix("shard-")): p for p in ds.shards}
     for sid in sorted(set(planned) - set(found)):
         problems.append(Problem(f"{ds.folder.name}/shard-{sid:06d}.tar", None,
                                 "planned shard is missing or unfinished: rerun the run command to finish it"))
     samples = 0
     for sid, shard in found.items():
-        stats, where = ds.stats(shard), f"{ds.folder.name}/{shard.name}"
+        stats, where = stats_of[sid], f"{ds.folder.name}/{shard.name}"
         if not whole_stats(stats):
             problems.append(Problem(where, None, "its stats are damaged (counts missing or not integers): the shard "
                                     "counts as unfinished; rerun the run command to redo it"))
-            samples += _check_shard(ds, shard, None, where, problems)
+            samples += _check_shard(ds, shard, None, where, problems, advance)
             continue
         task = planned.get(sid)
         if task is None or (stats.get("start"), stats.get("end")) != (task.start, task.end):
@@ -74,15 +85,18 @@ def _check_folder(ds: DatasetFolder, problems: list[Problem]) -> dict:
                                     "not what the manifest's config plans for it"))
         if stats.get("fingerprint") != ds.manifest.get("fingerprint"):
             problems.append(Problem(where, None, "stats were written by another config than the manifest's"))
-        samples += _check_shard(ds, shard, stats, where, problems)
+        samples += _check_shard(ds, shard, stats, where, problems, advance)
     return {"shards": len(found), "samples": samples}
 
 
-def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str, problems: list[Problem]) -> int:
-    """Every sample of one shard against the format, and (unless ``stats`` is None: damaged) its stats."""
+def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str, problems: list[Problem],
+                 advance: Callable[[int], None]) -> int:
+    """Every sample of one shard against the format, and (unless ``stats`` is None: damaged) its stats
+    and the sha256 recorded when it was written."""
     keys, instances, pixels = [], Counter(), Counter()
+    tally, digest = Tally(masks=ds.phase is Phase.LABEL), hashlib.sha256()
     try:
-        for sample in read_shard(shard):
+        for sample in read_shard(shard, digest):
             key = sample["__key__"]
             keys.append(key)
             for message in _check_sample(ds, sample, stats):
@@ -90,9 +104,17 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str,
             for inst in _instances(sample):
                 instances[inst.get("name")] += 1
                 pixels[inst.get("name")] += inst.get("area", 0)
+            with contextlib.suppress(DataError, KeyError):  # _check_sample reported it
+                tally.add_sample(sample, image_member_name(ds))
+            advance(1)
     except CorruptShard as err:
         problems.append(Problem(where, err.key, f"truncated or corrupt tar at this key: {err.problem}"))
         return len(keys)
+    recorded = {"its stats": (stats or {}).get("sha256"), "the manifest": ds.manifest.get(SHARDS, {}).get(where)}
+    for source, expected in recorded.items():
+        if expected is not None and expected != digest.hexdigest():
+            problems.append(Problem(where, None, f"sha256 {digest.hexdigest()[:16]}... is not the {expected[:16]}... "
+                                    f"{source} recorded when it was written: changed or damaged since"))
     if stats is None:
         return len(keys)
     if len(keys) != stats.get("written"):
@@ -103,7 +125,14 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str,
         problems.append(Problem(where, None, "a key appears twice, or both written and failed"))
     if dict(instances) != stats.get("class_instances", {}) or dict(pixels) != stats.get("class_pixels", {}):
         problems.append(Problem(where, None, "per-class instance counts or pixel areas disagree with its stats"))
+    counted = tally.counts()
+    if wrong := [k for k in MASK_COUNTS if k in stats and stats[k] != counted.get(k)]:
+        problems.append(Problem(where, None, f"its stats' {', '.join(wrong)} disagree with its samples"))
     return len(keys)
+
+
+def image_member_name(ds: DatasetFolder) -> str:
+    return ds.members.difference({"json", "seg.png", "latent.npy"}).pop()
 
 
 def _instances(sample: dict) -> list[dict]:
@@ -127,7 +156,7 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict | None) -> list[s
                 f"{(stats or {}).get('end')}"]
     try:
         meta = decode_json(sample["json"])
-        image = decode_image(sample[ds.members.difference({"json", "seg.png", "latent.npy"}).pop()], "image")
+        image = decode_image(sample[image_member_name(ds)], "image")
     except DataError as err:
         return [str(err)]
     class_ids = meta.get("class_ids", [])

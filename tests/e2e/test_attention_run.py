@@ -57,6 +57,25 @@ def test_manifest_samples_and_card_name_the_labeler_and_its_settings(attention_r
     assert "(nothing trained: the attention labeler)" in card
 
 
+def test_stats_and_card_count_ignore_pixels_apart_from_background(attention_run, datagen):
+    """The attention labeler's uncertain band is 255: neither background nor a class, in stats and the card."""
+    out, _ = attention_run
+    masks = np.concatenate([s["seg.png"].ravel() for s in open_dataset(shard_urls(out))])
+    counts = np.bincount(masks, minlength=256)
+    assert counts[255] > 0 and counts[0] > 0
+    stats = json.loads(datagen("stats", str(out), "--json").stdout)
+    assert stats["ignore_pixel_share"] == pytest.approx(counts[255] / masks.size, abs=1e-6)
+    assert stats["background_pixel_share"] == pytest.approx(counts[0] / masks.size, abs=1e-6)
+    shares = stats["background_pixel_share"] + stats["ignore_pixel_share"] + sum(c["pixel_share"] for c in
+                                                                                 stats["classes"])
+    assert shares == pytest.approx(1, abs=1e-5)
+    card = (out / "README.md").read_text()
+    background, ignore = stats["background_pixel_share"], stats["ignore_pixel_share"]
+    assert f"{background:.2%} background (0), {ignore:.2%} ignore (255)" in card
+    table = datagen("stats", str(out)).stdout.splitlines()
+    assert [line.split("│")[-2].strip() for line in table if "│ ignore " in line] == [f"{ignore:.2%}"]
+
+
 def test_rerun_with_label_does_no_work_and_a_grounding_run_is_refused(attention_run):
     out, _ = attention_run
     rerun = CliRunner().invoke(app, ["label", *ARGS, "--out", str(out)])

@@ -1,5 +1,7 @@
 """`datagen show`, `validate`, `stats`, the dataset card and shard sizing, on good and broken datasets."""
 
+import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -8,18 +10,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.dataset.manifest import record_shards
 from pipeline.dataset.shards import encode_mask, finished_shards, write_shard
 from pipeline.dataset.sizing import samples_per_shard
+from pipeline.dataset.tally import MASK_COUNTS, Tally
 from pipeline.inspect.folder import open_output, read_shard
 from pipeline.inspect.show import class_colour, pick_samples
+from stages.errors import DataError
 
 
 def rewrite_sample(out, shard_index, change):
-    """Rewrite one shard with ``change(sample)`` applied to its second sample; its stats are kept."""
+    """Rewrite one shard with ``change(sample)`` applied to its second sample, as a writer that wrote it so
+    would: its stats kept, but the pixel and size counts, the digest and the manifest's digest of what it holds."""
     shard = finished_shards(out / "data")[shard_index]
     samples = list(read_shard(shard))
     change(samples[1])
-    write_shard(shard.parent, shard_index, samples, json.loads(shard.with_suffix(".stats.json").read_text()))
+    tally = Tally(masks=True)
+    for sample in samples:
+        with contextlib.suppress(DataError, KeyError):
+            tally.add_sample(sample, "jpg")
+    stats = json.loads(shard.with_suffix(".stats.json").read_text())
+    write_shard(shard.parent, shard_index, samples, stats | {k: tally.counts()[k] for k in MASK_COUNTS})
+    record_shards(out)
     return shard.name, samples[1]["__key__"]
 
 
@@ -55,10 +67,11 @@ def test_stats_json_agrees_with_the_shards(datagen, tiny_dataset):
     assert stats["image_sizes"] == {"64x64": written} and stats["mask_sizes"] == {"64x64": written}
     masks = [np.array(Image.open(io.BytesIO(s["seg.png"]))) for p in finished_shards(tiny_dataset / "data")
              for s in read_shard(p)]
-    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=21)
+    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)
     for c in stats["classes"]:
         assert c["pixel_share"] == pytest.approx(counts[c["id"]] / counts.sum(), abs=1e-6)
-    assert stats["background_pixel_share"] == pytest.approx(counts[0] / counts.sum(), abs=1e-5)
+    assert stats["background_pixel_share"] == pytest.approx(counts[0] / counts.sum(), abs=1e-6)
+    assert stats["ignore_pixel_share"] == pytest.approx(counts[255] / counts.sum(), abs=1e-6)
     assert stats["splits"]["seen"]["classes"] == 15 and stats["splits"]["unseen"]["classes"] == 5
     table = datagen("stats", str(tiny_dataset))
     assert table.returncode == 0 and "seen vs unseen" in table.stdout and "pottedplant" in table.stdout
@@ -92,12 +105,14 @@ def _truncate(out):
     (lambda out: (out / "manifest.json").unlink(), "not a datagen dataset"),
     (lambda out: (out / "manifest.json").write_text("{"), "not valid JSON"),
     (_newer_format, "format 99"),
-    (_truncate, "shard-000001.tar is truncated or corrupt (at key 00000000000"),
+    (_truncate, {"show": "shard-000001.tar is truncated or corrupt (at key 00000000000",
+                 "stats": "data/shard-000001.tar is "}),  # "... N bytes, its stats say M were written"
 ])
 @pytest.mark.parametrize("command", ["show", "stats"])
 def test_bad_input_gets_one_line_and_exit_2(datagen, copy, damage, message, command):
     damage(copy)
     result = datagen(command, str(copy))
+    message = message[command] if isinstance(message, dict) else message
     assert result.returncode == 2 and message in result.one_line() and not result.stdout
 
 
@@ -141,12 +156,22 @@ def _pickle_member(sample):
     sample["pyd"] = b"\x80\x04N."
 
 
+def _zeroed_jpeg_bytes(sample):
+    """400 bytes zeroed in the middle of the JPEG: Pillow decodes it (into garbage) without an error."""
+    data = bytearray(sample["jpg"])
+    middle = len(data) // 2
+    data[middle:middle + 400] = bytes(400)
+    sample["jpg"] = bytes(data)
+    Image.open(io.BytesIO(sample["jpg"])).load()
+
+
 @pytest.mark.parametrize("change, message", [
     (_resize_mask, "mask is 32x32 (or not one channel), image 64x64"),
     (_foreign_class, "class ids [77] are not in the vocabulary"),
     (_broken_rle, "RLE"),
     (_pickle_member, "would run code when loaded (pickle)"),
     (_instance_without_class, "an instance has no class_id or name"),
+    (_zeroed_jpeg_bytes, "image does not decode as an image (Corrupt JPEG data"),
 ])
 def test_validate_names_the_shard_and_key_of_each_problem(datagen, copy, change, message):
     shard, key = rewrite_sample(copy, 2, change)
@@ -172,6 +197,45 @@ def test_validate_reports_a_json_member_that_is_not_an_object(datagen, copy):
     shard, key = rewrite_sample(copy, 2, _json_not_an_object)
     result = datagen("validate", str(copy))
     assert result.returncode == 1 and f"data/{shard} key {key}: json is a list, not an object" in result.stdout
+
+
+def test_each_shard_sha256_is_recorded_at_write_and_a_flipped_byte_fails_validate(datagen, copy):
+    shards = finished_shards(copy / "data")
+    recorded = json.loads((copy / "manifest.json").read_text())["shards"]
+    for shard in shards:
+        digest = hashlib.sha256(shard.read_bytes()).hexdigest()
+        stats = json.loads(shard.with_suffix(".stats.json").read_text())
+        assert stats["sha256"] == digest == recorded[f"data/{shard.name}"] and stats["bytes"] == shard.stat().st_size
+    data = bytearray(shards[1].read_bytes())
+    at = data.index(b"a photograph of")  # a letter of a prompt: every member still decodes and checks out
+    data[at] ^= 0x20
+    shards[1].write_bytes(bytes(data))
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and "invalid: 2 problems" in result.stderr
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("data/shard-000001.tar: sha256 ") for line in lines)
+    assert "its stats recorded when it was written" in lines[0] and "the manifest recorded" in lines[1]
+
+
+def test_stats_reads_the_sidecars_not_the_shards(datagen, copy):
+    """Each shard replaced by as many zero bytes: stats says the same (nothing but sizes comes from a
+    shard); validate reads them."""
+    before = json.loads(datagen("stats", str(copy), "--json").stdout)
+    for shard in finished_shards(copy / "data"):
+        shard.write_bytes(bytes(shard.stat().st_size))
+    after = datagen("stats", str(copy), "--json")
+    assert after.returncode == 0 and json.loads(after.stdout) == before
+    assert datagen("validate", str(copy)).returncode == 1
+
+
+def test_stats_recounts_a_shard_whose_stats_predate_the_pixel_counts(datagen, copy):
+    before = json.loads(datagen("stats", str(copy), "--json").stdout)
+    assert before["ignore_pixel_share"] == 0 and 0 < before["background_pixel_share"] < 1
+    for path in (copy / "data").glob("*.stats.json"):
+        stats = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in stats.items() if k not in (*MASK_COUNTS, "sha256", "bytes")}))
+    assert json.loads(datagen("stats", str(copy), "--json").stdout) == before
+    assert datagen("validate", str(copy)).returncode == 0  # such stats are valid: the manifest's digests hold
 
 
 def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
