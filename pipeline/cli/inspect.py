@@ -22,14 +22,19 @@ MAX_LISTED = 50  # problems printed by validate; the count says how many more
 
 @app.command()
 def show(out: DatasetDir,
-         n: Annotated[int, typer.Option(help="Samples on the sheet (the first ones, in shard order).")] = 16,
+         n: Annotated[int, typer.Option(help="Samples on the sheet (the first ones in shard order, or with "
+                                            "--random drawn at random).")] = 16,
          class_name: Annotated[str | None,
                                typer.Option("--class", help="Only samples whose mask labels this class.")] = None,
+         random: Annotated[bool, typer.Option("--random", help="Draw the samples at random (with --seed) "
+                                                                "instead of taking the first ones.")] = False,
+         seed: Annotated[int, typer.Option(help="The seed of --random: the same seed draws the same samples.")] = 0,
          save: Annotated[str | None, typer.Option(help="Where to write the PNG, a path or URL "
                                                       "[default: OUT/show.png].")] = None):
-    """Write a contact sheet PNG of samples with their masks overlaid; prints its path, opens nothing."""
+    """Write a contact sheet PNG of samples, each image beside its mask, with a legend; prints its path."""
     folder = location(out)
-    print(write_sheet(open_output(folder), n, class_name, location(save) if save else folder / "show.png"))
+    print(write_sheet(open_output(folder), n, class_name, location(save) if save else folder / "show.png",
+                      seed if random else None))
 
 
 @app.command()

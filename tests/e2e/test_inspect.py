@@ -15,7 +15,7 @@ from pipeline.dataset.shards import encode_mask, finished_shards, write_shard
 from pipeline.dataset.sizing import samples_per_shard
 from pipeline.dataset.tally import MASK_COUNTS, Tally
 from pipeline.inspect.folder import open_output, read_shard
-from pipeline.inspect.show import class_colour, pick_samples
+from pipeline.inspect.show import legend_entries, pick_samples
 from stages.errors import DataError
 
 
@@ -39,18 +39,35 @@ def test_show_writes_a_contact_sheet_and_prints_only_its_path(datagen, tiny_data
     result = datagen("show", str(tiny_dataset), "--n", "5", "--save", str(tmp_path / "sheet.png"))
     assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "sheet.png")
     sheet = Image.open(tmp_path / "sheet.png")
-    assert sheet.mode == "RGB" and sheet.width >= 3 * 192 and sheet.height > 2 * 192
+    assert sheet.mode == "RGB" and sheet.width >= 3 * 2 * 160 and sheet.height > 2 * 160  # 3 x 2 image | mask pairs
 
 
-def test_show_class_filter_and_fixed_colours(tiny_dataset):
+def test_show_class_filter_and_legend(tiny_dataset):
     ds = open_output(tiny_dataset)
     cow = next(cid for cid, name in ds.names.items() if name == "cow")
     with_cow = [s["__key__"] for p in ds.shards for s in read_shard(p)
                 if (np.array(Image.open(io.BytesIO(s["seg.png"]))) == cow).any()]
     picked = pick_samples(ds, 16, "cow")  # samples whose mask labels cow pixels, not those whose prompt names it
     assert with_cow and [s["key"] for s in picked] == with_cow
-    assert class_colour(0) == (0, 0, 0) and class_colour(1) == (128, 0, 0) and class_colour(15) == (192, 128, 128)
-    assert len({class_colour(i) for i in range(256)}) == 256
+    legend = legend_entries(ds, picked)
+    assert (cow, f"{cow} cow (seen)") in legend and legend[-2:] == [(0, "0 background"), (255, "255 ignore")]
+
+
+def test_show_random_draws_the_same_samples_for_the_same_seed(tiny_dataset, datagen, tmp_path):
+    ds = open_output(tiny_dataset)
+    keys = [s["__key__"] for p in ds.shards for s in read_shard(p)]
+    drawn = {seed: [s["key"] for s in pick_samples(ds, 5, None, seed)] for seed in (1, 2)}
+    assert drawn[1] == [s["key"] for s in pick_samples(ds, 5, None, 1)] and drawn[1] != drawn[2]
+    assert drawn[1] == sorted(drawn[1]) and set(drawn[1]) <= set(keys) and drawn[1] != keys[:5]
+    assert [s["key"] for s in pick_samples(ds, 99, None, 1)] == keys  # asking for more than there are: all
+    cow = next(cid for cid, name in ds.names.items() if name == "cow")
+    for s in pick_samples(ds, 2, "cow", seed=4):
+        assert (s["mask"] == cow).any()
+    sheets = [tmp_path / f"{i}.png" for i in range(3)]
+    for sheet, seed in zip(sheets, ("1", "1", "2"), strict=True):
+        result = datagen("show", str(tiny_dataset), "--n", "3", "--random", "--seed", seed, "--save", str(sheet))
+        assert result.returncode == 0
+    assert sheets[0].read_bytes() == sheets[1].read_bytes() != sheets[2].read_bytes()
 
 
 def test_validate_accepts_the_dataset(datagen, tiny_dataset):
