@@ -58,6 +58,11 @@ class DatasetFolder:
         return {image, "json", "seg.png" if self.phase is Phase.LABEL else "latent.npy"}
 
     @property
+    def image(self) -> str:
+        """The name of the image member (``jpg`` or ``png``)."""
+        return self.members.difference({"json", "seg.png", "latent.npy"}).pop()
+
+    @property
     def names(self) -> dict[int, str]:
         return {c["id"]: c["name"] for c in self.classes}
 

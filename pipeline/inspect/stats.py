@@ -21,10 +21,6 @@ def _spread(values: list[float]) -> dict:
     return {"min": min(values), "mean": round(sum(values) / len(values), 3), "max": max(values)} if values else {}
 
 
-def _image_member(ds: DatasetFolder) -> str:
-    return ds.members.difference({"json", "seg.png", "latent.npy"}).pop()
-
-
 def shard_counts(ds: DatasetFolder, shard: Path) -> dict:
     """The shard's stats, with the counts of ``MASK_COUNTS`` counted from its samples where its stats predate
     them; DataError (one line) where they cannot be added up or the shard is not the size they recorded."""
@@ -38,7 +34,7 @@ def shard_counts(ds: DatasetFolder, shard: Path) -> dict:
     tally = Tally(masks=True)
     for sample in ds.samples(shard):
         try:
-            tally.add_sample(sample, _image_member(ds))
+            tally.add_sample(sample, ds.image)
         except DataError as err:
             raise BadSample(shard, sample["__key__"], str(err)) from err
     return stats | {k: v for k, v in tally.counts().items() if k in MASK_COUNTS} | {"bytes": size}

@@ -105,14 +105,15 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str,
                 instances[inst.get("name")] += 1
                 pixels[inst.get("name")] += inst.get("area", 0)
             with contextlib.suppress(DataError, KeyError):  # _check_sample reported it
-                tally.add_sample(sample, image_member_name(ds))
+                tally.add_sample(sample, ds.image)
             advance(1)
     except CorruptShard as err:
         problems.append(Problem(where, err.key, f"truncated or corrupt tar at this key: {err.problem}"))
         return len(keys)
-    recorded = {"its stats": (stats or {}).get("sha256"), "the manifest": ds.manifest.get(SHARDS, {}).get(where)}
-    for source, expected in recorded.items():
-        if expected is not None and expected != digest.hexdigest():
+    in_manifest = ds.manifest.get(SHARDS) if isinstance(ds.manifest.get(SHARDS), dict) else {}
+    recorded = {"its stats": (stats or {}).get("sha256"), "the manifest": in_manifest.get(where)}
+    for source, expected in recorded.items():  # none where written before datagen recorded digests
+        if isinstance(expected, str) and expected != digest.hexdigest():
             problems.append(Problem(where, None, f"sha256 {digest.hexdigest()[:16]}... is not the {expected[:16]}... "
                                     f"{source} recorded when it was written: changed or damaged since"))
     if stats is None:
@@ -129,10 +130,6 @@ def _check_shard(ds: DatasetFolder, shard: Path, stats: dict | None, where: str,
     if wrong := [k for k in MASK_COUNTS if k in stats and stats[k] != counted.get(k)]:
         problems.append(Problem(where, None, f"its stats' {', '.join(wrong)} disagree with its samples"))
     return len(keys)
-
-
-def image_member_name(ds: DatasetFolder) -> str:
-    return ds.members.difference({"json", "seg.png", "latent.npy"}).pop()
 
 
 def _instances(sample: dict) -> list[dict]:
@@ -156,7 +153,7 @@ def _check_sample(ds: DatasetFolder, sample: dict, stats: dict | None) -> list[s
                 f"{(stats or {}).get('end')}"]
     try:
         meta = decode_json(sample["json"])
-        image = decode_image(sample[image_member_name(ds)], "image")
+        image = decode_image(sample[ds.image], "image")
     except DataError as err:
         return [str(err)]
     class_ids = meta.get("class_ids", [])

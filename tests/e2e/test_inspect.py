@@ -123,7 +123,7 @@ def _truncate(out):
     (lambda out: (out / "manifest.json").write_text("{"), "not valid JSON"),
     (_newer_format, "format 99"),
     (_truncate, {"show": "shard-000001.tar is truncated or corrupt (at key 00000000000",
-                 "stats": "data/shard-000001.tar is "}),  # "... N bytes, its stats say M were written"
+                 "stats": " bytes, its stats say "}),  # exactly: test_stats_names_a_shard_not_the_size_written
 ])
 @pytest.mark.parametrize("command", ["show", "stats"])
 def test_bad_input_gets_one_line_and_exit_2(datagen, copy, damage, message, command):
@@ -142,6 +142,16 @@ def test_validate_refuses_what_is_not_a_readable_dataset(datagen, copy, damage, 
     damage(copy)
     result = datagen("validate", str(copy))
     assert result.returncode == 2 and message in result.one_line()
+
+
+def test_stats_names_a_shard_not_the_size_written(datagen, copy):
+    """stats reads no shard, yet a truncated one is named: its size is not the bytes its stats recorded."""
+    written = finished_shards(copy / "data")[1].stat().st_size
+    _truncate(copy)
+    result = datagen("stats", str(copy))
+    assert result.returncode == 2 and not result.stdout
+    assert f"data/shard-000001.tar is {written * 3 // 5} bytes, its stats say {written} were written: truncated or " \
+           "replaced since; run `datagen validate`" in result.one_line()
 
 
 def _resize_mask(sample):

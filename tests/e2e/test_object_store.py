@@ -165,6 +165,21 @@ def test_export_coco_reads_the_store_as_a_folder(store, uploaded, datagen, tmp_p
     assert there == here and len(there) == 5  # instances.json and the 4 images, byte for byte
 
 
+def test_stats_on_the_store_downloads_no_shard(store, uploaded, datagen, monkeypatch):
+    """stats adds up the shards' stats objects: no tar is opened or fetched (its size comes from a listing)."""
+    import s3fs
+
+    fetched = []
+    for name in ("_open", "_cat_file", "_get_file"):
+        def spy(self, path, *args, _original=getattr(s3fs.S3FileSystem, name), **kwargs):
+            fetched.append(str(path))
+            return _original(self, path, *args, **kwargs)
+        monkeypatch.setattr(s3fs.S3FileSystem, name, spy)
+    result = datagen("stats", uploaded[0], "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["samples"]["written"] > 0
+    assert any(p.endswith(".stats.json") for p in fetched) and not [p for p in fetched if p.endswith(".tar")]
+
+
 def test_datagen_and_webdataset_readers_stream_the_store(store, uploaded):
     import webdataset as wds
 
