@@ -52,7 +52,7 @@ def new_trainer(config: RunConfig, runtime: Runtime) -> GroundingTrainer:
 
 def run_training(config: RunConfig, runtime: Runtime, job: dict,
                  batches: Callable[[int], Iterator[dict]], validation: Callable[[], Iterator[dict]] | None,
-                 progress: Progress | None = None, description: str = "B train grounding", *,
+                 progress: Progress | None = None, description: str = "B train", *,
                  zero_shot: bool) -> dict:
     """Train (resuming a matching checkpoint), then install the module as ``OUT/grounding``.
 
@@ -76,7 +76,7 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
     def on_step(step: int, loss: float) -> None:
         if bar is not None:
             val = trainer.validation[-1]["miou"] if trainer.validation else None
-            shown = f" val mIoU {val:.3f}" if val is not None else ""
+            shown = f" mIoU {val:.3f}" if val is not None else ""
             progress.update(bar, completed=step, description=f"{description} loss {loss:.3f}{shown}")
 
     started = time.time()
@@ -138,4 +138,4 @@ def train_on_annotated(config: RunConfig, runtime: Runtime, root: Path, split: s
         config, runtime, job,
         lambda skip: annotated_batches(items, vocab, size, timestep, train.batch_size, config.seed, skip,
                                        train_on_unseen),
-        validation, progress, "train grounding (annotated)", zero_shot=not train_on_unseen)
+        validation, progress, "train annotated", zero_shot=not train_on_unseen)
