@@ -9,16 +9,7 @@ from rich.table import Table
 from pipeline.cli import options as opt
 from pipeline.cli.app import app, console, eval_app
 from pipeline.cli.progress import progress_bar
-from pipeline.dataset import zero_shot
-from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.layout import EVAL_DIR
-from pipeline.dataset.location import location
-from pipeline.dataset.manifest import check_output, check_writable, output_lock
-from pipeline.dataset.voc import voc_images
-from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
-from pipeline.runtime import Runtime
-from pipeline.training.job import train_on_annotated
-from stages.labelers import labeler_class
 
 Data = Annotated[str, typer.Option(help="VOC-layout local folder: JPEGImages/, SegmentationClass/, "
                                         "ImageSets/Segmentation/.")]
@@ -41,6 +32,13 @@ def train_annotated(
     background's 0) and map to the vocabulary by name; 255 is not scored, nor are the unseen classes
     unless --train-on-unseen (zero-shot: an unseen class is never a target). A killed run resumes from
     its last checkpoint when rerun with the same flags."""
+    from pipeline.dataset import zero_shot
+    from pipeline.dataset.atomic import make_folder
+    from pipeline.dataset.manifest import check_output, check_writable, output_lock
+    from pipeline.dataset.voc import voc_images
+    from pipeline.runtime import Runtime
+    from pipeline.training.job import train_on_annotated
+
     data = opt.local_folder("--data", data, "its images are read many times over")
     config = opt.run_config(vocab=vocab, out=out, models=models, seed=seed, sd_path=sd_path, device=device,
                             train_steps=train_steps)
@@ -77,6 +75,12 @@ def eval_grounding(
                                               "images.")] = "grounding",
 ):
     """Protocol I: mIoU of a labeler (or all) against the oracle, seen and unseen classes apart."""
+    from pipeline.dataset.atomic import make_folder, write_json_atomic
+    from pipeline.dataset.location import location
+    from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
+    from pipeline.runtime import Runtime
+    from stages.labelers import labeler_class
+
     labelers = labelers_of(labeler)
     config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                             oracle_weights=oracle_weights, device=device, batch_size=batch_size)

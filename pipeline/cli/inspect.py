@@ -8,11 +8,6 @@ import typer
 from rich.console import Console
 
 from pipeline.cli.app import app
-from pipeline.dataset.location import location
-from pipeline.inspect.folder import open_output
-from pipeline.inspect.show import show as write_sheet
-from pipeline.inspect.stats import dataset_stats, print_stats
-from pipeline.inspect.validate import validate_output
 
 DatasetDir = Annotated[str, typer.Argument(help="A datagen output folder or object-store URL (the --out of a run).",
                                            show_default=False)]
@@ -27,6 +22,10 @@ def show(out: DatasetDir,
          save: Annotated[str | None, typer.Option(help="Where to write the PNG, a path or URL "
                                                       "[default: OUT/show.png].")] = None):
     """Write a contact sheet PNG of samples with their masks overlaid; prints its path, opens nothing."""
+    from pipeline.dataset.location import location
+    from pipeline.inspect.folder import open_output
+    from pipeline.inspect.show import show as write_sheet
+
     folder = location(out)
     print(write_sheet(open_output(folder), n, class_name, location(save) if save else folder / "show.png"))
 
@@ -34,6 +33,9 @@ def show(out: DatasetDir,
 @app.command()
 def validate(out: DatasetDir):
     """Check every shard against the format, its stats and the manifest; exit 1 naming shard and key."""
+    from pipeline.dataset.location import location
+    from pipeline.inspect.validate import validate_output
+
     problems, checked = validate_output(location(out))
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     for problem in problems[:MAX_LISTED]:
@@ -50,4 +52,8 @@ def validate(out: DatasetDir):
 @app.command()
 def stats(out: DatasetDir, json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False):
     """Samples, per-class pixel share and instances, seen vs unseen, failures, image and shard sizes."""
+    from pipeline.dataset.location import location
+    from pipeline.inspect.folder import open_output
+    from pipeline.inspect.stats import dataset_stats, print_stats
+
     print_stats(dataset_stats(open_output(location(out))), Console(soft_wrap=True), as_json=json)

@@ -10,14 +10,8 @@ from pipeline.cli import options as opt
 from pipeline.cli.app import console, eval_app
 from pipeline.cli.grounding import add_group_rows, fmt_score
 from pipeline.cli.progress import progress_bar
-from pipeline.config import ConfigError
-from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.layout import EVAL_DIR
-from pipeline.dataset.location import location
-from pipeline.evaluate.labels import check_dataset, evaluate_labels, real_images
-from pipeline.evaluate.protocol1 import labelers_of
-from pipeline.runtime import Runtime
-from stages.labelers import labeler_class
+from stages.errors import ConfigError
 
 
 @eval_app.command("labels")
@@ -39,6 +33,13 @@ def eval_labels(
 ):
     """Labels vs truth: each labeler's IoU against annotated masks, seen and unseen classes apart, and
     how many pixels it gives a prompted class the image does not show."""
+    from pipeline.dataset.atomic import make_folder, write_json_atomic
+    from pipeline.dataset.location import location
+    from pipeline.evaluate.labels import check_dataset, evaluate_labels, real_images
+    from pipeline.evaluate.protocol1 import labelers_of
+    from pipeline.runtime import Runtime
+    from stages.labelers import labeler_class
+
     labelers = labelers_of(labeler)
     root = opt.local_folder("--real", real, "its images are read one by one")
     config = opt.run_config(vocab=vocab, out=out, models=models, seed=seed, sd_path=sd_path, device=device,

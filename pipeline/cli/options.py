@@ -1,17 +1,21 @@
-"""Options shared by several commands, and the validated settings they build."""
+"""Options shared by several commands, and the validated settings they build.
+
+The settings' modules (pipeline.config and what it imports: torch, diffusers) are imported in the
+builders, not here, so that `datagen --help` loads no models' code.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from pipeline.config import ConfigError, RunConfig, load_preset, one_line, resolve_vocabulary
-from pipeline.dataset.location import is_remote, location
-from pipeline.dataset.sizing import samples_per_shard
-from pipeline.run.executors import ExecutorSettings
+from stages.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+    from pipeline.run.executors import ExecutorSettings
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
@@ -53,6 +57,8 @@ EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/wri
 
 def local_folder(flag: str, value: str, why: str) -> Path:
     """A flag that takes a local folder (or a ``file://`` URL) only; an object-store URL is one line."""
+    from pipeline.dataset.location import is_remote, location
+
     folder = location(value)
     if is_remote(folder):
         raise ConfigError(f"{flag} {value}: a local folder, not an object store ({why}); --synthetic and the "
@@ -66,6 +72,10 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
                batch_size: int | None = None, labeler: str = "grounding", dtype: str | None = None,
                compile: bool = False, pair_fraction: float = 0.5, image_format: str = "jpg") -> RunConfig:
     """The validated run config: the model preset with the flags that were given (None: the preset's)."""
+    from pydantic import ValidationError
+
+    from pipeline.config import RunConfig, load_preset, one_line, resolve_vocabulary
+
     preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
                                   "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
                                   "train": {"steps": train_steps}})
@@ -81,6 +91,8 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
 
 def _sized(config: RunConfig, shard_size: int | None, shard_mb: float) -> RunConfig:
     """The config with --shard-mb converted to samples per shard (from its image size and format)."""
+    from pipeline.dataset.sizing import samples_per_shard
+
     if shard_size is not None:
         raise ConfigError("pass --shard-size or --shard-mb, not both")
     if shard_mb <= 0:
@@ -91,6 +103,11 @@ def _sized(config: RunConfig, shard_size: int | None, shard_mb: float) -> RunCon
 
 def executor_settings(*, kind: str, ray_address: str | None, workers: int | None, gpus_per_worker: float | None,
                       cpus_per_worker: float, encode_cpus: float) -> ExecutorSettings:
+    from pydantic import ValidationError
+
+    from pipeline.config import one_line
+    from pipeline.run.executors import ExecutorSettings
+
     try:
         return ExecutorSettings(kind="ray" if ray_address else kind, ray_address=ray_address, workers=workers,
                                 gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,15 +11,19 @@ from rich.table import Table
 from pipeline.cli import options as opt
 from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
-from pipeline.config import ConfigError, RunConfig, resolve_vocabulary
 from pipeline.dataset.layout import ALL_PHASES, CLASSES, DATA_DIR, Phase
-from pipeline.run.api import RunHooks, RunResult, make_dataset
-from pipeline.run.executors import ExecutorSettings
-from stages.prompts import prompt_specs
+from stages.errors import ConfigError
+
+if TYPE_CHECKING:  # imported in the commands: `datagen --help` loads no models' code
+    from pipeline.config import RunConfig
+    from pipeline.run.api import RunResult
+    from pipeline.run.executors import ExecutorSettings
 
 
 def _execute(config: RunConfig, phases: frozenset[Phase], settings: ExecutorSettings) -> None:
     """Run ``make_dataset`` with progress bars, print what it did, and exit 1 on failed shards or samples."""
+    from pipeline.run.api import RunHooks, make_dataset
+
     hooks = RunHooks(progress_bar(console), info=lambda text: console.print(text, highlight=False),
                      warn=lambda text: console.print(f"[yellow]{text}[/]", highlight=False))
     try:
@@ -112,6 +116,9 @@ def prompts(vocab: opt.Vocab = "coco", n: Annotated[int, typer.Option(help="How 
             phase: Annotated[str, typer.Option(help="label (all classes) or oracle (seen).")] = "label",
             start: Annotated[int, typer.Option(help="First sample index.")] = 0):
     """Print the deterministic prompt specs (JSON lines) that a run would use."""
+    from pipeline.config import resolve_vocabulary
+    from stages.prompts import prompt_specs
+
     vocabulary = resolve_vocabulary(vocab)
     if phase not in (Phase.LABEL, Phase.ORACLE):
         raise ConfigError(f"--phase must be label or oracle, not '{phase}'")

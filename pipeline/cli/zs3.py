@@ -11,8 +11,7 @@ from rich.progress import Progress
 from pipeline.cli.app import console, eval_app
 from pipeline.cli.options import local_folder
 from pipeline.cli.progress import progress_bar
-from pipeline.evaluate.zs3.config import MODES, load_segmenter_preset
-from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
+from pipeline.evaluate.zs3.modes import MODES
 from stages.errors import DatagenError
 
 
@@ -41,6 +40,9 @@ def zs3(
     seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and augmentation.")] = 0,
 ):
     """ZS3 benchmark: train a standard segmenter, report seen / unseen mIoU and their harmonic mean."""
+    from pipeline.evaluate.zs3.config import load_segmenter_preset
+    from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
+
     real, out = local_folder("--real", real, "it is read many times over"), local_folder(
         "--out", out, "its checkpoints are resumed in place; copy report.json to a store afterwards")
     preset = load_segmenter_preset(segmenter, {"steps": steps, "batch_size": batch_size})

@@ -1,6 +1,10 @@
 """The command line's surface: progress bars that fit 80 columns, and help that loads no models."""
 
+import ast
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +32,16 @@ def test_progress_bars_fit_80_columns_uncut(description, total, unit):
     line = console.file.getvalue().rstrip("\n")
     assert "…" not in line and "\n" not in line, line
     assert line.startswith(description) and f"12345/{total}" in line and f" {unit}/s eta " in line, line
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["eval", "grounding", "--help"]])
+def test_help_imports_no_model_libraries(args):
+    """`datagen --help` is quick because torch, diffusers, torchvision and ray are imported by command bodies."""
+    shown = subprocess.run(
+        [sys.executable, "-c", "import runpy, sys; sys.argv = ['datagen', *sys.argv[1:]]\n"
+         "try: runpy.run_module('pipeline.cli', run_name='__main__')\n"
+         "except SystemExit: print(sorted(sys.modules), file=sys.stderr)", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "Usage:" in shown.stdout, shown.stderr
+    loaded = {name.split(".")[0] for name in ast.literal_eval(shown.stderr.strip().splitlines()[-1])}
+    assert not loaded & {"torch", "diffusers", "transformers", "torchvision", "ray"}, loaded
