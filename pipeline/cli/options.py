@@ -55,6 +55,21 @@ CpusPerWorker = Annotated[float, typer.Option(help="CPUs per Ray model worker.")
 EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/writing task (holds no GPU).")]
 
 
+def made_vocab(fallback: str):
+    """--vocab of a command on a dataset: by default the dataset's (``made_settings``), else ``fallback``."""
+    return Annotated[str | None, typer.Option(
+        "--vocab", show_default=False, help=f"Vocabulary: voc, voc-split1, coco, or a YAML file (default: the one "
+                                            f"--out's dataset was made with, else {fallback}).")]
+
+
+def made_models(fallback: str):
+    """--models of a command on a dataset: by default the dataset's (``made_settings``), else ``fallback``."""
+    return Annotated[str | None, typer.Option(
+        "--models", show_default=False, help=f"Model preset: sd15 (real weights), tiny (offline), world (the "
+                                             f"miniature world), or a YAML file (default: the one --out's dataset "
+                                             f"was made with, else {fallback}).")]
+
+
 def local_folder(flag: str, value: str, why: str) -> Path:
     """A flag that takes a local folder (or a ``file://`` URL) only; an object-store URL is one line."""
     from pipeline.dataset.location import is_remote, location
@@ -64,6 +79,26 @@ def local_folder(flag: str, value: str, why: str) -> Path:
         raise ConfigError(f"{flag} {value}: a local folder, not an object store ({why}); --synthetic and the "
                           "run commands' --out take store URLs")
     return folder
+
+
+def made_settings(folder: str, vocab: str | None, models: str | None, defaults: tuple[str, str],
+                  flag: str = "--out") -> tuple[str, str]:
+    """--vocab and --models for a command on the dataset in ``folder``: the ones it was made with where the
+    flags are not given (``defaults`` where it holds none); a flag that names another is refused in one line
+    naming both, so no command labels or scores a dataset with another vocabulary or model preset."""
+    from pipeline.config import resolve_vocabulary
+    from pipeline.dataset.location import location
+    from pipeline.dataset.manifest import made_with
+
+    made = made_with(location(folder)) or {"vocab": None, "models": None, "vocabulary": None}
+    if None not in (vocab, made["vocab"]) and vocab != made["vocab"] and (
+            made["vocabulary"] is None or resolve_vocabulary(vocab).to_dict() != made["vocabulary"]):
+        raise ConfigError(f"--vocab {vocab}, but {flag} {folder} was made with --vocab {made['vocab']}; drop "
+                          f"--vocab, or choose another {flag}")
+    if None not in (models, made["models"]) and models != made["models"]:
+        raise ConfigError(f"--models {models}, but {flag} {folder} was made with --models {made['models']}; drop "
+                          f"--models, or choose another {flag}")
+    return made["vocab"] or vocab or defaults[0], made["models"] or models or defaults[1]
 
 
 def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: int = 1,

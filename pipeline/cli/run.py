@@ -14,6 +14,8 @@ from pipeline.cli.progress import progress_bar
 from pipeline.dataset.layout import ALL_PHASES, CLASSES, DATA_DIR, Phase
 from stages.errors import ConfigError
 
+RunVocab, RunModels = opt.made_vocab("coco"), opt.made_models("sd15")
+
 if TYPE_CHECKING:  # imported in the commands: `datagen --help` loads no models' code
     from pipeline.config import RunConfig
     from pipeline.run.api import RunResult
@@ -78,7 +80,7 @@ def _print_summary(config: RunConfig, result: RunResult) -> None:
 
 def _phase_command(phases: frozenset[Phase], help_text: str):
     def command(
-        vocab: opt.Vocab = "coco", n: opt.N = 110000, out: opt.Out = "runs/datagen", models: opt.Models = "sd15",
+        vocab: RunVocab = None, n: opt.N = 110000, out: opt.Out = "runs/datagen", models: RunModels = None,
         seed: opt.Seed = 0, sd_path: opt.SdPath = None, oracle_weights: opt.OracleWeights = None,
         device: opt.Device = "auto", bootstrap_n: opt.BootstrapN = None, train_steps: opt.TrainSteps = None,
         shard_size: opt.ShardSize = None, shard_mb: opt.ShardMb = None, batch_size: opt.BatchSize = None,
@@ -90,6 +92,7 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
         settings = opt.executor_settings(kind=executor, ray_address=ray_address, workers=workers,
                                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                                          encode_cpus=encode_cpus)
+        vocab, models = opt.made_settings(out, vocab, models, ("coco", "sd15"))
         config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                                 oracle_weights=oracle_weights, device=device, bootstrap_n=bootstrap_n,
                                 train_steps=train_steps, shard_size=shard_size, shard_mb=shard_mb,

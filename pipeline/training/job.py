@@ -84,7 +84,8 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
         validate_every=train.validate_every,
         checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job}), last=PROGRESS),
         checkpoint_every=train.checkpoint_every, on_step=on_step)
-    record = {**job, "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
+    record = {**job, "vocab": config.vocab, "preset_name": config.preset_name,  # what eval's defaults read
+              "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
               "first_loss": trainer.losses[0], "last_loss": trainer.losses[-1], "losses": trainer.losses,
               "validation": trainer.validation, "seconds": round(time.time() - started, 2),
               "precision": str(trainer.amp_dtype or "float32")}
