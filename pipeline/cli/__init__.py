@@ -35,7 +35,8 @@ class QuietCommand(TyperCommand):
 
 def _quiet_commands(group: typer.Typer) -> None:
     for command in group.registered_commands:
-        command.cls = command.cls or QuietCommand
+        if command.cls in (None, TyperCommand):  # typer's default
+            command.cls = QuietCommand
     for sub in group.registered_groups:
         _quiet_commands(sub.typer_instance)
 

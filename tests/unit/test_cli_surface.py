@@ -45,3 +45,17 @@ def test_help_imports_no_model_libraries(args):
     assert "Usage:" in shown.stdout, shown.stderr
     loaded = {name.split(".")[0] for name in ast.literal_eval(shown.stderr.strip().splitlines()[-1])}
     assert not loaded & {"torch", "diffusers", "transformers", "torchvision", "ray"}, loaded
+
+
+def test_every_command_silences_the_model_libraries_before_its_body():
+    """diffusers' and transformers' logs and loading bars would interleave with datagen's own bars."""
+    import typer.main
+
+    from pipeline.cli import QuietCommand, app
+
+    def leaves(command):
+        subs = getattr(command, "commands", None)
+        return [leaf for sub in subs.values() for leaf in leaves(sub)] if subs else [command]
+
+    commands = leaves(typer.main.get_command(app))
+    assert len(commands) > 10 and all(isinstance(c, QuietCommand) for c in commands)
