@@ -258,6 +258,7 @@ def made_with(out) -> dict | None:
     ``models`` (the --vocab and --models it was made with, None where not recorded) and ``vocabulary`` (its
     classes, or None), from its manifest, else from the record of a grounding checkpoint `datagen
     train-annotated` wrote there. None for a folder with neither; a damaged manifest is one line."""
+    check_reachable(out)
     path = out / MANIFEST
     if path.exists():
         try:
