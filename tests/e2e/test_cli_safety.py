@@ -47,3 +47,10 @@ def test_eval_grounding_scores_with_the_datasets_settings_and_keeps_a_report_of_
     assert f"{path} holds a report made with other settings (labelers grounding, this run attention)" in \
         other.one_line()
     assert path.read_bytes() == written
+
+
+def test_a_phase_command_without_vocab_or_models_resumes_the_dataset_it_finds(datagen, copy):
+    made = ["--bootstrap-n", "4", "--train-steps", "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3"]
+    result = datagen("label", "--n", "16", *made, "--out", copy)  # tiny_dataset's flags but --vocab and --models
+    assert result.returncode == 0, result.stderr
+    assert "dataset is complete" in result.stderr
