@@ -87,10 +87,14 @@ def made_settings(folder: str, vocab: str | None, models: str | None, defaults: 
     flags are not given (``defaults`` where it holds none); a flag that names another is refused in one line
     naming both, so no command labels or scores a dataset with another vocabulary or model preset."""
     from pipeline.config import resolve_vocabulary
-    from pipeline.dataset.location import location
+    from pipeline.dataset.location import LocationError, location
     from pipeline.dataset.manifest import made_with
 
-    made = made_with(location(folder)) or {"vocab": None, "models": None, "vocabulary": None}
+    try:
+        where = location(folder)
+    except LocationError as err:  # as the config's validation words it
+        raise ConfigError(f"{flag}: {err}") from None
+    made = made_with(where) or {"vocab": None, "models": None, "vocabulary": None}
     if None not in (vocab, made["vocab"]) and vocab != made["vocab"] and (
             made["vocabulary"] is None or resolve_vocabulary(vocab).to_dict() != made["vocabulary"]):
         raise ConfigError(f"--vocab {vocab}, but {flag} {folder} was made with --vocab {made['vocab']}; drop "
