@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from stages.vocab import ClassInfo, Vocabulary
+from stages.vocab import ClassInfo, Vocabulary, fill_template, indefinite_article, with_articles
 
 PHASES = {"oracle": 1, "label": 2, "holdout": 3, "eval labels": 4}  # random streams: one per phase
 
@@ -37,7 +37,7 @@ def prompt_spec(vocab: Vocabulary, classes: tuple[ClassInfo, ...], phase: str, r
     template = templates[int(rng.integers(len(templates)))]
     return PromptSpec(
         index=index,
-        prompt=template.format(*(c.prompt_name for c in chosen)),
+        prompt=fill_template(template, [c.prompt_name for c in chosen]),
         classes=tuple(c.name for c in chosen),
         seed=int(rng.integers(2**31 - 1)),
     )
@@ -49,8 +49,9 @@ def prompt_specs(vocab: Vocabulary, classes: tuple[ClassInfo, ...], phase: str, 
 
 
 def prompt_for(vocab: Vocabulary, names: list[str]) -> str:
-    """"a photograph of a {c}" / "... a {c1} and a {c2}" (the vocabulary's templates); more than two
-    classes are chained with " and a "."""
+    """"a photograph of a {c}" / "... a {c1} and an {c2}" (the vocabulary's templates, each name with its
+    article); more than two classes are chained with " and a {c}"."""
     if len(names) == 2:
-        return vocab.pair_templates[0].format(*names)
-    return vocab.templates[0].format(" and a ".join(names))
+        return fill_template(vocab.pair_templates[0], names)
+    rest = "".join(f" and {indefinite_article(name)} {name}" for name in names[1:])
+    return with_articles(vocab.templates[0], names[:1]).format(names[0] + rest)

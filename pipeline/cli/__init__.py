@@ -1,12 +1,16 @@
 """The ``datagen`` command line: one module per command group, all registered on ``app.app``.
 
 Every user-facing error derives from ``stages.errors.DatagenError``; ``main`` prints it as one line
-and exits with its code (2), so no command has to catch errors of its own.
+and exits with its code (2), so no command has to catch errors of its own. The command modules import
+torch, diffusers and the rest in their command bodies, so `--help` is quick (tests/unit/test_cli_surface.py).
 """
 
 from __future__ import annotations
 
 import sys
+
+import typer
+from typer.core import TyperCommand
 
 from pipeline.cli import run, inspect, grounding, labels, zs3, world  # noqa: F401  # isort: skip - each registers its commands, in help order
 from pipeline.cli import config_show  # noqa: F401  # isort: skip - registers `datagen config`
@@ -15,18 +19,33 @@ from pipeline.cli.app import app, console
 from stages.errors import DatagenError
 
 
-def _quiet_libraries() -> None:
-    import diffusers
-    import transformers
+class QuietCommand(TyperCommand):
+    """A command that silences diffusers' and transformers' logs and download bars before its body runs
+    (after its options are parsed: `--help` imports neither)."""
 
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    def invoke(self, ctx):
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        return super().invoke(ctx)
+
+
+def _quiet_commands(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        if command.cls in (None, TyperCommand):  # typer's default
+            command.cls = QuietCommand
+    for sub in group.registered_groups:
+        _quiet_commands(sub.typer_instance)
+
+
+_quiet_commands(app)
 
 
 def main() -> None:
-    _quiet_libraries()
     try:
         app()
     except DatagenError as err:

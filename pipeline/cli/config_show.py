@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.app import app
-from pipeline.config import Preset, RunConfig, load_preset
 
 config_app = typer.Typer(help="The settings of presets and runs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -86,6 +85,8 @@ def walk(model: type[BaseModel], value: BaseModel | None, prefix: str = "", skip
 
 def settings(preset_name: str) -> list[Setting]:
     """The run-level settings a user sets (flags), then every setting of the preset."""
+    from pipeline.config import Preset, RunConfig, load_preset
+
     return walk(RunConfig, None, skip=("preset",)) + walk(Preset, load_preset(preset_name))
 
 

@@ -8,9 +8,6 @@ import typer
 
 from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
-from pipeline.dataset.layout import Phase
-from pipeline.export.coco import ANNOTATIONS, check_out, export_coco
-from pipeline.inspect.folder import open_output
 from stages.errors import ConfigError, DatagenError
 
 RunDir = Annotated[str, typer.Argument(metavar="RUN", show_default=False,
@@ -31,6 +28,10 @@ def coco(run: RunDir,
                                                  "oracle-labelled shards (oracle/), the oracle's top instance "
                                                  "of each prompted class.")] = "label"):
     """COCO instances JSON of the dataset's samples (one annotation per connected object), with the images."""
+    from pipeline.dataset.layout import Phase
+    from pipeline.export.coco import ANNOTATIONS, check_out, export_coco
+    from pipeline.inspect.folder import open_output
+
     check_out(out)  # before the dataset is read: a bad --out costs nothing
     if phase not in (Phase.LABEL, Phase.ORACLE):
         raise ConfigError(f"--phase must be label or oracle, not '{phase}'")

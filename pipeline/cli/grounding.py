@@ -9,24 +9,17 @@ from rich.table import Table
 from pipeline.cli import options as opt
 from pipeline.cli.app import app, console, eval_app
 from pipeline.cli.progress import progress_bar
-from pipeline.dataset import zero_shot
-from pipeline.dataset.atomic import make_folder, write_json_atomic
+from pipeline.cli.reports import check_report
 from pipeline.dataset.layout import EVAL_DIR
-from pipeline.dataset.location import location
-from pipeline.dataset.manifest import check_output, check_writable, output_lock
-from pipeline.dataset.voc import voc_images
-from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
-from pipeline.runtime import Runtime
-from pipeline.training.job import train_on_annotated
-from stages.labelers import labeler_class
 
+AnnotatedVocab, EvalVocab, Models = opt.made_vocab("voc"), opt.made_vocab("coco"), opt.made_models("sd15")
 Data = Annotated[str, typer.Option(help="VOC-layout local folder: JPEGImages/, SegmentationClass/, "
                                         "ImageSets/Segmentation/.")]
 
 
 @app.command("train-annotated")
 def train_annotated(
-    data: Data, vocab: opt.Vocab = "voc", out: opt.Out = "runs/datagen", models: opt.Models = "sd15",
+    data: Data, vocab: AnnotatedVocab = None, out: opt.Out = "runs/datagen", models: Models = None,
     seed: opt.Seed = 0, sd_path: opt.SdPath = None, device: opt.Device = "auto",
     split: Annotated[str, typer.Option(help="Image set to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Image set to validate on ('' for none).")] = "val",
@@ -41,7 +34,15 @@ def train_annotated(
     background's 0) and map to the vocabulary by name; 255 is not scored, nor are the unseen classes
     unless --train-on-unseen (zero-shot: an unseen class is never a target). A killed run resumes from
     its last checkpoint when rerun with the same flags."""
+    from pipeline.dataset import zero_shot
+    from pipeline.dataset.atomic import make_folder
+    from pipeline.dataset.manifest import check_output, check_writable, output_lock
+    from pipeline.dataset.voc import voc_images
+    from pipeline.runtime import Runtime
+    from pipeline.training.job import train_on_annotated
+
     data = opt.local_folder("--data", data, "its images are read many times over")
+    vocab, models = opt.made_settings(out, vocab, models, ("voc", "sd15"))
     config = opt.run_config(vocab=vocab, out=out, models=models, seed=seed, sd_path=sd_path, device=device,
                             train_steps=train_steps)
     check_output(config, labelling=False)
@@ -64,7 +65,7 @@ def train_annotated(
 
 @eval_app.command("grounding")
 def eval_grounding(
-    vocab: opt.Vocab = "coco", out: opt.Out = "runs/datagen", models: opt.Models = "sd15",
+    vocab: EvalVocab = None, out: opt.Out = "runs/datagen", models: Models = None,
     seed: opt.Seed = 0, sd_path: opt.SdPath = None, oracle_weights: opt.OracleWeights = None,
     device: opt.Device = "auto",
     n: Annotated[int, typer.Option(help="Test images to generate (seen and unseen classes).")] = 200,
@@ -77,16 +78,27 @@ def eval_grounding(
                                               "images.")] = "grounding",
 ):
     """Protocol I: mIoU of a labeler (or all) against the oracle, seen and unseen classes apart."""
+    from pipeline.dataset.atomic import make_folder, write_json_atomic
+    from pipeline.dataset.location import location
+    from pipeline.evaluate.protocol1 import evaluate_labelers, labelers_of
+    from pipeline.runtime import Runtime
+    from stages.labelers import labeler_class
+
     labelers = labelers_of(labeler)
+    vocab, models = opt.made_settings(out, vocab, models, ("coco", "sd15"))
     config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
                             oracle_weights=oracle_weights, device=device, batch_size=batch_size)
+    target = location(json_path) if json_path else config.out / EVAL_DIR / "protocol1.json"
+    settings = {"vocab": config.vocab, "preset": config.preset_name, "seed": config.seed, "labelers": list(labelers),
+                "images": n, "classes": [c.name for c in config.vocabulary().classes]}
+    check_report(target, settings)
     runtime = Runtime(config)
     classes = tuple(labeler_class(name) for name in labelers)
     runtime.check_weights(oracle=True, grounding=any(c.trained for c in classes), labelers=classes)
     with progress_bar(console) as progress:
         bar = progress.add_task("Protocol I", total=n)
-        report = evaluate_labelers(config, runtime, n, labelers, lambda k: progress.advance(bar, k))
-    target = location(json_path) if json_path else config.out / EVAL_DIR / "protocol1.json"
+        report = {"vocab": config.vocab} | evaluate_labelers(config, runtime, n, labelers,
+                                                             lambda k: progress.advance(bar, k))
     make_folder(target.parent)
     write_json_atomic(target, report)
     console.print(protocol1_table(report))

@@ -9,11 +9,6 @@ from rich.console import Console
 
 from pipeline.cli.app import app
 from pipeline.cli.progress import progress_bar
-from pipeline.dataset.location import location
-from pipeline.inspect.folder import open_output
-from pipeline.inspect.show import show as write_sheet
-from pipeline.inspect.stats import dataset_stats, print_stats
-from pipeline.inspect.validate import validate_output
 
 DatasetDir = Annotated[str, typer.Argument(help="A datagen output folder or object-store URL (the --out of a run).",
                                            show_default=False)]
@@ -32,6 +27,10 @@ def show(out: DatasetDir,
          save: Annotated[str | None, typer.Option(help="Where to write the PNG, a path or URL "
                                                       "[default: OUT/show.png].")] = None):
     """Write a contact sheet PNG of samples, each image beside its mask, with a legend; prints its path."""
+    from pipeline.dataset.location import location
+    from pipeline.inspect.folder import open_output
+    from pipeline.inspect.show import show as write_sheet
+
     folder = location(out)
     print(write_sheet(open_output(folder), n, class_name, location(save) if save else folder / "show.png",
                       seed if random else None))
@@ -40,6 +39,9 @@ def show(out: DatasetDir,
 @app.command()
 def validate(out: DatasetDir):
     """Check every shard against the format, its stats and the manifest; exit 1 naming shard and key."""
+    from pipeline.dataset.location import location
+    from pipeline.inspect.validate import validate_output
+
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     with progress_bar(console, transient=True) as progress:
         problems, checked = validate_output(location(out), progress)
@@ -57,6 +59,10 @@ def validate(out: DatasetDir):
 @app.command()
 def stats(out: DatasetDir, json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False):
     """Samples, per-class pixel share and instances, seen vs unseen, failures, image and shard sizes."""
+    from pipeline.dataset.location import location
+    from pipeline.inspect.folder import open_output
+    from pipeline.inspect.stats import dataset_stats, print_stats
+
     ds = open_output(location(out))
     with progress_bar(Console(stderr=True), unit="shards", transient=True) as progress:
         bar = progress.add_task("stats", total=len(ds.shards))

@@ -10,14 +10,11 @@ from pipeline.cli import options as opt
 from pipeline.cli.app import console, eval_app
 from pipeline.cli.grounding import add_group_rows, fmt_score
 from pipeline.cli.progress import progress_bar
-from pipeline.config import ConfigError
-from pipeline.dataset.atomic import make_folder, write_json_atomic
+from pipeline.cli.reports import check_report
 from pipeline.dataset.layout import EVAL_DIR
-from pipeline.dataset.location import location
-from pipeline.evaluate.labels import check_dataset, evaluate_labels, real_images
-from pipeline.evaluate.protocol1 import labelers_of
-from pipeline.runtime import Runtime
-from stages.labelers import labeler_class
+from stages.errors import ConfigError
+
+Vocab, Models = opt.made_vocab("voc"), opt.made_models("sd15")
 
 
 @eval_app.command("labels")
@@ -25,7 +22,7 @@ def eval_labels(
     real: Annotated[str, typer.Option(help="Annotated images, a local folder: VOC layout (JPEGImages/, "
                                            "SegmentationClass/, ImageSets/Segmentation/) or COCO (annotations/, "
                                            "val2017/).")],
-    vocab: opt.Vocab = "voc", out: opt.Out = "runs/datagen", models: opt.Models = "sd15", seed: opt.Seed = 0,
+    vocab: Vocab = None, out: opt.Out = "runs/datagen", models: Models = None, seed: opt.Seed = 0,
     sd_path: opt.SdPath = None, device: opt.Device = "auto", batch_size: opt.BatchSize = None,
     labeler: Annotated[str, typer.Option(help="Which labeler to score: grounding (the checkpoint in --out), "
                                               "attention (cross-attention maps, the preset's attention "
@@ -39,23 +36,35 @@ def eval_labels(
 ):
     """Labels vs truth: each labeler's IoU against annotated masks, seen and unseen classes apart, and
     how many pixels it gives a prompted class the image does not show."""
+    from pipeline.dataset.atomic import make_folder, write_json_atomic
+    from pipeline.dataset.location import location
+    from pipeline.evaluate.labels import check_dataset, evaluate_labels, real_images
+    from pipeline.evaluate.protocol1 import labelers_of
+    from pipeline.runtime import Runtime
+    from stages.labelers import labeler_class
+
     labelers = labelers_of(labeler)
     root = opt.local_folder("--real", real, "its images are read one by one")
+    vocab, models = opt.made_settings(out, vocab, models, ("voc", "sd15"))
     config = opt.run_config(vocab=vocab, out=out, models=models, seed=seed, sd_path=sd_path, device=device,
                             batch_size=batch_size)
     if n is not None and n < 1:
         raise ConfigError(f"--n must be at least 1, not {n}")
     check_dataset(config)
     images = real_images(root, real_format, split, config.vocabulary(), config.preset.image_size)
+    total = len(images) if n is None else min(n, len(images))
+    target = location(json_path) if json_path else config.out / EVAL_DIR / "labels.json"
+    real_data = {"folder": str(root), "split": images.name}
+    check_report(target, {"vocab": config.vocab, "preset": config.preset_name, "seed": config.seed,
+                          "labelers": list(labelers), "images": total, "real": real_data,
+                          "classes": [c.name for c in config.vocabulary().classes]})
     runtime = Runtime(config)
     classes = tuple(labeler_class(name) for name in labelers)
     runtime.check_weights(oracle=False, grounding=any(c.trained for c in classes), labelers=classes)
-    total = len(images) if n is None else min(n, len(images))
     with progress_bar(console, unit="images") as progress:
         bar = progress.add_task("labels vs truth", total=total)
         report = evaluate_labels(config, runtime, images, labelers, n, lambda k: progress.advance(bar, k))
-    report["real"] = {"folder": str(root), "split": images.name}
-    target = location(json_path) if json_path else config.out / EVAL_DIR / "labels.json"
+    report = {"vocab": config.vocab} | report | {"real": real_data}
     make_folder(target.parent)
     write_json_atomic(target, report)
     console.print(labels_table(report))

@@ -1,17 +1,21 @@
-"""Options shared by several commands, and the validated settings they build."""
+"""Options shared by several commands, and the validated settings they build.
+
+The settings' modules (pipeline.config and what it imports: torch, diffusers) are imported in the
+builders, not here, so that `datagen --help` loads no models' code.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from pipeline.config import ConfigError, RunConfig, load_preset, one_line, resolve_vocabulary
-from pipeline.dataset.location import is_remote, location
-from pipeline.dataset.sizing import samples_per_shard
-from pipeline.run.executors import ExecutorSettings
+from stages.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+    from pipeline.run.executors import ExecutorSettings
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
@@ -51,13 +55,54 @@ CpusPerWorker = Annotated[float, typer.Option(help="CPUs per Ray model worker.")
 EncodeCpus = Annotated[float, typer.Option(help="CPUs per Ray shard encoding/writing task (holds no GPU).")]
 
 
+def made_vocab(fallback: str):
+    """--vocab of a command on a dataset: by default the dataset's (``made_settings``), else ``fallback``."""
+    return Annotated[str | None, typer.Option(
+        "--vocab", show_default=False, help=f"Vocabulary: voc, voc-split1, coco, or a YAML file (default: the one "
+                                            f"--out's dataset was made with, else {fallback}).")]
+
+
+def made_models(fallback: str):
+    """--models of a command on a dataset: by default the dataset's (``made_settings``), else ``fallback``."""
+    return Annotated[str | None, typer.Option(
+        "--models", show_default=False, help=f"Model preset: sd15 (real weights), tiny (offline), world (the "
+                                             f"miniature world), or a YAML file (default: the one --out's dataset "
+                                             f"was made with, else {fallback}).")]
+
+
 def local_folder(flag: str, value: str, why: str) -> Path:
     """A flag that takes a local folder (or a ``file://`` URL) only; an object-store URL is one line."""
+    from pipeline.dataset.location import is_remote, location
+
     folder = location(value)
     if is_remote(folder):
         raise ConfigError(f"{flag} {value}: a local folder, not an object store ({why}); --synthetic and the "
                           "run commands' --out take store URLs")
     return folder
+
+
+def made_settings(folder: str, vocab: str | None, models: str | None, defaults: tuple[str, str],
+                  flag: str = "--out") -> tuple[str, str]:
+    """--vocab and --models for a command on the dataset in ``folder``: the ones it was made with where the
+    flags are not given (``defaults`` where it holds none); a flag that names another is refused in one line
+    naming both, so no command labels or scores a dataset with another vocabulary or model preset."""
+    from pipeline.config import resolve_vocabulary
+    from pipeline.dataset.location import LocationError, location
+    from pipeline.dataset.manifest import made_with
+
+    try:
+        where = location(folder)
+    except LocationError as err:  # as the config's validation words it
+        raise ConfigError(f"{flag}: {err}") from None
+    made = made_with(where) or {"vocab": None, "models": None, "vocabulary": None}
+    if None not in (vocab, made["vocab"]) and vocab != made["vocab"] and (
+            made["vocabulary"] is None or resolve_vocabulary(vocab).to_dict() != made["vocabulary"]):
+        raise ConfigError(f"--vocab {vocab}, but {flag} {folder} was made with --vocab {made['vocab']}; drop "
+                          f"--vocab, or choose another {flag}")
+    if None not in (models, made["models"]) and models != made["models"]:
+        raise ConfigError(f"--models {models}, but {flag} {folder} was made with --models {made['models']}; drop "
+                          f"--models, or choose another {flag}")
+    return made["vocab"] or vocab or defaults[0], made["models"] or models or defaults[1]
 
 
 def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: int = 1,
@@ -66,6 +111,10 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
                batch_size: int | None = None, labeler: str = "grounding", dtype: str | None = None,
                compile: bool = False, pair_fraction: float = 0.5, image_format: str = "jpg") -> RunConfig:
     """The validated run config: the model preset with the flags that were given (None: the preset's)."""
+    from pydantic import ValidationError
+
+    from pipeline.config import RunConfig, load_preset, one_line, resolve_vocabulary
+
     preset = load_preset(models, {"sd": sd_path, "oracle_weights": oracle_weights, "bootstrap_n": bootstrap_n,
                                   "shard_size": shard_size, "batch_size": batch_size, "dtype": dtype,
                                   "train": {"steps": train_steps}})
@@ -81,6 +130,8 @@ def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: 
 
 def _sized(config: RunConfig, shard_size: int | None, shard_mb: float) -> RunConfig:
     """The config with --shard-mb converted to samples per shard (from its image size and format)."""
+    from pipeline.dataset.sizing import samples_per_shard
+
     if shard_size is not None:
         raise ConfigError("pass --shard-size or --shard-mb, not both")
     if shard_mb <= 0:
@@ -91,6 +142,11 @@ def _sized(config: RunConfig, shard_size: int | None, shard_mb: float) -> RunCon
 
 def executor_settings(*, kind: str, ray_address: str | None, workers: int | None, gpus_per_worker: float | None,
                       cpus_per_worker: float, encode_cpus: float) -> ExecutorSettings:
+    from pydantic import ValidationError
+
+    from pipeline.config import one_line
+    from pipeline.run.executors import ExecutorSettings
+
     try:
         return ExecutorSettings(kind="ray" if ray_address else kind, ray_address=ray_address, workers=workers,
                                 gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,

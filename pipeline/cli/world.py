@@ -10,9 +10,6 @@ from rich.table import Table
 
 from pipeline.cli.app import app, console
 from pipeline.cli.progress import progress_bar
-from pipeline.config import default_cache_dir, load_preset
-from pipeline.local_sources import build, world_spec
-from testbed.world.build import REPORT, SAMPLES_DIR
 
 world_app = typer.Typer(help="The miniature world: shapes, and models trained here to stand in for SD and COCO's "
                              "Mask R-CNN.", no_args_is_help=True)
@@ -27,6 +24,10 @@ def build_command(
     """Build the world's VAE, UNet and oracle (once; a second call reuses them) and print its report:
     losses, part times, the oracle's mask IoU on held-out rendered scenes and how often it finds the
     prompted class in generated images. Prints the report as JSON on stdout."""
+    from pipeline.config import default_cache_dir, load_preset
+    from pipeline.local_sources import build, world_spec
+    from testbed.world.build import REPORT, SAMPLES_DIR
+
     spec = world_spec(load_preset(models), models)
     cache = default_cache_dir()  # $DATAGEN_CACHE, as every command
     with progress_bar(console, unit="steps") as bar:

@@ -9,10 +9,9 @@ import typer
 from rich.progress import Progress
 
 from pipeline.cli.app import console, eval_app
-from pipeline.cli.options import local_folder
+from pipeline.cli.options import local_folder, made_settings
 from pipeline.cli.progress import progress_bar
-from pipeline.evaluate.zs3.config import MODES, load_segmenter_preset
-from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
+from pipeline.evaluate.zs3.modes import MODES
 from stages.errors import DatagenError
 
 
@@ -22,8 +21,9 @@ def zs3(
                                            "or COCO (annotations/, train2017/, val2017/).")],
     synthetic: Annotated[str | None, typer.Option(help="Synthetic data: a datagen output folder, a folder of shards, "
                                                        "a .txt list of shards, or a shard URL/pattern.")] = None,
-    vocab: Annotated[str, typer.Option(help="Vocabulary and seen/unseen split: voc, voc-split1, coco, "
-                                            "or a YAML.")] = "voc",
+    vocab: Annotated[str | None, typer.Option(
+        help="Vocabulary and seen/unseen split: voc, voc-split1, coco, or a YAML (default: the one the --synthetic "
+             "dataset was made with, else voc).", show_default=False)] = None,
     mode: Annotated[str | None, typer.Option(help=f"Training data: {', '.join(MODES)} (default: real-seen+synthetic "
                                                   "with --synthetic, else real-seen).")] = None,
     out: Annotated[str, typer.Option(help="Local output folder for the checkpoint and the report (a rerun "
@@ -41,8 +41,14 @@ def zs3(
     seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling and augmentation.")] = 0,
 ):
     """ZS3 benchmark: train a standard segmenter, report seen / unseen mIoU and their harmonic mean."""
+    from pipeline.evaluate.zs3.config import load_segmenter_preset
+    from pipeline.evaluate.zs3.run import Zs3Request, run_zs3
+
     real, out = local_folder("--real", real, "it is read many times over"), local_folder(
         "--out", out, "its checkpoints are resumed in place; copy report.json to a store afterwards")
+    if synthetic is not None and "{" not in synthetic:  # a dataset folder: its vocabulary and split
+        vocab = made_settings(synthetic, vocab, None, ("voc", ""), flag="--synthetic")[0]
+    vocab = vocab or "voc"
     preset = load_segmenter_preset(segmenter, {"steps": steps, "batch_size": batch_size})
     request = Zs3Request(vocab=vocab, real=real, out=out, preset_name=segmenter, preset=preset,
                          synthetic=synthetic, mode=mode, real_format=real_format, train_split=train_split,

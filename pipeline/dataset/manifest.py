@@ -23,6 +23,7 @@ from pipeline.dataset.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from pipeline.dataset.checkpoint import training_record
 from pipeline.dataset.layout import (
     CLASSES,
     DATA_DIR,
@@ -264,3 +265,30 @@ def record_shards(out) -> dict[str, str]:
     if manifest and manifest.get(SHARDS) != digests:
         write_text_atomic(out / MANIFEST, json.dumps(manifest | {SHARDS: digests}, indent=1, sort_keys=True))
     return digests
+
+
+def made_with(out) -> dict | None:
+    """What ``out``'s dataset was made with, for commands that take their defaults from it: ``vocab`` and
+    ``models`` (the --vocab and --models it was made with, None where not recorded) and ``vocabulary`` (its
+    classes, or None), from its manifest, else from the record of a grounding checkpoint `datagen
+    train-annotated` wrote there. None for a folder with neither; a damaged manifest is one line."""
+    check_reachable(out)
+    path = out / MANIFEST
+    if path.exists():
+        try:
+            config = read_json_object(path)
+        except ValueError as err:
+            raise ConfigError(f"{path} is damaged ({err}): it cannot tell which vocabulary and models made {out}") \
+                from err
+        if not whole_manifest(config):
+            raise ConfigError(f"{path} is damaged: it cannot tell which vocabulary and models made {out}")
+        return _made(config.get("config", {})) | {"vocabulary": config.get("vocabulary")}
+    record = training_record(out)
+    return _made(record) | {"vocabulary": None} if record and (record.get("vocab") or record.get("preset_name")) \
+        else None
+
+
+def _made(entry: dict) -> dict:
+    """A manifest's config or a training record: the --vocab and --models it names (None: not recorded)."""
+    return {"vocab": entry.get("vocab") if isinstance(entry.get("vocab"), str) else None,
+            "models": entry.get("preset_name") if isinstance(entry.get("preset_name"), str) else None}

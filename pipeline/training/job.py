@@ -52,7 +52,7 @@ def new_trainer(config: RunConfig, runtime: Runtime) -> GroundingTrainer:
 
 def run_training(config: RunConfig, runtime: Runtime, job: dict,
                  batches: Callable[[int], Iterator[dict]], validation: Callable[[], Iterator[dict]] | None,
-                 progress: Progress | None = None, description: str = "B train grounding", *,
+                 progress: Progress | None = None, description: str = "B train", *,
                  zero_shot: bool) -> dict:
     """Train (resuming a matching checkpoint), then install the module as ``OUT/grounding``.
 
@@ -76,7 +76,7 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
     def on_step(step: int, loss: float) -> None:
         if bar is not None:
             val = trainer.validation[-1]["miou"] if trainer.validation else None
-            shown = f" val mIoU {val:.3f}" if val is not None else ""
+            shown = f" mIoU {val:.3f}" if val is not None else ""
             progress.update(bar, completed=step, description=f"{description} loss {loss:.3f}{shown}")
 
     started = time.time()
@@ -84,7 +84,8 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
         validate_every=train.validate_every,
         checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job}), last=PROGRESS),
         checkpoint_every=train.checkpoint_every, on_step=on_step)
-    record = {**job, "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
+    record = {**job, "vocab": config.vocab, "preset_name": config.preset_name,  # what eval's defaults read
+              "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
               "first_loss": trainer.losses[0], "last_loss": trainer.losses[-1], "losses": trainer.losses,
               "validation": trainer.validation, "seconds": round(time.time() - started, 2),
               "precision": str(trainer.amp_dtype or "float32")}
@@ -138,4 +139,4 @@ def train_on_annotated(config: RunConfig, runtime: Runtime, root: Path, split: s
         config, runtime, job,
         lambda skip: annotated_batches(items, vocab, size, timestep, train.batch_size, config.seed, skip,
                                        train_on_unseen),
-        validation, progress, "train grounding (annotated)", zero_shot=not train_on_unseen)
+        validation, progress, "train annotated", zero_shot=not train_on_unseen)

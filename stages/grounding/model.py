@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
+from stages.vocab import fill_template, with_articles
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -129,6 +131,7 @@ class ClassTextEncoder:
         """Token ids of the filled template (BOS ... EOS, unpadded) and the [start, end) of the name."""
         if template.count("{}") != 1:
             raise ValueError(f"text template {template!r} must contain exactly one '{{}}'")
+        template = with_articles(template, [name])  # "a photograph of an umbrella"
         prefix = template.split("{}")[0]
         tok = self.tokenizer
         prefix_ids = tok(prefix, add_special_tokens=False).input_ids if prefix.strip() else []
@@ -158,7 +161,7 @@ class ClassTextEncoder:
         missing = list(dict.fromkeys(n for n in names if (template, n) not in self._cache))
         if missing:
             spans = [self.token_span(n, template) for n in missing]
-            batch = self.tokenizer([template.format(n) for n in missing], padding="max_length",
+            batch = self.tokenizer([fill_template(template, [n]) for n in missing], padding="max_length",
                                    max_length=self.max_length, truncation=True,
                                    return_tensors="pt")  # padded like SD's prompts
             with torch.no_grad():

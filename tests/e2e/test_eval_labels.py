@@ -72,7 +72,7 @@ def other_preset(scenes, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"preset_name": "world",
                                                                            "preset": {"sd": "world"}}}))
-    return ["--real", scenes], "made with model preset 'world' (Stable Diffusion 'world'), not 'tiny'"
+    return ["--real", scenes], "--models tiny, but --out " + str(tmp_path / "out") + " was made with --models world"
 
 
 @pytest.mark.parametrize("bad", [no_masks, other_vocabulary, other_preset])

@@ -1,4 +1,4 @@
-"""ZS3 evaluation settings: the segmenter preset (configs/segmenter/*.yaml), training modes, errors."""
+"""ZS3 evaluation settings: the segmenter preset (configs/segmenter/*.yaml) and its errors."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.config import ConfigError, config_file, one_line
 from stages.segmenter import ARCHITECTURES, check_architecture
 from stages.yaml_file import read_yaml_mapping
-
-MODES = {
-    "synthetic": "synthetic only: the segmenter learns from the synthetic shards alone",
-    "real-seen": "real seen classes only (ZS3 baseline): unseen-class pixels of real images are ignored (255)",
-    "real-seen+synthetic": "real seen classes + synthetic (paper): real images with unseen pixels ignored, "
-                           "plus the synthetic shards with every class",
-}
 
 
 class SegmenterPreset(BaseModel):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.dataset.atomic import write_json_atomic, write_text_atomic
 from pipeline.dataset.zero_shot import combine
-from pipeline.evaluate.zs3.config import MODES
+from pipeline.evaluate.zs3.modes import MODES
 from stages.metrics import zs3_scores
 from stages.vocab import Vocabulary
 

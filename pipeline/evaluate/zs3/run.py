@@ -24,7 +24,8 @@ from pipeline.config import ConfigError, resolve_vocabulary
 from pipeline.dataset.atomic import make_folder, write_json_atomic
 from pipeline.dataset.shards import read_json_object
 from pipeline.dataset.zero_shot import shards_zero_shot
-from pipeline.evaluate.zs3.config import MODES, SegmenterPreset
+from pipeline.evaluate.zs3.config import SegmenterPreset
+from pipeline.evaluate.zs3.modes import MODES
 from pipeline.evaluate.zs3.real import DEFAULT_SPLITS, RealSegmentation, detect_format, real_split
 from pipeline.evaluate.zs3.report import build_report, write_report, zero_shot_note
 from pipeline.evaluate.zs3.synthetic import check_synthetic, synthetic_stream, synthetic_urls
