@@ -100,7 +100,7 @@ class ShardWorker:
                     samples.append(result)
             if on_samples:
                 on_samples(len(batch))
-            faults.kill_fault(task.shard_id)
+            faults.kill_fault(task.shard_id, task.phase)
         return ShardResult(task, samples, failures, time.time() - started)
 
     def _label(self, phase: Phase, batch: list[PromptSpec]) -> list:
@@ -189,7 +189,8 @@ def commit_shard(result: ShardResult, config: RunConfig) -> dict:
             failures.append({"key": sample_key(labelled.spec.index), "reason": _raised(err).reason})
     failures.sort(key=lambda f: f["key"])
     stats = _stats(result.task, samples, failures, result.seconds, config.fingerprint())
-    write_shard(result.task.folder, result.task.shard_id, samples, stats)
+    task = result.task
+    write_shard(task.folder, task.shard_id, faults.writer_fault(task.shard_id, task.phase, samples), stats)
     return stats
 
 
