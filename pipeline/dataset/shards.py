@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def read_json_object(path: Path) -> dict:
     return data
 
 
-def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> None:
+def write_shard(folder: Path, shard_id: int, samples: Iterable[dict[str, bytes | str]], stats: dict) -> None:
     """Write samples (``__key__`` plus encoded members) as one shard, then its stats, atomically."""
     with replacing(shard_path(folder, shard_id)) as tmp, open(tmp, "wb") as stream, \
             wds.TarWriter(stream, encoder=False, mtime=SHARD_MTIME) as writer:
