@@ -6,8 +6,9 @@ processes on every executor. Unset (always, outside tests), nothing happens.
 - ``raise_samples``: labelling these sample indices raises (recorded in the shard stats);
 - ``fail_shards``: computing these shards raises on every attempt (the executor reports them);
 - ``kill_worker``: the worker process SIGKILLs itself mid-shard, once (``marker`` is created first);
-- ``kill_writer``: the shard's writer SIGKILLs its process once the shard's first sample is in the
-  temporary file, once (in process: the writer thread, while the next shard computes);
+- ``kill_writer``: the shard's writer SIGKILLs its process once every sample went into the shard's
+  temporary file, before it is closed and renamed, once (in process: the writer thread, while the next
+  shard computes);
 - ``pause_writer``: the shard's writer creates ``marker``, then waits until it is removed (at most
   ``seconds``) before writing: a signal sent meanwhile finds the shard in flight;
 - ``kill_training``: grounding training SIGKILLs its process right after the resumable checkpoint at
@@ -70,14 +71,12 @@ def writer_fault(shard_id: int, phase: str, samples: list[dict]) -> Iterable[dic
         while marker.exists() and time.time() < until:
             time.sleep(0.05)
     kill = _shard_fault("kill_writer", shard_id, phase)
-    return _killed_after_first(samples, kill["marker"]) if kill else samples
+    return _killed_when_written(samples, kill["marker"]) if kill else samples
 
 
-def _killed_after_first(samples: list[dict], marker: str) -> Iterator[dict]:
-    for i, sample in enumerate(samples):
-        if i == 1:  # the first sample is in the temporary
-            _kill_once(marker)
-        yield sample
+def _killed_when_written(samples: list[dict], marker: str) -> Iterator[dict]:
+    yield from samples
+    _kill_once(marker)  # the writer asked for more: every sample is in the temporary
 
 
 def training_fault(step: int) -> None:
