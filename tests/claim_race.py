@@ -55,9 +55,10 @@ def _claim(job: tuple[str, str]) -> tuple[str, str | None]:
 
 def race(urls: list[str], writers: int, env: dict[str, str] | None = None) -> list[list[tuple[str, str | None]]]:
     """For each of ``urls`` in turn, ``writers`` processes claiming it at once (a barrier releases them).
-    The processes are forked: the modules they run are imported already, and only their store clients
-    are their own (fsspec makes a new one in a forked process)."""
-    context = multiprocessing.get_context("fork")
+    They are forked from a fork server that imported this module and s3fs once (not from this process, whose
+    threads, Ray's and the S3 server's among them, a fork would cut off mid-work)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "s3fs"])
     barrier = context.Barrier(writers)
     with context.Pool(writers, initializer=_start, initargs=(barrier, env or {}, urls[0])) as pool:
         return [pool.map(_claim, [(url, f"writer-{k}") for k in range(writers)], chunksize=1) for url in urls]
