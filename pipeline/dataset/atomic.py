@@ -123,7 +123,7 @@ def create_exclusive(path: Path, data: bytes) -> bool:
     shared folder cannot both create it); False when it already existed. On an object store this is a
     conditional PUT (create if absent) where its fsspec backend offers one (S3's ``If-None-Match``); a
     backend without one checks, then writes. S3 answers a conditional PUT racing another with 409
-    (``EBUSY`` from s3fs), to be retried: the retry finds the winner's object."""
+    ``ConditionalRequestConflict``, to be retried: the retry finds the winner's object."""
     if is_remote(path):
         for attempt in range(CLAIM_ATTEMPTS):
             try:
@@ -132,7 +132,7 @@ def create_exclusive(path: Path, data: bytes) -> bool:
             except FileExistsError:
                 return False
             except OSError as err:
-                if err.errno != errno.EBUSY or attempt == CLAIM_ATTEMPTS - 1:
+                if not _concurrent_write(err) or attempt == CLAIM_ATTEMPTS - 1:
                     raise cannot_write(path, err) from err
                 time.sleep(0.5 * (attempt + 1))
             except STORE_ERRORS as err:
@@ -149,6 +149,14 @@ def create_exclusive(path: Path, data: bytes) -> bool:
         raise cannot_write(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _concurrent_write(err: OSError) -> bool:
+    """Whether a store refused a write because another ran at once: s3fs gives S3's 409
+    ``ConditionalRequestConflict`` as an ``OSError`` (``EIO``: its code is not in s3fs's table) caused by
+    the client's error, and a busy store (503 SlowDown) as ``EBUSY``."""
+    error = getattr(err.__cause__, "response", {}).get("Error", {})
+    return err.errno == errno.EBUSY or error.get("Code") == "ConditionalRequestConflict"
 
 
 def replace_folder(folder: Path, fill: Callable[[Path], None], last: str) -> None:

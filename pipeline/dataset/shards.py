@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ class _Hashing:
         return self.stream.write(data)
 
 
-def write_shard(folder: Path, shard_id: int, samples: list[dict[str, bytes | str]], stats: dict) -> dict:
+def write_shard(folder: Path, shard_id: int, samples: Iterable[dict[str, bytes | str]], stats: dict) -> dict:
     """Write samples (``__key__`` plus encoded members) as one shard, then its stats with the shard's
     ``sha256`` and ``bytes``, atomically; the stats written."""
     with replacing(shard_path(folder, shard_id)) as tmp, open(tmp, "wb") as stream:

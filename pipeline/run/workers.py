@@ -101,7 +101,7 @@ class ShardWorker:
                     samples.append(result)
             if on_samples:
                 on_samples(len(batch))
-            faults.kill_fault(task.shard_id)
+            faults.kill_fault(task.shard_id, task.phase)
         return ShardResult(task, samples, failures, time.time() - started)
 
     def _label(self, phase: Phase, batch: list[PromptSpec]) -> list:
@@ -193,7 +193,8 @@ def commit_shard(result: ShardResult, config: RunConfig) -> dict:
         tally.add(json.loads(sample["json"])["instances"], labelled.image.shape[:2], labelled.seg)
     failures.sort(key=lambda f: f["key"])
     stats = _stats(result.task, len(samples), failures, tally, result.seconds, config.fingerprint())
-    return write_shard(result.task.folder, result.task.shard_id, samples, stats)
+    task = result.task
+    return write_shard(task.folder, task.shard_id, faults.writer_fault(task.shard_id, task.phase, samples), stats)
 
 
 def _stats(task: ShardTask, written: int, failures: list[dict], tally: Tally, seconds: float,

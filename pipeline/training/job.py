@@ -23,6 +23,7 @@ from pipeline.dataset.atomic import recover_folder, replace_folder, write_json_a
 from pipeline.dataset.layout import GROUNDING_DIR, RESUME_DIR, TRAINING_RECORD
 from pipeline.dataset.location import local_copy, remove_tree
 from pipeline.dataset.voc import voc_images
+from pipeline.run import faults
 from pipeline.runtime import Runtime
 from pipeline.training.annotated import annotated_batches, annotated_validation_batches
 from stages.grounding.model import GroundingConfig, GroundingModule, save_grounding
@@ -79,11 +80,14 @@ def run_training(config: RunConfig, runtime: Runtime, job: dict,
             shown = f" mIoU {val:.3f}" if val is not None else ""
             progress.update(bar, completed=step, description=f"{description} loss {loss:.3f}{shown}")
 
+    def checkpoint() -> None:
+        replace_folder(resume, lambda folder: trainer.save(folder, {"job": job}), last=PROGRESS)
+        faults.training_fault(trainer.step)
+
     started = time.time()
     fit(trainer, batches(trainer.step * train.accumulate), validate=validation,
-        validate_every=train.validate_every,
-        checkpoint=lambda: replace_folder(resume, lambda folder: trainer.save(folder, {"job": job}), last=PROGRESS),
-        checkpoint_every=train.checkpoint_every, on_step=on_step)
+        validate_every=train.validate_every, checkpoint=checkpoint, checkpoint_every=train.checkpoint_every,
+        on_step=on_step)
     record = {**job, "vocab": config.vocab, "preset_name": config.preset_name,  # what eval's defaults read
               "zero_shot": zero_shot, "steps": trainer.step, "resumed_at": resumed_at,
               "first_loss": trainer.losses[0], "last_loss": trainer.losses[-1], "losses": trainer.losses,

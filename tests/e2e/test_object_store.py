@@ -140,6 +140,29 @@ def test_the_manifest_claim_is_a_create_if_absent_on_the_store(store):
     assert store.cat_file(f"{BUCKET}/claimed/manifest.json") == b"first"
 
 
+def test_of_writers_racing_for_a_new_prefix_exactly_one_claims_it_and_the_rest_retry_then_stop(store):
+    """Processes released together, each claiming a prefix with its own config, through a proxy whose
+    conditional PUTs race as S3's do (one per key at a time; a concurrent one is answered 409): the
+    writers answered 409 retry, find the winner's manifest and stop with the one line."""
+    from claim_race import race
+    from s3_proxy import ConditionalS3Proxy
+
+    rounds, writers = 5, 4
+    urls = [f"s3://{BUCKET}/race-{i}" for i in range(rounds)]
+    with ConditionalS3Proxy(os.environ["AWS_ENDPOINT_URL_S3"], hold=0.3) as proxy:
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}  # the writers' fork server may predate it
+        results = race(urls, writers, env={**aws, "AWS_ENDPOINT_URL_S3": proxy.endpoint})
+    for i, (url, outcomes) in enumerate(zip(urls, results)):
+        winners = [name for name, error in outcomes if error is None]
+        assert len(winners) == 1, outcomes
+        assert json.loads(store.cat_file(f"{BUCKET}/race-{i}/manifest.json")) == {"fingerprint": winners[0]}
+        for name, error in outcomes:
+            if name != winners[0]:
+                assert error == (f"{url} holds a dataset made with another config (fingerprint {winners[0]}, "
+                                 f"this run {name}); choose another --out or delete that folder")
+    assert sum(proxy.conflicts.values()) >= rounds, proxy.conflicts  # the 409 path ran, and was retried
+
+
 def test_a_missing_bucket_is_one_line_before_any_work(store):
     result = datagen("run", *ARGS, "--out", "s3://no-such-bucket/run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
