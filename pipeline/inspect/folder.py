@@ -17,6 +17,7 @@ import webdataset as wds
 from pipeline.dataset.layout import FORMAT_VERSION, Phase
 from pipeline.dataset.location import check_reachable, location
 from pipeline.dataset.manifest import whole_class_list, whole_manifest
+from pipeline.dataset.members import RepeatedMember, group_members
 from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, whole_stats
 from stages.errors import DataError
 
@@ -128,22 +129,21 @@ def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
 def read_shard(shard: Path) -> Iterator[dict]:
     """Samples of one shard as raw bytes per member (``__key__`` plus extensions), nothing decoded.
 
-    Members are grouped by key (the name up to its first dot); a tar that ends mid-member or a
-    repeated member raises CorruptShard naming the shard and the key being read.
+    Members are grouped by key as the training reader groups them (``members.group_members``); a tar
+    that ends mid-member or a repeated member raises CorruptShard naming the shard and the key being read.
     """
-    sample = None
+    key = None
+
+    def members(stream) -> Iterator[tuple[str, bytes]]:
+        nonlocal key
+        for member in wds.tariterators.tar_file_iterator(stream):
+            key = member["fname"].partition(".")[0]  # the sample being read, for the message
+            yield member["fname"], member["data"]
+
     try:
         with shard.open("rb") as stream:
-            for member in wds.tariterators.tar_file_iterator(stream):
-                key, _, ext = member["fname"].partition(".")
-                if sample is None or key != sample["__key__"]:
-                    if sample is not None:
-                        yield sample
-                    sample = {"__key__": key}
-                if ext in sample:
-                    raise CorruptShard(shard, key, f"member {member['fname']} appears twice")
-                sample[ext] = member["data"]
+            yield from group_members(members(stream))
+    except RepeatedMember as err:
+        raise CorruptShard(shard, err.key, str(err)) from err
     except (tarfile.TarError, EOFError, OSError, io.UnsupportedOperation) as err:
-        raise CorruptShard(shard, sample and sample["__key__"], str(err).split(" @ ")[0]) from err
-    if sample is not None:
-        yield sample
+        raise CorruptShard(shard, key, str(err).split(" @ ")[0]) from err
