@@ -26,7 +26,7 @@ import webdataset as wds
 from braceexpand import braceexpand
 
 from pipeline.dataset.atomic import write_json_atomic
-from pipeline.dataset.layout import CLASSES, DATA_DIR, WIDS_INDEX
+from pipeline.dataset.layout import CLASSES, DATA_DIR, LEGACY_WIDS_INDEX, WIDS_INDEX
 from pipeline.dataset.location import is_remote, listing, location, names, shard_location
 from pipeline.dataset.members import (
     IMAGE_MEMBERS,
@@ -45,7 +45,7 @@ from pipeline.dataset.shards import (
     read_json_object,
     read_stats,
     shard_path,
-    stats_path,
+    stats_file,
 )
 from stages.errors import DataError
 
@@ -118,6 +118,14 @@ def to_training_tuple(sample: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     meta = dict(sample["json"], key=sample["__key__"])
     return (torch.from_numpy(np.array(image)).permute(2, 0, 1),
             torch.from_numpy(sample["seg.png"].astype(np.int64)), meta)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """A DataLoader ``collate_fn`` for ``training_dataset``: images stacked to uint8 (B, 3, H, W), masks
+    to int64 (B, H, W), metas kept as a list of B dicts. PyTorch's default collation would merge the
+    metas key by key, and fails on their lists (instances, classes), whose lengths differ by sample."""
+    images, masks, metas = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(masks), list(metas)
 
 
 class _ShardPasses(torch.utils.data.IterableDataset):
@@ -337,7 +345,7 @@ def write_wids_index(folder: Path) -> Path:
     entries = listing(folder)  # one listing gives the shards and their sizes
     shards = []
     for shard_id in finished_ids(set(entries)):
-        stats = read_json_object(stats_path(folder, shard_id))
+        stats = read_json_object(stats_file(folder, shard_id, set(entries)))
         name = shard_path(folder, shard_id).name
         shards.append({"url": name, "nsamples": stats["written"], "filesize": entries[name].size})
     index = folder / WIDS_INDEX
@@ -365,6 +373,8 @@ def wids_dataset(source, image: str = "rgb8"):
         raise DataError(f"{source}: wids random access reads local shards; stream these with open_dataset or "
                         "training_dataset, or copy them to a local folder")
     if index.is_dir():
-        index = index / DATA_DIR / WIDS_INDEX if (index / DATA_DIR).is_dir() else index / WIDS_INDEX
+        index = index / DATA_DIR if (index / DATA_DIR).is_dir() else index
+        index = index / WIDS_INDEX if (index / WIDS_INDEX).exists() or not (index / LEGACY_WIDS_INDEX).exists() \
+            else index / LEGACY_WIDS_INDEX  # a dataset written before the index was hidden
     return wids.ShardListDataset(str(index), localname=lambda url: url,
                                  transformations=[lambda s: _wids_decode(s, image)])

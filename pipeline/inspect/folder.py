@@ -18,7 +18,7 @@ from pipeline.dataset.layout import FORMAT_VERSION, Phase
 from pipeline.dataset.location import check_reachable, location
 from pipeline.dataset.manifest import whole_class_list, whole_manifest
 from pipeline.dataset.members import RepeatedMember, group_members
-from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, whole_stats
+from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, shard_id, stats_path, whole_stats
 from stages.errors import DataError
 
 
@@ -64,18 +64,18 @@ class DatasetFolder:
 
     def stats(self, shard: Path) -> dict:
         """The shard's stats ({} when they are not a JSON object)."""
-        stats = read_stats(self.folder, int(shard.name.removeprefix("shard-").removesuffix(".tar")))
+        stats = read_stats(self.folder, shard_id(shard))
         return stats if isinstance(stats, dict) else {}
 
     def counted_stats(self, shard: Path) -> dict:
         """The shard's stats, or DataError when they lack the counts summaries add up."""
         stats = self.stats(shard)
         if missing := [k for k in ("planned", "written") if type(stats.get(k)) is not int]:
-            raise DataError(f"{shard.with_suffix('.stats.json')} has no {' or '.join(missing)} count: "
+            raise DataError(f"{stats_path(shard.parent, shard_id(shard))} has no {' or '.join(missing)} count: "
                                "not a finished datagen shard; run `datagen validate`")
         if not whole_stats(stats):
-            raise DataError(f"{shard.with_suffix('.stats.json')} is damaged (its counts are not all integers): "
-                            "not a finished datagen shard; run `datagen validate`")
+            raise DataError(f"{stats_path(shard.parent, shard_id(shard))} is damaged (its counts are not all "
+                            "integers): not a finished datagen shard; run `datagen validate`")
         return stats
 
     def samples(self, shard: Path) -> Iterator[dict]:

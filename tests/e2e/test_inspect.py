@@ -19,7 +19,8 @@ def rewrite_sample(out, shard_index, change):
     shard = finished_shards(out / "data")[shard_index]
     samples = list(read_shard(shard))
     change(samples[1])
-    write_shard(shard.parent, shard_index, samples, json.loads(shard.with_suffix(".stats.json").read_text()))
+    stats = json.loads((shard.parent / f".{shard.stem}.stats.json").read_text())
+    write_shard(shard.parent, shard_index, samples, stats)
     return shard.name, samples[1]["__key__"]
 
 
@@ -73,7 +74,7 @@ def test_dataset_card_pins_what_made_the_data(tiny_dataset):
     assert "| Mask R-CNN oracle | `torchvision`, weights `" in card
     assert manifest["code"]["datagen"] == "0.1.0" and "git_commit" in manifest["code"]
     assert "| seed | 3 |" in card and "| 16 | pottedplant | unseen |" in card and "noise" in card
-    assert "read_webdataset" in card and "load_dataset(\"webdataset\"" in card and "index.wids.json" in card
+    assert "read_webdataset" in card and "load_dataset(os.path.abspath" in card and "index.wids.json" in card
 
 
 def _newer_format(out):
@@ -157,9 +158,9 @@ def test_validate_names_the_shard_and_key_of_each_problem(datagen, copy, change,
 
 def test_validate_reports_truncation_missing_shards_and_stats_that_disagree(datagen, copy):
     _truncate(copy)
-    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats_path = copy / "data" / ".shard-000002.stats.json"
     stats_path.write_text(json.dumps(dict(json.loads(stats_path.read_text()), written=1)))
-    (copy / "data" / "shard-000003.stats.json").unlink()
+    (copy / "data" / ".shard-000003.stats.json").unlink()
     result = datagen("validate", str(copy))
     assert result.returncode == 1
     assert "data/shard-000001.tar key 00000000000" in result.stdout
@@ -175,12 +176,12 @@ def test_validate_reports_a_json_member_that_is_not_an_object(datagen, copy):
 
 
 def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
-    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats_path = copy / "data" / ".shard-000002.stats.json"
     stats = json.loads(stats_path.read_text())
     del stats["written"]
     stats_path.write_text(json.dumps(stats))
     result = datagen("stats", str(copy))
-    assert result.returncode == 2 and "shard-000002.stats.json has no written count" in result.one_line()
+    assert result.returncode == 2 and ".shard-000002.stats.json has no written count" in result.one_line()
     result = datagen("validate", str(copy))
     assert result.returncode == 1 and "data/shard-000002.tar: its stats are damaged (counts missing or not integers)" \
         in result.stdout  # and `run` redoes that shard
@@ -207,11 +208,11 @@ def test_shard_mb_run_records_its_shard_size_and_writes_shards_near_the_target(d
 def test_rerun_of_a_finished_dataset_restores_a_missing_card_and_index(datagen, copy):
     """A driver killed after the last shard but before the card: the rerun has nothing to compute but
     writes the card and the wids index."""
-    card, index = (copy / "README.md").read_text(), json.loads((copy / "data" / "index.wids.json").read_text())
+    card, index = (copy / "README.md").read_text(), json.loads((copy / "data" / ".index.wids.json").read_text())
     (copy / "README.md").unlink()
-    (copy / "data" / "index.wids.json").unlink()
+    (copy / "data" / ".index.wids.json").unlink()
     result = datagen("run", "--vocab", "voc", "--n", "16", "--models", "tiny", "--bootstrap-n", "4", "--train-steps",
                      "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3", "--out", str(copy))
     assert result.returncode == 0 and "nothing to do" in result.stderr
     assert (copy / "README.md").read_text().replace("copy", "tiny") == card.replace("copy", "tiny")
-    assert json.loads((copy / "data" / "index.wids.json").read_text())["shardlist"] == index["shardlist"]
+    assert json.loads((copy / "data" / ".index.wids.json").read_text())["shardlist"] == index["shardlist"]
