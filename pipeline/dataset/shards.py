@@ -6,7 +6,7 @@ exist: a rerun redoes it. Finding finished shards lists their folder once (``loc
 reads each one's stats. The stats are hidden files (a leading dot) so that a shard folder holds only
 shards for tools that take every file in it (Hugging Face ``datasets`` infers its builder from the
 files' extensions and skips hidden ones); stats beside the shard under the name datagen wrote before
-(``shard-NNNNNN.stats.json``, ``LEGACY_STATS``) are still read.
+(``shard-NNNNNN.stats.json``, ``legacy_stats_path``) are still read.
 """
 
 from __future__ import annotations
