@@ -3,7 +3,7 @@
     OUT/manifest.json   classes.json   README.md (the dataset card)
     OUT/oracle/         phase A's shards (seen classes, Mask R-CNN labels, latents)
     OUT/grounding/      phase B's checkpoint and its training record
-    OUT/data/           phase C's shards: the dataset, with the wids index
+    OUT/data/           phase C's shards: the dataset; the stats and wids index beside them are hidden files
     OUT/eval/           Protocol I's report (`datagen eval grounding`)
 """
 
@@ -17,7 +17,8 @@ ORACLE_DIR, GROUNDING_DIR, DATA_DIR = "oracle", "grounding", "data"
 EVAL_DIR = "eval"  # Protocol I's report
 RESUME_DIR = "grounding-resume"  # the latest resumable checkpoint of a training job in progress
 TRAINING_RECORD = "training.json"  # beside the checkpoint: what it was trained on, losses, validation
-WIDS_INDEX = "index.wids.json"  # beside the shards: the wids shard list (urls relative to it)
+WIDS_INDEX = ".index.wids.json"  # beside the shards: the wids shard list (urls relative to it); hidden,
+LEGACY_WIDS_INDEX = "index.wids.json"  # as shard stats are, so data/ holds only shards (shards.stats_path)
 
 
 class Phase(StrEnum):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,54 @@ from stages.metrics import IGNORE_INDEX
 MAX_PIXELS = 1 << 26  # 67M pixels (8192x8192): more than any image or mask datagen writes or reads as ground truth
 MASK_MODES = ("L", "P")  # one 8-bit value per pixel: grey levels (datagen's seg.png) or a palette (VOC's masks)
 UNSAFE = {"pyd", "pickle", "pkl", "pth", "pt"}  # members that load by running code: never part of a sample
+IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
+
+
+class RepeatedMember(DataError):
+    """A member name that appears twice within one sample (a damaged or hostile tar)."""
+
+    def __init__(self, key: str, name: str):
+        super().__init__(f"member {name} appears twice")
+        self.key = key
+
+
+def group_members(files: Iterable[tuple[str, bytes]]) -> Iterator[dict]:
+    """Tar members ``(name, bytes)`` grouped into samples (``__key__`` plus one entry per member): the
+    key is the name up to its first dot, the member the rest. Every name lands in a sample, so a stray
+    member (``../x``, ``KEY.../../x``) is seen by ``check_members``; webdataset's own grouping drops the
+    names it cannot split. Both the training reader and `datagen validate` group through here."""
+    sample = None
+    for name, data in files:
+        key, _, member = name.partition(".")
+        if sample is None or key != sample["__key__"]:
+            if sample is not None:
+                yield sample
+            sample = {"__key__": key}
+        if member in sample:
+            raise RepeatedMember(key, name)
+        sample[member] = data
+    if sample is not None:
+        yield sample
+
+
+def check_members(key: str, members: set[str], expected: set[str] | None = None) -> None:
+    """DataError unless the key is a sample index and the members are the format's: none named as a path
+    or loading by unpickling, and exactly ``expected`` (None: a dataset sample's image, json and seg.png)."""
+    named = sorted(f"{key}.{m}" for m in members)
+    if any("/" in name or "\\" in name for name in named) or key.startswith("."):
+        raise DataError(f"member names {named} are paths (../ or absolute), not sample members")
+    if not key.isdigit():
+        raise DataError(f"member names {named} are not <sample index>.<member>")
+    if unsafe := sorted(m for m in members if m.rsplit(".", 1)[-1] in UNSAFE):
+        raise DataError(f"member {', '.join(unsafe)} would run code when loaded (pickle): not a datagen sample")
+    if expected is not None:
+        if members != expected:
+            raise DataError(f"members {sorted(members)}, expected {sorted(expected)}")
+        return
+    images = members & set(IMAGE_MEMBERS)
+    if len(images) != 1 or members - images != {"json", "seg.png"}:
+        oracle = " (a phase A oracle shard? read the dataset's data/ shards)" if "latent.npy" in members else ""
+        raise DataError(f"members {sorted(members)}, expected an image (jpg or png), json and seg.png{oracle}")
 
 
 def open_image(source: bytes | Path, member: str) -> Image.Image:

@@ -26,20 +26,28 @@ import webdataset as wds
 from braceexpand import braceexpand
 
 from pipeline.dataset.atomic import write_json_atomic
-from pipeline.dataset.layout import CLASSES, DATA_DIR, WIDS_INDEX
+from pipeline.dataset.layout import CLASSES, DATA_DIR, LEGACY_WIDS_INDEX, WIDS_INDEX
 from pipeline.dataset.location import is_remote, listing, location, names, shard_location
-from pipeline.dataset.members import UNSAFE, check_mask, decode_json, decode_mask, decode_rgb, sample_classes
+from pipeline.dataset.members import (
+    IMAGE_MEMBERS,
+    RepeatedMember,
+    check_mask,
+    check_members,
+    decode_json,
+    decode_mask,
+    decode_rgb,
+    group_members,
+    sample_classes,
+)
 from pipeline.dataset.shards import (
     finished_ids,
     finished_shards,
     read_json_object,
     read_stats,
     shard_path,
-    stats_path,
+    stats_file,
 )
 from stages.errors import DataError
-
-IMAGE_MEMBERS = ("jpg", "png")  # a sample's image is one of these (the run's image_format)
 
 
 def image_member(sample: dict):
@@ -112,6 +120,14 @@ def to_training_tuple(sample: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
             torch.from_numpy(sample["seg.png"].astype(np.int64)), meta)
 
 
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """A DataLoader ``collate_fn`` for ``training_dataset``: images stacked to uint8 (B, 3, H, W), masks
+    to int64 (B, H, W), metas kept as a list of B dicts. PyTorch's default collation would merge the
+    metas key by key, and fails on their lists (instances, classes), whose lengths differ by sample."""
+    images, masks, metas = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(masks), list(metas)
+
+
 class _ShardPasses(torch.utils.data.IterableDataset):
     """The shard urls, one pass per iteration; with a seed, pass k is shuffled with ``seed + k`` (the
     same order on every node and DataLoader worker, a new order each pass)."""
@@ -177,21 +193,22 @@ class _CheckedShards:
     def _shard(self, url: str, keys: set[str]):
         count = 0
         try:
-            for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=_stop):
+            for sample in _tar_samples(url):
                 try:
-                    _check_members(sample, keys)
+                    _check_key(sample, keys)
                 except DataError as err:
                     if self._refused(DataError(f"shard {url} key {sample['__key__']}: {err}")):
                         continue
                     return
                 count += 1
                 yield sample
+        except RepeatedMember as err:
+            self._refused(DataError(f"shard {url} cannot be read ({err})"))
+            return
         except DataError:  # the handler's refusal: stop as it asked
             raise
         except (OSError, ValueError, EOFError, tarfile.TarError) as err:
             reason = str(err.args[0] if err.args else err).split(" @ ")[0] or type(err).__name__
-            if "duplicate file name" in reason:  # webdataset's words for a member repeated within a sample
-                reason = f"member {reason.split(':')[0]} appears twice"
             self._refused(DataError(f"shard {url} cannot be read ({reason})"))
             return
         written = _stats_written(url)
@@ -202,21 +219,24 @@ class _CheckedShards:
                                     "damaged; run `datagen validate`"))
 
 
-def _check_members(sample: dict, keys: set[str]) -> None:
-    key, members = sample["__key__"], {k for k in sample if not k.startswith("__")}
-    if not key.isdigit():
-        path = "/" in key or "\\" in key or key.startswith(".")
-        raise DataError(f"member names {sorted(f'{key}.{m}' for m in members)} are "
-                        + ("paths (../ or absolute), not sample members" if path else "not <sample index>.<member>"))
+def _tar_samples(url: str):
+    """A shard's samples as raw members, grouped as `datagen validate` groups them (``group_members``)."""
+    for source in wds.tariterators.url_opener([{"url": url}], handler=_stop):
+        try:
+            files = wds.tariterators.tar_file_iterator(source["stream"], handler=_stop)
+            for sample in group_members((f["fname"], f["data"]) for f in files):
+                yield dict(sample, __url__=url)
+        finally:
+            source["stream"].close()
+
+
+def _check_key(sample: dict, keys: set[str]) -> None:
+    """The sample's members are the format's (``check_members``) and its key is new in this pass."""
+    key = sample["__key__"]
+    check_members(key, {k for k in sample if not k.startswith("__")})
     if key in keys:
         raise DataError("the key appears twice (in this shard or an earlier one)")
     keys.add(key)
-    if unsafe := sorted(m for m in members if m.rsplit(".", 1)[-1] in UNSAFE):
-        raise DataError(f"member {', '.join(unsafe)} would run code when loaded (pickle): not a datagen sample")
-    images = members & set(IMAGE_MEMBERS)
-    if len(images) != 1 or members - images != {"json", "seg.png"}:
-        oracle = " (a phase A oracle shard? read the dataset's data/ shards)" if "latent.npy" in members else ""
-        raise DataError(f"members {sorted(members)}, expected an image (jpg or png), json and seg.png{oracle}")
 
 
 def _stats_written(url: str) -> int | None:
@@ -325,7 +345,7 @@ def write_wids_index(folder: Path) -> Path:
     entries = listing(folder)  # one listing gives the shards and their sizes
     shards = []
     for shard_id in finished_ids(set(entries)):
-        stats = read_json_object(stats_path(folder, shard_id))
+        stats = read_json_object(stats_file(folder, shard_id, set(entries)))
         name = shard_path(folder, shard_id).name
         shards.append({"url": name, "nsamples": stats["written"], "filesize": entries[name].size})
     index = folder / WIDS_INDEX
@@ -353,6 +373,8 @@ def wids_dataset(source, image: str = "rgb8"):
         raise DataError(f"{source}: wids random access reads local shards; stream these with open_dataset or "
                         "training_dataset, or copy them to a local folder")
     if index.is_dir():
-        index = index / DATA_DIR / WIDS_INDEX if (index / DATA_DIR).is_dir() else index / WIDS_INDEX
+        index = index / DATA_DIR if (index / DATA_DIR).is_dir() else index
+        index = index / WIDS_INDEX if (index / WIDS_INDEX).exists() or not (index / LEGACY_WIDS_INDEX).exists() \
+            else index / LEGACY_WIDS_INDEX  # a dataset written before the index was hidden
     return wids.ShardListDataset(str(index), localname=lambda url: url,
                                  transformations=[lambda s: _wids_decode(s, image)])

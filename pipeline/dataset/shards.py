@@ -1,9 +1,13 @@
 """Shard files: atomic WebDataset writing, per-shard stats, and finding finished shards.
 
 A shard is written to a temporary name and renamed into place (``atomic``; on an object store, uploaded
-whole); its ``.stats.json`` is written last, with the shard's sha256 and size in bytes, hashed as it is
-written. A shard without stats does not exist: a rerun redoes it.
-Finding finished shards lists their folder once (``location.names``), then reads each one's stats.
+whole); its stats (``.shard-NNNNNN.stats.json``) are written last, with the shard's sha256 and size in
+bytes, hashed as it is written. A shard without stats does not exist: a rerun redoes it. Finding
+finished shards lists their folder once (``location.names``), then reads each one's stats. The stats
+are hidden files (a leading dot) so that a shard folder holds only shards for tools that take every
+file in it (Hugging Face ``datasets`` infers its builder from the files' extensions and skips hidden
+ones); stats beside the shard under the name datagen wrote before (``shard-NNNNNN.stats.json``,
+``legacy_stats_path``) are still read.
 """
 
 from __future__ import annotations
@@ -29,12 +33,31 @@ def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:06d}"
 
 
+def shard_id(shard: Path) -> int:
+    """The id of a shard path (``shard-000001.tar`` -> 1)."""
+    return int(shard.name.removeprefix("shard-").removesuffix(".tar"))
+
+
 def shard_path(folder: Path, shard_id: int) -> Path:
     return folder / f"{shard_name(shard_id)}.tar"
 
 
 def stats_path(folder: Path, shard_id: int) -> Path:
+    """Where a shard's stats are written: a hidden file beside it."""
+    return folder / f".{shard_name(shard_id)}.stats.json"
+
+
+def legacy_stats_path(folder: Path, shard_id: int) -> Path:
+    """Where datasets written before the stats were hidden keep them (read, never written)."""
     return folder / f"{shard_name(shard_id)}.stats.json"
+
+
+def stats_file(folder: Path, shard_id: int, present: set[str]) -> Path:
+    """The shard's stats file among a folder's entry names: the hidden one, or the legacy one when only
+    that is present."""
+    path = stats_path(folder, shard_id)
+    legacy = legacy_stats_path(folder, shard_id)
+    return legacy if path.name not in present and legacy.name in present else path
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
@@ -101,7 +124,10 @@ def write_shard(folder: Path, shard_id: int, samples: Iterable[dict[str, bytes |
 def read_stats(folder: Path, shard_id: int) -> dict | None:
     """Stats of a finished shard, or None if the shard is not finished (to find many, list their folder
     once: ``finished_stats_by_id``)."""
-    return _stats_content(stats_path(folder, shard_id)) if shard_path(folder, shard_id).exists() else None
+    if not shard_path(folder, shard_id).exists():
+        return None
+    path, legacy = stats_path(folder, shard_id), legacy_stats_path(folder, shard_id)
+    return _stats_content(legacy if not path.exists() and legacy.exists() else path)
 
 
 def _stats_content(path: Path) -> dict | None:
@@ -114,16 +140,17 @@ def _stats_content(path: Path) -> dict | None:
 
 
 def finished_ids(present: set[str]) -> list[int]:
-    """Ids of the shards with both the tar and its stats among a folder's entry names, in order."""
-    ids = (name.removeprefix("shard-").removesuffix(".stats.json") for name in present
-           if name.startswith("shard-") and name.endswith(".stats.json"))
-    return sorted(int(i) for i in ids if i.isdigit() and shard_name(int(i)) == f"shard-{i}"
-                  and f"shard-{i}.tar" in present)
+    """Ids of the shards with both the tar and its stats (hidden, or legacy) among a folder's entry names,
+    in order."""
+    stems = (name.removeprefix(".").removesuffix(".stats.json") for name in present if name.endswith(".stats.json"))
+    ids = {i for stem in stems if stem.startswith("shard-") and (i := stem.removeprefix("shard-")).isdigit()}
+    return sorted(int(i) for i in ids if shard_name(int(i)) == f"shard-{i}" and f"shard-{i}.tar" in present)
 
 
 def finished_stats_by_id(folder: Path) -> dict[int, dict]:
     """Shard id -> stats content of every finished shard in ``folder`` whose stats are a JSON object."""
-    stats = {shard_id: _stats_content(stats_path(folder, shard_id)) for shard_id in finished_ids(names(folder))}
+    present = names(folder)
+    stats = {shard_id: _stats_content(stats_file(folder, shard_id, present)) for shard_id in finished_ids(present)}
     return {shard_id: s for shard_id, s in stats.items() if s is not None}
 
 

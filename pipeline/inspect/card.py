@@ -12,6 +12,7 @@ from pipeline.dataset.location import location
 from pipeline.dataset.provenance import file_sha256
 from pipeline.dataset.shards import finished_shards
 from pipeline.dataset.zero_shot import LABELS, dataset_zero_shot, describe
+from pipeline.inspect.card_metadata import front_matter
 from pipeline.inspect.folder import DatasetFolder
 from pipeline.inspect.stats import dataset_stats
 
@@ -84,7 +85,7 @@ def card_text(out: Path, manifest: dict, classes: list[dict]) -> str:
     labels = manifest.get(LABELS, {})
     warning, zero_shot_row = _zero_shot(out, manifest)
     oracle = _oracle(models.get('oracle'), sources.get('oracle', '?')) if sources.get('oracle', '?') else "not used"
-    return f"""# datagen dataset `{out.name}`
+    return front_matter(out.name, config["preset_name"], classes, s["written"]) + f"""# datagen dataset `{out.name}`
 
 {labels.get("card", {}).get("opening", "Synthetic semantic segmentation data made by datagen.")}
 {warning}{tiny}
@@ -127,9 +128,10 @@ unseen {stats['splits']['unseen']['pixel_share']:.2%}
 ## How to load it
 
 ```python
-from pipeline.dataset.reader import training_dataset, open_dataset, wids_dataset   # datagen's readers
-loader = torch.utils.data.DataLoader(training_dataset("."), batch_size=8, num_workers=4)
-for image, mask, meta in training_dataset("."):  # uint8 (3, H, W), int64 (H, W) class ids, dict
+import torch                                       # datagen's readers: images, class-id masks, metas
+from pipeline.dataset.reader import collate, open_dataset, training_dataset, wids_dataset
+loader = torch.utils.data.DataLoader(training_dataset("."), batch_size=8, num_workers=4, collate_fn=collate)
+for images, masks, metas in loader:                # uint8 (B, 3, H, W), int64 (B, H, W) class ids, B dicts
     ...
 
 import webdataset as wds                           # plain webdataset (decode seg.png yourself:
@@ -138,8 +140,9 @@ ds = wds.WebDataset("data/shard-{{000000..{last:06d}}}.tar", shardshuffle=False)
 import wids                                        # random access through the index
 ds = wids.ShardListDataset("data/{WIDS_INDEX}")
 
-import datasets, glob                              # Hugging Face datasets
-ds = datasets.load_dataset("webdataset", data_files={{"train": sorted(glob.glob("data/shard-*.tar"))}}, split="train")
+import datasets, os                                # Hugging Face datasets: the front matter names data/*.tar
+ds = datasets.load_dataset(os.path.abspath("."), split="train")  # or the Hub repo's id, once uploaded
+ds[0]["jpg"], ds[0]["seg.png"], ds[0]["json"]["prompt"]          # PIL RGB, PIL mode L (class ids), str
 
 import ray, glob                                   # Ray Data
 ds = ray.data.read_webdataset(sorted(glob.glob("data/shard-*.tar")))

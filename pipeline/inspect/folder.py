@@ -17,7 +17,8 @@ import webdataset as wds
 from pipeline.dataset.layout import FORMAT_VERSION, Phase
 from pipeline.dataset.location import check_reachable, location
 from pipeline.dataset.manifest import whole_class_list, whole_manifest
-from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, whole_stats
+from pipeline.dataset.members import RepeatedMember, group_members
+from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, shard_id, stats_path, whole_stats
 from stages.errors import DataError
 
 
@@ -68,18 +69,18 @@ class DatasetFolder:
 
     def stats(self, shard: Path) -> dict:
         """The shard's stats ({} when they are not a JSON object)."""
-        stats = read_stats(self.folder, int(shard.name.removeprefix("shard-").removesuffix(".tar")))
+        stats = read_stats(self.folder, shard_id(shard))
         return stats if isinstance(stats, dict) else {}
 
     def counted_stats(self, shard: Path) -> dict:
         """The shard's stats, or DataError when they lack the counts summaries add up."""
         stats = self.stats(shard)
         if missing := [k for k in ("planned", "written") if type(stats.get(k)) is not int]:
-            raise DataError(f"{shard.with_suffix('.stats.json')} has no {' or '.join(missing)} count: "
+            raise DataError(f"{stats_path(shard.parent, shard_id(shard))} has no {' or '.join(missing)} count: "
                                "not a finished datagen shard; run `datagen validate`")
         if not whole_stats(stats):
-            raise DataError(f"{shard.with_suffix('.stats.json')} is damaged (its counts are not all integers): "
-                            "not a finished datagen shard; run `datagen validate`")
+            raise DataError(f"{stats_path(shard.parent, shard_id(shard))} is damaged (its counts are not all "
+                            "integers): not a finished datagen shard; run `datagen validate`")
         return stats
 
     def samples(self, shard: Path) -> Iterator[dict]:
@@ -133,29 +134,29 @@ def open_output(out: Path | str, phase: Phase = Phase.LABEL) -> DatasetFolder:
 def read_shard(shard: Path, digest=None) -> Iterator[dict]:
     """Samples of one shard as raw bytes per member (``__key__`` plus extensions), nothing decoded.
 
-    Members are grouped by key (the name up to its first dot); a tar that ends mid-member or a
-    repeated member raises CorruptShard naming the shard and the key being read. ``digest`` (a hashlib
-    object), when given, is fed every byte of the file as it is read, the tar's end included.
+    Members are grouped by key as the training reader groups them (``members.group_members``); a tar
+    that ends mid-member or a repeated member raises CorruptShard naming the shard and the key being read.
+    ``digest`` (a hashlib object), when given, is fed every byte of the file as it is read, the tar's end
+    included.
     """
-    sample = None
+    key = None
+
+    def members(stream) -> Iterator[tuple[str, bytes]]:
+        nonlocal key
+        for member in wds.tariterators.tar_file_iterator(stream):
+            key = member["fname"].partition(".")[0]  # the sample being read, for the message
+            yield member["fname"], member["data"]
+
     try:
         with shard.open("rb") as stream:
             source = _Hashed(stream, digest) if digest is not None else stream
-            for member in wds.tariterators.tar_file_iterator(source):
-                key, _, ext = member["fname"].partition(".")
-                if sample is None or key != sample["__key__"]:
-                    if sample is not None:
-                        yield sample
-                    sample = {"__key__": key}
-                if ext in sample:
-                    raise CorruptShard(shard, key, f"member {member['fname']} appears twice")
-                sample[ext] = member["data"]
+            yield from group_members(members(source))
             while digest is not None and source.read(1 << 20):  # the end-of-archive blocks tarfile skips
                 pass
+    except RepeatedMember as err:
+        raise CorruptShard(shard, err.key, str(err)) from err
     except (tarfile.TarError, EOFError, OSError, io.UnsupportedOperation) as err:
-        raise CorruptShard(shard, sample and sample["__key__"], str(err).split(" @ ")[0]) from err
-    if sample is not None:
-        yield sample
+        raise CorruptShard(shard, key, str(err).split(" @ ")[0]) from err
 
 
 class _Hashed:

@@ -20,7 +20,7 @@ from rich.progress import Progress
 from pipeline.dataset.layout import Phase
 from pipeline.dataset.location import location
 from pipeline.dataset.manifest import SHARDS
-from pipeline.dataset.members import UNSAFE, decode_image, decode_json, decode_mask
+from pipeline.dataset.members import check_members, decode_image, decode_json, decode_mask
 from pipeline.dataset.plan import plan_shards
 from pipeline.dataset.shards import finished_shards, whole_stats
 from pipeline.dataset.tally import MASK_COUNTS, Tally
@@ -143,12 +143,12 @@ def _instances(sample: dict) -> list[dict]:
 
 
 def _check_sample(ds: DatasetFolder, sample: dict, stats: dict | None) -> list[str]:
-    key, members = sample["__key__"], set(sample) - {"__key__"}
-    if unsafe := {m for m in members if m.rsplit(".", 1)[-1] in UNSAFE}:
-        return [f"member {', '.join(sorted(unsafe))} would run code when loaded (pickle): not a datagen sample"]
-    if members != ds.members:
-        return [f"members {sorted(members)}, expected {sorted(ds.members)}"]
-    if not key.isdigit() or (stats is not None and not stats.get("start", 0) <= int(key) < stats.get("end", 0)):
+    key = sample["__key__"]
+    try:  # the training reader's check (``members.check_members``): what one refuses, so does the other
+        check_members(key, set(sample) - {"__key__"}, ds.members)
+    except DataError as err:
+        return [str(err)]
+    if stats is not None and not stats.get("start", 0) <= int(key) < stats.get("end", 0):
         return [f"key is not a sample index in the shard's range {(stats or {}).get('start')}.."
                 f"{(stats or {}).get('end')}"]
     try:

@@ -10,10 +10,11 @@ parse flags, call it and print its result.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
+import torch
 from rich.progress import Progress
 
 from pipeline.config import ConfigError, RunConfig
@@ -143,6 +144,21 @@ def _run_phases(config: RunConfig, result: RunResult, settings: ExecutorSettings
         _write_card_and_index(config)
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """This process's torch threads set to ``count`` (None: left as they are) while phase B trains here:
+    with Ray, training runs in this process and the shards in workers, so a Ray run trains with its
+    workers' thread count and writes the bytes of an in-process run with that many threads (CPU float
+    sums depend on the thread count: a checkpoint trained with another would change label scores)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _work(config: RunConfig, result: RunResult, worker: ShardWorker, executor: Executor, hooks: RunHooks) -> None:
     """The phases' model work, with the progress bars shown."""
     runtime = worker.runtime
@@ -153,7 +169,8 @@ def _work(config: RunConfig, result: RunResult, worker: ShardWorker, executor: E
             result.failed_shards[Phase.ORACLE] = report.failed_shards
             return
     if Phase.TRAIN in phases:
-        result.training = run_train_phase(config, runtime, hooks.progress)
+        with torch_threads(executor.torch_threads):
+            result.training = run_train_phase(config, runtime, hooks.progress)
         if not result.training.get("skipped"):
             hooks.info(f"grounding module: loss {result.training['first_loss']:.4f} -> "
                        f"{result.training['last_loss']:.4f} in {result.training['steps']} steps")

@@ -45,7 +45,7 @@ def test_run_with_the_detectron2_oracle_writes_a_valid_dataset(run):
     out, _, _ = run
     result = CliRunner().invoke(app, ["validate", str(out)])
     assert result.exit_code == 0, result.output
-    oracle_stats = json.loads((out / "oracle" / "shard-000000.stats.json").read_text())
+    oracle_stats = json.loads((out / "oracle" / ".shard-000000.stats.json").read_text())
     assert oracle_stats["written"] > 0  # the oracle labelled some of phase A's images
 
 

@@ -33,7 +33,7 @@ def test_run_writes_the_whole_layout(run):
     out, result = run
     for name in ("manifest.json", "classes.json", "README.md", "grounding/model.safetensors",
                  "grounding/config.json", "oracle/shard-000000.tar", "data/shard-000000.tar",
-                 "data/shard-000000.stats.json", "data/shard-000001.stats.json"):
+                 "data/.shard-000000.stats.json", "data/.shard-000001.stats.json"):
         assert (out / name).exists(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format_version"] == 1 and manifest["config"]["n"] == 6
@@ -172,5 +172,5 @@ def test_samples_that_raised_exit_1_and_a_rerun_retries_them(tmp_path, monkeypat
     monkeypatch.setattr(ShardWorker, "_oracle_batch", original)
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output
-    stats = json.loads((tmp_path / "d" / "oracle" / "shard-000000.stats.json").read_text())
+    stats = json.loads((tmp_path / "d" / "oracle" / ".shard-000000.stats.json").read_text())
     assert not any(reason.startswith("error") for reason in stats["failed"])

@@ -145,7 +145,7 @@ def test_a_sample_that_is_not_the_format_is_one_line_naming_shard_and_key(datage
     shard = finished_shards(copy / "data")[1]
     samples = list(read_shard(shard))
     change(samples[2])
-    write_shard(shard.parent, 1, samples, json.loads(shard.with_suffix(".stats.json").read_text()))
+    write_shard(shard.parent, 1, samples, json.loads((shard.parent / f".{shard.stem}.stats.json").read_text()))
     result = datagen("export", "coco", copy, "--out", tmp_path / "out")
     line = result.one_line()
     assert result.returncode == 2 and f"shard-000001.tar key {samples[2]['__key__']}: " in line and problem in line

@@ -30,7 +30,7 @@ def member(name, data):
         shard = finished_shards(out / "data")[2]
         samples = list(read_shard(shard))
         samples[1][name] = data
-        write_shard(shard.parent, 2, samples, json.loads(shard.with_suffix(".stats.json").read_text()))
+        write_shard(shard.parent, 2, samples, json.loads((shard.parent / f".{shard.stem}.stats.json").read_text()))
         return shard.name, samples[1]["__key__"]
     return damage
 
@@ -97,7 +97,7 @@ def test_run_rewrites_the_damaged_classes_file_that_validate_tells_it_to(datagen
 
 
 def test_damaged_stats_are_named_and_run_redoes_that_shard_to_the_same_bytes(datagen, copy):
-    stats = copy / "data" / "shard-000001.stats.json"
+    stats = copy / "data" / ".shard-000001.stats.json"
     tar = (copy / "data" / "shard-000001.tar").read_bytes()
     stats.write_text(json.dumps(dict(json.loads(stats.read_text()), written="4")))
     result = datagen("validate", copy)

@@ -29,7 +29,7 @@ def rewrite_sample(out, shard_index, change):
     for sample in samples:
         with contextlib.suppress(DataError, KeyError):
             tally.add_sample(sample, "jpg")
-    stats = json.loads(shard.with_suffix(".stats.json").read_text())
+    stats = json.loads((shard.parent / f".{shard.stem}.stats.json").read_text())
     write_shard(shard.parent, shard_index, samples, stats | {k: tally.counts()[k] for k in MASK_COUNTS})
     record_shards(out)
     return shard.name, samples[1]["__key__"]
@@ -103,7 +103,7 @@ def test_dataset_card_pins_what_made_the_data(tiny_dataset):
     assert "| Mask R-CNN oracle | `torchvision`, weights `" in card
     assert manifest["code"]["datagen"] == "0.1.0" and "git_commit" in manifest["code"]
     assert "| seed | 3 |" in card and "| 16 | pottedplant | unseen |" in card and "noise" in card
-    assert "read_webdataset" in card and "load_dataset(\"webdataset\"" in card and "index.wids.json" in card
+    assert "read_webdataset" in card and "load_dataset(os.path.abspath" in card and "index.wids.json" in card
 
 
 def _newer_format(out):
@@ -209,9 +209,9 @@ def test_validate_names_the_shard_and_key_of_each_problem(datagen, copy, change,
 
 def test_validate_reports_truncation_missing_shards_and_stats_that_disagree(datagen, copy):
     _truncate(copy)
-    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats_path = copy / "data" / ".shard-000002.stats.json"
     stats_path.write_text(json.dumps(dict(json.loads(stats_path.read_text()), written=1)))
-    (copy / "data" / "shard-000003.stats.json").unlink()
+    (copy / "data" / ".shard-000003.stats.json").unlink()
     result = datagen("validate", str(copy))
     assert result.returncode == 1
     assert "data/shard-000001.tar key 00000000000" in result.stdout
@@ -231,7 +231,7 @@ def test_each_shard_sha256_is_recorded_at_write_and_a_flipped_byte_fails_validat
     recorded = json.loads((copy / "manifest.json").read_text())["shards"]
     for shard in shards:
         digest = hashlib.sha256(shard.read_bytes()).hexdigest()
-        stats = json.loads(shard.with_suffix(".stats.json").read_text())
+        stats = json.loads((shard.parent / f".{shard.stem}.stats.json").read_text())
         assert stats["sha256"] == digest == recorded[f"data/{shard.name}"] and stats["bytes"] == shard.stat().st_size
     data = bytearray(shards[1].read_bytes())
     at = data.index(b"a photograph of")  # a letter of a prompt: every member still decodes and checks out
@@ -266,12 +266,12 @@ def test_stats_recounts_a_shard_whose_stats_predate_the_pixel_counts(datagen, co
 
 
 def test_stats_without_counts_are_named_not_a_traceback(datagen, copy):
-    stats_path = copy / "data" / "shard-000002.stats.json"
+    stats_path = copy / "data" / ".shard-000002.stats.json"
     stats = json.loads(stats_path.read_text())
     del stats["written"]
     stats_path.write_text(json.dumps(stats))
     result = datagen("stats", str(copy))
-    assert result.returncode == 2 and "shard-000002.stats.json has no written count" in result.one_line()
+    assert result.returncode == 2 and ".shard-000002.stats.json has no written count" in result.one_line()
     result = datagen("validate", str(copy))
     assert result.returncode == 1 and "data/shard-000002.tar: its stats are damaged (counts missing or not integers)" \
         in result.stdout  # and `run` redoes that shard
@@ -298,20 +298,21 @@ def test_shard_mb_run_records_its_shard_size_and_writes_shards_near_the_target(d
 def test_rerun_of_a_finished_dataset_restores_a_missing_card_and_index(datagen, copy):
     """A driver killed after the last shard but before the card: the rerun has nothing to compute but
     writes the card and the wids index."""
-    card, index = (copy / "README.md").read_text(), json.loads((copy / "data" / "index.wids.json").read_text())
+    card, index = (copy / "README.md").read_text(), json.loads((copy / "data" / ".index.wids.json").read_text())
     (copy / "README.md").unlink()
-    (copy / "data" / "index.wids.json").unlink()
+    (copy / "data" / ".index.wids.json").unlink()
     result = datagen("run", "--vocab", "voc", "--n", "16", "--models", "tiny", "--bootstrap-n", "4", "--train-steps",
                      "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3", "--out", str(copy))
     assert result.returncode == 0 and "nothing to do" in result.stderr
     assert (copy / "README.md").read_text().replace("copy", "tiny") == card.replace("copy", "tiny")
-    assert json.loads((copy / "data" / "index.wids.json").read_text())["shardlist"] == index["shardlist"]
+    assert json.loads((copy / "data" / ".index.wids.json").read_text())["shardlist"] == index["shardlist"]
 
 
 def change_stats(folder, shard_index, **fields):
     """A damage: fields of one shard's stats replaced (or, for a callable, computed from the stats)."""
     def damage(out):
-        path = finished_shards(out / folder)[shard_index].with_suffix(".stats.json")
+        shard = finished_shards(out / folder)[shard_index]
+        path = shard.parent / f".{shard.stem}.stats.json"
         stats = json.loads(path.read_text())
         path.write_text(json.dumps(stats | {k: v(stats) if callable(v) else v for k, v in fields.items()}))
     return damage
@@ -322,7 +323,7 @@ def rewrite_shard(folder, shard_index, change, names_key=True):
     names its first sample (``names_key``: the problem is that sample's), else None."""
     def damage(out):
         shard = finished_shards(out / folder)[shard_index]
-        samples, stats = list(read_shard(shard)), json.loads(shard.with_suffix(".stats.json").read_text())
+        samples, stats = list(read_shard(shard)), json.loads((shard.parent / f".{shard.stem}.stats.json").read_text())
         change(samples, stats)
         write_shard(shard.parent, shard_index, samples, stats)
         return f"{folder}/{shard.name} key {samples[0]['__key__']}: " if names_key else None

@@ -95,8 +95,8 @@ def trained(reference, tmp_path) -> Path:
 def whole_shards(out) -> dict[str, bytes]:
     """Every shard a reader can see (a ``.tar`` with its stats), each checked to be a complete tar."""
     shards = {}
-    for stats in sorted(out.rglob("shard-*.stats.json")):
-        path = stats.with_name(stats.name.replace(".stats.json", ".tar"))
+    for stats in sorted(out.rglob(".shard-*.stats.json")):
+        path = stats.with_name(stats.name[1:].replace(".stats.json", ".tar"))
         with tarfile.open(path) as tar:
             assert all(tar.extractfile(m).read() is not None for m in tar.getmembers())
         shards[str(path.relative_to(out))] = path.read_bytes()
@@ -106,10 +106,10 @@ def whole_shards(out) -> dict[str, bytes]:
 def made(out) -> dict[str, object]:
     """What two runs of one config must share: shards, their stats (less timing), the checkpoint, the index."""
     stats = {str(p.relative_to(out)): {k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"}
-             for p in sorted(out.rglob("shard-*.stats.json"))}
+             for p in sorted(out.rglob(".shard-*.stats.json"))}
     return {"shards": whole_shards(out), "stats": stats,
             "checkpoint": (out / "grounding" / "model.safetensors").read_bytes(),
-            "index": json.loads((out / "data" / "index.wids.json").read_text())}
+            "index": json.loads((out / "data" / ".index.wids.json").read_text())}
 
 
 def data_shards(out) -> list[str]:
@@ -210,8 +210,8 @@ def test_a_failed_oracle_shard_stops_the_run_before_training(preset, phase_a, tm
 def test_a_larger_n_extends_the_dataset_to_the_one_made_at_that_n(preset, reference, trained):
     first = invoke("run", *args(preset, trained, n=4))
     assert first.exit_code == 0, first.output
-    kept = {p.name: p.stat().st_mtime_ns for p in trained.glob("data/shard-*")}
-    assert sorted(kept) == [f"shard-00000{i}.{ext}" for i in (0, 1) for ext in ("stats.json", "tar")]
+    kept = {p.name: p.stat().st_mtime_ns for p in trained.glob("data/*shard-*")}
+    assert sorted(kept) == [f".shard-00000{i}.stats.json" for i in (0, 1)] + [f"shard-00000{i}.tar" for i in (0, 1)]
 
     extended = invoke("run", *args(preset, trained, n=6))
     assert extended.exit_code == 0, extended.output

@@ -29,7 +29,7 @@ def whole_shards(out) -> dict[str, bytes]:
 
 def stats(out) -> dict[str, dict]:
     return {str(p.relative_to(out)): {k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"}
-            for p in sorted(out.rglob("shard-*.stats.json"))}
+            for p in sorted(out.rglob(".shard-*.stats.json"))}
 
 
 def test_a_killed_driver_resumes_to_the_bytes_of_an_uninterrupted_run(ray_cluster, tmp_path):

@@ -22,3 +22,18 @@ def test_the_ray_executor_without_ray_installed_is_one_line(monkeypatch):
     monkeypatch.delitem(sys.modules, "pipeline.run.executors.ray_executor", raising=False)
     with pytest.raises(ConfigError, match=r"^--executor ray needs Ray, .*pip install 'datagen\[ray\]'$"):
         make_executor(ExecutorSettings(kind="ray"))
+
+
+def test_a_ray_run_trains_with_the_thread_count_of_its_workers():
+    """Phase B runs in the driver, the shards in Ray workers of --cpus-per-worker threads: training
+    takes the workers' count, so a Ray run's checkpoint is an in-process run's with as many threads."""
+    import torch
+
+    from pipeline.run.api import torch_threads
+
+    executor = make_executor(ExecutorSettings(kind="ray", cpus_per_worker=3))
+    assert executor.torch_threads == 3 and make_executor(ExecutorSettings()).torch_threads is None
+    before = torch.get_num_threads()
+    with torch_threads(executor.torch_threads):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before

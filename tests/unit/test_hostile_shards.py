@@ -48,7 +48,7 @@ def change_sample(change):
         path = shard(out)
         samples = list(read_shard(path))
         change(samples[1])
-        write_shard(path.parent, 1, samples, json.loads(path.with_suffix(".stats.json").read_text()))
+        write_shard(path.parent, 1, samples, json.loads((path.parent / f".{path.stem}.stats.json").read_text()))
     return damage
 
 
@@ -83,8 +83,8 @@ def duplicate_member(out):
 
 
 def copy_shard_0_as_shard_2(out):
-    for suffix in (".tar", ".stats.json"):
-        shutil.copy(out / "data" / f"shard-000000{suffix}", out / "data" / f"shard-000002{suffix}")
+    for name in ("shard-{}.tar", ".shard-{}.stats.json"):
+        shutil.copy(out / "data" / name.format("000000"), out / "data" / name.format("000002"))
 
 
 def rename_third_sample_3(out):
@@ -92,7 +92,7 @@ def rename_third_sample_3(out):
     path = shard(out)
     samples = list(read_shard(path))
     samples[2]["__key__"] = "000000000003"
-    write_shard(path.parent, 1, samples, json.loads(path.with_suffix(".stats.json").read_text()))
+    write_shard(path.parent, 1, samples, json.loads((path.parent / f".{path.stem}.stats.json").read_text()))
 
 
 def truncate(out):
@@ -175,7 +175,7 @@ def test_skipping_is_an_explicit_opt_in_that_counts(dataset):
     set_member("seg.png", png(np.full((SIZE, SIZE), 200, np.uint8)))(dataset)
     raw = list(read_shard(shard(dataset, 0)))
     raw[0]["json"] = b"[1]"
-    write_shard(dataset / "data", 0, raw, json.loads((dataset / "data" / "shard-000000.stats.json").read_text()))
+    write_shard(dataset / "data", 0, raw, json.loads((dataset / "data" / ".shard-000000.stats.json").read_text()))
     skipped = SkipBadSamples()
     read = [meta["key"] for _, _, meta in training_dataset(dataset, handler=skipped)]
     assert read == ["000000000001", "000000000002", "000000000003", "000000000005"]
@@ -190,7 +190,7 @@ def test_first_sample_is_checked_like_the_rest(dataset):
     assert image.shape == (3, SIZE, SIZE) and mask.shape == (SIZE, SIZE) and meta["key"] == "000000000000"
     raw = list(read_shard(shard(dataset, 0)))
     raw[0]["seg.png"] = png(np.full((SIZE, SIZE), 99, np.uint8))
-    write_shard(dataset / "data", 0, raw, json.loads((dataset / "data" / "shard-000000.stats.json").read_text()))
+    write_shard(dataset / "data", 0, raw, json.loads((dataset / "data" / ".shard-000000.stats.json").read_text()))
     with pytest.raises(DataError, match="key 000000000000: seg.png holds class ids \\[99\\]"):
         first_sample(dataset)
 

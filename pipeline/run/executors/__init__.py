@@ -23,8 +23,9 @@ class ExecutionReport:
 class Executor(ABC):
     """Runs every task to a finished shard, retrying a failing shard up to ``retries`` times."""
 
-    def __init__(self, retries: int = 2):
+    def __init__(self, retries: int = 2, torch_threads: int | None = None):
         self.retries = retries
+        self.torch_threads = torch_threads  # its model workers' torch (CPU) threads; None: this process's
 
     def check(self) -> None:
         """Fail with one line, before anything is written, when this executor cannot run here."""

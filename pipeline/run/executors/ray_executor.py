@@ -20,6 +20,7 @@ import uuid
 from collections import Counter, deque
 
 import ray
+import torch
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from pipeline.config import ConfigError, RunConfig
@@ -88,9 +89,10 @@ class ShardActor:
     An error while starting is kept and raised by every call instead of killing the actor: Ray would
     not restart an actor whose creation failed, and its calls would fail without the cause."""
 
-    def __init__(self, config: RunConfig, progress: str):
+    def __init__(self, config: RunConfig, progress: str, torch_threads: int):
         self.start_error: Exception | None = None
         try:
+            torch.set_num_threads(torch_threads)  # CPU float sums depend on it: the run's bytes too
             faults.start_fault()
             self.worker = ShardWorker(config)
             self.progress = ray.get_actor(progress)  # by name: a restarted actor needs no stored handle
@@ -238,7 +240,8 @@ class _Scheduler:
 
 class RayExecutor(Executor):
     def __init__(self, settings: ExecutorSettings):
-        super().__init__(settings.retries)
+        # a worker's torch threads are its CPUs, whatever OMP_NUM_THREADS the cluster's processes inherit
+        super().__init__(settings.retries, torch_threads=max(1, int(settings.cpus_per_worker)))
         self.settings = settings
 
     def _pool_size(self) -> tuple[int, float]:
@@ -283,7 +286,7 @@ class RayExecutor(Executor):
         progress = ProgressCounter.options(name=progress_name).remote()
         actors = [ShardActor.options(num_cpus=self.settings.cpus_per_worker, num_gpus=gpus, max_restarts=-1,
                                      max_task_retries=0, runtime_env={"env_vars": env})
-                  .remote(config, progress_name) for _ in range(n_workers)]
+                  .remote(config, progress_name, self.torch_threads) for _ in range(n_workers)]
         commit = ray.remote(commit_shard).options(num_cpus=self.settings.encode_cpus, num_gpus=0, max_retries=0)
         try:
             return _Scheduler(tasks, actors, config, commit, progress, self.retries).run(on_samples)
