@@ -106,14 +106,15 @@ class Generation:
 
 
 class Diffusion:
-    """Sampling with a Stable Diffusion pipeline's components; the pipeline's scheduler becomes ``scheduler``'s
-    solver (``make_scheduler``), so the pipeline's own ``__call__`` samples with it too."""
+    """Sampling with a Stable Diffusion pipeline's components and its own solver, ``scheduler``'s
+    (``make_scheduler``, kept in ``solver``), which also becomes the pipeline's scheduler, so the pipeline's own
+    ``__call__`` samples with it too."""
 
     def __init__(self, pipe, steps: int, guidance: float, capture_step: int, features: str = "official",
                  scheduler: str = "ddim"):
         if not 1 <= capture_step <= steps:
             raise ValueError(f"capture_step must be within 1..{steps} (steps from the end)")
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        self.solver = pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
         self.pipe, self.steps, self.guidance, self.scheduler = pipe, steps, guidance, scheduler
         self.capture_index = steps - capture_step
         self.capture = FeatureCapture(pipe.unet, features)
@@ -124,9 +125,8 @@ class Diffusion:
     @property
     def capture_timestep(self) -> int:
         """The UNet timestep of the capture step (what ``Generation.timestep`` holds)."""
-        scheduler = self.pipe.scheduler
-        scheduler.set_timesteps(self.steps)
-        return int(scheduler.timesteps[self.capture_index])
+        self.solver.set_timesteps(self.steps)
+        return int(self.solver.timesteps[self.capture_index])
 
     @torch.inference_mode()
     def _embed(self, prompts: list[str]) -> torch.Tensor:
@@ -160,7 +160,7 @@ class Diffusion:
     def generate(self, specs: list[PromptSpec], capture_features: bool, guidance: float | None = None) -> Generation:
         """Sample ``specs``; ``guidance`` overrides the default scale (phase A's data uses its own)."""
         guidance = self.guidance if guidance is None else guidance
-        scheduler = self.pipe.scheduler
+        scheduler = self.solver
         scheduler.set_timesteps(self.steps)
         embeddings = self.encode_prompts([s.prompt for s in specs])
         latents = self.initial_noise([s.seed for s in specs]) * scheduler.init_noise_sigma
@@ -210,5 +210,5 @@ class Diffusion:
         clean = vae.encode(images.to(self.device, vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
         noise = torch.stack([torch.randn(clean.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in seeds]).to(clean.device)
-        alpha = self.pipe.scheduler.alphas_cumprod[int(timestep)].to(clean.device)  # the same for every solver
+        alpha = self.solver.alphas_cumprod[int(timestep)].to(clean.device)  # the same for every solver
         return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise

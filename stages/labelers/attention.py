@@ -63,7 +63,7 @@ it sampled the image (no detector, no training; the settings and their published
         if not recorded:
             raise AttentionRecordingError(f"attention.steps {list(settings.steps)} select none of the "
                                           f"{diffusion.steps} sampling steps")
-        scheduler = diffusion.pipe.scheduler
+        scheduler = diffusion.solver
         scheduler.set_timesteps(diffusion.steps)
         self.timesteps = [int(scheduler.timesteps[i]) for i in recorded]
         self.recorder = self
@@ -119,8 +119,8 @@ it sampled the image (no detector, no training; the settings and their published
         with torch.inference_mode():
             recorded = recorder.take(self.resolution)
             power = self.settings.refine.power if self.settings.refine else 1
-            return [class_maps(recorded.cross[b], positions[b], size,
-                               None if recorded.affinity is None else recorded.affinity[b], power).cpu()
+            return [class_maps(recorded.cross[b], positions[b], size,  # on the device: masks are decided there
+                               None if recorded.affinity is None else recorded.affinity[b], power)
                     for b in range(len(positions))]
 
     def sample_settings(self) -> dict:
