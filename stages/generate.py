@@ -115,7 +115,7 @@ class Diffusion:
         if not 1 <= capture_step <= steps:
             raise ValueError(f"capture_step must be within 1..{steps} (steps from the end)")
         self.solver = pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-        self.pipe, self.steps, self.guidance, self.scheduler = pipe, steps, guidance, scheduler
+        self.pipe, self.steps, self.guidance = pipe, steps, guidance
         self.capture_index = steps - capture_step
         self.capture = FeatureCapture(pipe.unet, features)
         self.device = pipe.unet.device
