@@ -114,7 +114,11 @@ class Diffusion:
                  scheduler: str = "ddim"):
         if not 1 <= capture_step <= steps:
             raise ValueError(f"capture_step must be within 1..{steps} (steps from the end)")
-        self.solver = pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        # from the model's own scheduler config, also where an earlier Diffusion replaced the pipeline's scheduler
+        # (another solver's config drops DDIM's settings: set_alpha_to_one, clip_sample, its spacing)
+        model_config = getattr(pipe.scheduler, "model_config", pipe.scheduler.config)
+        self.solver = pipe.scheduler = make_scheduler(scheduler, model_config)
+        self.solver.model_config = model_config
         self.pipe, self.steps, self.guidance = pipe, steps, guidance
         self.capture_index = steps - capture_step
         self.capture = FeatureCapture(pipe.unet, features)

@@ -92,8 +92,9 @@ def test_each_scheduler_samples_deterministically_and_its_capture_recomputes(tin
     for res in gen.features:
         torch.testing.assert_close(again[res], gen.features[res])
     if scheduler != "ddim":  # a different solver: different images from the same noise
-        ddim = Diffusion(tiny_pipe, steps=4, guidance=7.5, capture_step=1).generate(SPECS, capture_features=False)
-        assert np.abs(ddim.images.astype(int) - gen.images).mean() > 1
+        ddim = Diffusion(tiny_pipe, steps=4, guidance=7.5, capture_step=1)
+        assert ddim.capture_timestep == 1 and ddim.solver.config.set_alpha_to_one is False  # the model's own DDIM
+        assert np.abs(ddim.generate(SPECS, capture_features=False).images.astype(int) - gen.images).mean() > 1
 
 
 def test_capture_step_is_validated(tiny_pipe):
