@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-memory bench-throughput bench-labelers bench-grounding bench-world bench-oracle clean
+.PHONY: install demo test test-fast bench bench-memory bench-throughput bench-labelers bench-grounding bench-world bench-schedulers bench-oracle clean
 
 # The venv is (re)installed when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -43,7 +43,7 @@ bench-memory: $(STAMP)
 # SD 1.5's architecture (random weights): datagen's phases against bare diffusers, FLOPs, model loading.
 # Reduced size for a CPU; on a GPU: `$(BIN)/python benchmarks/throughput.py --full` (or benchmarks/gpu_run.sh).
 bench-throughput: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/throughput.py --loading
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/throughput.py --loading --profile
 
 # Proof that the grounding module learns: toy shapes in VOC layout, held-out mIoU and CPU time.
 bench-grounding: $(STAMP)
@@ -52,6 +52,13 @@ bench-grounding: $(STAMP)
 # Proof on a miniature world: build (or reuse) the world's models, run datagen on it, print the table.
 bench-world: $(STAMP)
 	$(BIN)/python benchmarks/world.py --out runs/bench-world
+
+# Labels per scheduler on the miniature world (DDIM 50, DPM-Solver++ 20 and 25, UniPC 20; DDIM 50 at a second seed
+# for the noise), every phase with each; the sizes that fit about 25 minutes of a shared CPU (docs/configs.md).
+bench-schedulers: $(STAMP)
+	$(BIN)/datagen world build --models world
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/schedulers.py --out runs/bench-schedulers \
+	  --bootstrap-n 128 --train-steps 200 --n 8 --eval-n 64 --real-val 100
 
 # CPU seconds per image of the oracle's backends, torchvision and detectron2, at the same input sizes
 # (needs detectron2: docs/oracle.md).

@@ -5,10 +5,11 @@ The models are SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder (their configs 
 with random weights built here: compute cost does not depend on weight values. They are built once
 into the models cache and loaded through ``from_pretrained``, as a real run loads SD 1.5.
 
-Measured in one run, per image, at the same resolution, steps, guidance, batch and dtype, in rounds
-that take each mode in turn (so load from other processes on the machine falls on all modes alike):
+Measured in one run, per image, for each scheduler (``--schedulers``: DDIM, DPM-Solver++, UniPC, each with its
+steps) at the same resolution, guidance, batch and dtype, in rounds that take each mode in turn (so load from
+other processes on the machine falls on all modes alike):
 
-  a  bare diffusers: ``StableDiffusionPipeline.__call__`` (DDIM, guidance, VAE decode, numpy images)
+  a  bare diffusers: ``StableDiffusionPipeline.__call__`` (the same scheduler, guidance, VAE decode, numpy images)
   b  datagen phase C through the shard worker: generation, feature capture, grounding module, masks,
      encoding and the shard's atomic write (``ShardWorker.process``: no overlap of writing and compute)
   c  datagen phase A through the shard worker: generation, Mask R-CNN oracle (score threshold 0, so its
@@ -23,9 +24,13 @@ count added for each further step (so no long counted run is needed), and turned
 achieved TFLOP/s and a fraction of the device's dense fp16/bf16 peak where the device is in PEAK_TFLOPS.
 The first run of each mode after counting is the warm-up (with ``--compile``, the UNet's compilation),
 reported apart. ``--loading`` measures loading the SD folder with and without ``low_cpu_mem_usage``.
+``--profile`` runs one more batch of mode e per scheduler under ``torch.profiler`` and sums the time of phase C's
+parts (the UNet, the text encoder, the VAE decoder, the grounding module; the rest is feature handling, masks
+and host copies) and the operators that take the most of it outside the UNet: CPU time on a CPU, GPU time on a
+GPU.
 
-    python benchmarks/throughput.py                 # reduced: 128 px, 8 steps, batch 2 (CPU)
-    python benchmarks/throughput.py --full          # 512 px, 50 steps, batch 16 (a GPU)
+    python benchmarks/throughput.py                 # reduced: 128 px, 8 steps of each scheduler, batch 2 (CPU)
+    python benchmarks/throughput.py --full          # 512 px, DDIM 50, DPM-Solver++ 20, UniPC 20, batch 16 (a GPU)
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import diffusers
@@ -54,6 +59,7 @@ from pipeline.dataset.plan import plan_shards
 from pipeline.run.workers import ShardWorker
 from pipeline.runtime import Runtime
 from pipeline.training.job import new_trainer
+from stages.generate import SCHEDULERS
 from stages.grounding.model import save_grounding
 from stages.models import MASKRCNN_FILE
 from testbed.random_presets import build_random_preset, random_preset_name
@@ -64,6 +70,8 @@ PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 
                "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.2}
 FULL = {"image_size": 512, "steps": 50, "batch_size": 16}
 REDUCED = {"image_size": 128, "steps": 8, "batch_size": 2}
+FULL_SCHEDULERS = ("ddim:50", "dpmsolver++:20", "unipc:20")  # the paper's, and 20 steps of each fast solver
+REDUCED_SCHEDULERS = ("ddim", "dpmsolver++", "unipc")  # each at --steps
 MODES = {"a": "bare diffusers StableDiffusionPipeline.__call__",
          "b": "datagen phase C (worker: generate, capture, ground, masks, encode, write)",
          "c": "datagen phase A (worker: generate, oracle, encode, write)",
@@ -127,11 +135,12 @@ def sampling_steps(worker: ShardWorker, steps: int):
 class Modes:
     """Each mode as one call on one shard's samples (one batch), all sharing one set of models."""
 
-    def __init__(self, config: RunConfig, runtime: Runtime, work: Path, rounds: int):
-        self.config, self.runtime, self.device = config, runtime, runtime.device
+    def __init__(self, config: RunConfig, runtime: Runtime, work: Path, rounds: int, only: list[str] | None = None):
+        self.config, self.runtime, self.device, self.only = config, runtime, runtime.device, only
         size = config.preset.batch_size
-        self.label_tasks = plan_shards(Phase.LABEL, (rounds + 1) * size, size, work / "label")
-        self.oracle_tasks = plan_shards(Phase.ORACLE, (rounds + 1) * size, size, work / "oracle")
+        batches = rounds + 2  # warm-up, the rounds, a profiled one
+        self.label_tasks = plan_shards(Phase.LABEL, batches * size, size, work / "label")
+        self.oracle_tasks = plan_shards(Phase.ORACLE, batches * size, size, work / "oracle")
         for task in self.label_tasks[:1] + self.oracle_tasks[:1]:
             task.folder.mkdir(parents=True, exist_ok=True)
         self.workers = {"b": ShardWorker(config, runtime), "c": ShardWorker(config, runtime)}
@@ -142,9 +151,13 @@ class Modes:
         else:
             self.workers["d"] = ShardWorker(attention, runtime)
 
+    def use_scheduler(self) -> None:
+        """Make this config's solver the pipeline's (mode a samples with it; the models are shared)."""
+        self.runtime.pipe.scheduler = self.runtime.diffusion.solver
+
     @property
     def names(self) -> list[str]:
-        return ["a", *self.workers, "e"]
+        return [m for m in ["a", *self.workers, "e"] if self.only is None or m in self.only]
 
     def task(self, mode: str, index: int):
         return (self.oracle_tasks if mode == "c" else self.label_tasks)[index]
@@ -238,20 +251,38 @@ def measure_loading(folder: Path, dtype: str, device: str) -> dict:
     return results
 
 
+def scheduler_settings(names: list[str] | None, full: bool, steps: int) -> list[tuple[str, int]]:
+    """(scheduler, steps) pairs from NAME or NAME:STEPS (NAME alone: ``steps``)."""
+    pairs = []
+    for item in names or (FULL_SCHEDULERS if full else REDUCED_SCHEDULERS):
+        name, _, count = item.partition(":")
+        if name not in SCHEDULERS:
+            raise SystemExit(f"--schedulers {item}: not one of {', '.join(SCHEDULERS)}")
+        pairs.append((name, int(count) if count else steps))
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["sd15", "tiny"], default="sd15",
                         help="sd15: SD 1.5's architecture; tiny: the tiny preset's (the smoke test)")
-    parser.add_argument("--full", action="store_true", help=f"{FULL} (a GPU)")
+    parser.add_argument("--full", action="store_true", help=f"{FULL}, schedulers {list(FULL_SCHEDULERS)} (a GPU)")
     parser.add_argument("--image-size", type=int, default=None, help=f"default {REDUCED['image_size']}")
-    parser.add_argument("--steps", type=int, default=None, help=f"DDIM steps; default {REDUCED['steps']}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps of a scheduler named without :STEPS; default {REDUCED['steps']}")
+    parser.add_argument("--schedulers", nargs="+", default=None, metavar="NAME[:STEPS]",
+                        help=f"{', '.join(SCHEDULERS)}; default {list(REDUCED_SCHEDULERS)} at --steps "
+                             f"({list(FULL_SCHEDULERS)} with --full)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {REDUCED['batch_size']}")
     parser.add_argument("--rounds", type=int, default=2, help="timed batches per mode")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=None, help="only these modes (default: all)")
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--dtype", default="auto", help="auto (float16 on a GPU, float32 on a CPU), float32, ...")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (after FLOP counting)")
     parser.add_argument("--loading", action="store_true", help="also measure loading with/without low_cpu_mem_usage")
+    parser.add_argument("--profile", action="store_true", help="also profile phase C's compute (mode e), one batch "
+                        "per scheduler: the time outside the UNet")
     parser.add_argument("--work", type=Path, default=None, help="folder for the shards (default: a temporary one)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -261,13 +292,14 @@ def main() -> None:
     sizes = {**(FULL if args.full else REDUCED),
              **{k: v for k, v in {"image_size": args.image_size, "steps": args.steps,
                                   "batch_size": args.batch_size}.items() if v is not None}}
+    settings = scheduler_settings(args.schedulers, args.full, sizes["steps"])
     cache = default_cache_dir()
     work = args.work or Path(tempfile.mkdtemp(prefix="datagen-throughput-"))
     started = time.perf_counter()
     folder = models_folder(cache, args.arch, sizes["image_size"])
     build_s = time.perf_counter() - started
     try:
-        report = run(args, sizes, folder, work)
+        report = run(args, sizes, settings, folder, work)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -276,13 +308,21 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def run(args, sizes: dict, folder: Path, work: Path) -> dict:
+def sharing(runtime: Runtime, config: RunConfig) -> Runtime:
+    """A runtime for ``config`` (another scheduler) on ``runtime``'s loaded models: its own sampler, the same
+    weights (each scheduler would otherwise load SD 1.5 again)."""
+    other = Runtime(config)
+    for name in ("pipe", "oracle", "grounding", "class_text"):
+        setattr(other, name, getattr(runtime, name))  # cached properties: the instance's value wins
+    return other
+
+
+def run(args, sizes: dict, settings: list[tuple[str, int]], folder: Path, work: Path) -> dict:
     preset = load_preset("sd15", {
         "sd": str(folder), "oracle_weights": str(folder / MASKRCNN_FILE), **sizes, "shard_size": sizes["batch_size"],
         "guidance": args.guidance, "dtype": args.dtype, "oracle_score_threshold": 0.0})
-    if args.arch == "tiny":
-        tiny = load_preset("tiny")
-        preset = preset.model_copy(update={"grounding": tiny.grounding, "attention": tiny.attention})
+    if args.arch == "tiny":  # the tiny UNet's grounding sizes; the attention settings stay sd15's (UNet levels)
+        preset = preset.model_copy(update={"grounding": load_preset("tiny").grounding})
     config = RunConfig(vocab="coco", out=work, preset_name="sd15", preset=preset, n=sizes["batch_size"],
                        device=args.device)
     runtime = Runtime(config)
@@ -290,28 +330,48 @@ def run(args, sizes: dict, folder: Path, work: Path) -> dict:
     runtime.pipe, runtime.oracle
     load_s = time.perf_counter() - started
     untrained_grounding(config, runtime)
-    modes = Modes(config, runtime, work, args.rounds)
     name = device_name(runtime.device)
     processors = sorted({type(p).__name__ for p in runtime.pipe.unet.attn_processors.values()})
-
-    say(f"models loaded in {load_s:.1f} s; counting FLOPs (1-step runs of each mode)")
-    flops = {m: modes.flops_per_image(m) for m in modes.names}  # eager: a compiled graph hides its operations
-    if args.compile:
+    per_scheduler = {}
+    for scheduler, steps in settings:
+        own = config.model_copy(update={"preset": preset.model_copy(update={"scheduler": scheduler, "steps": steps})})
+        modes = Modes(own, sharing(runtime, own), work / f"{scheduler}-{steps}", args.rounds, args.modes)
+        modes.use_scheduler()
+        say(f"{scheduler} {steps} steps: counting FLOPs (1-step runs of each mode)")
+        per_scheduler[(scheduler, steps)] = modes, {m: modes.flops_per_image(m) for m in modes.names}
+    say(f"models loaded in {load_s:.1f} s")
+    if args.compile:  # after counting: a compiled graph hides its operations
         runtime.pipe.unet.compile()
+    peak = peak_tflops(name, runtime.dtype)
+    results = [measure(modes, flops, peak, args.rounds, args.profile) for modes, flops in per_scheduler.values()]
+    return {
+        "arch": args.arch, **sizes, "guidance": args.guidance, "dtype": str(runtime.dtype).removeprefix("torch."),
+        "device": name, "torch_threads": torch.get_num_threads(), "compile": args.compile,
+        "attention_processors": processors, "attention_settings": config.preset.attention.to_dict(),
+        "peak_tflops": peak, "load_s": round(load_s, 1), "schedulers": results,
+        "peak_memory_gb": round(peak_memory_gb(runtime.device), 2),
+        "loading": measure_loading(folder, str(runtime.dtype).removeprefix("torch."), runtime.device)
+        if args.loading else None,
+    }
+
+
+def measure(modes: Modes, flops: dict, peak: float | None, rounds: int, profile: bool) -> dict:
+    """One scheduler's table: a warm-up batch of each mode, then ``rounds`` rounds that take the modes in turn."""
+    preset = modes.config.preset
+    modes.use_scheduler()
     warmup = {}
     for m in modes.names:
         seconds, _ = modes.timed(m, 0)
         warmup[m] = round(seconds, 2)
-        say(f"warm-up {m}: {seconds:.1f} s")
+        say(f"{preset.scheduler} warm-up {m}: {seconds:.1f} s")
     seconds = {m: 0.0 for m in modes.names}
     images = {m: 0 for m in modes.names}
-    for r in range(1, args.rounds + 1):
+    for r in range(1, rounds + 1):
         for m in modes.names:
             s, k = modes.timed(m, r)
             seconds[m] += s
             images[m] += k
-            say(f"round {r} {m}: {s / k:.3f} s/image")
-    peak = peak_tflops(name, runtime.dtype)
+            say(f"{preset.scheduler} round {r} {m}: {s / k:.3f} s/image")
     rows = {}
     for m in modes.names:
         per_image = seconds[m] / images[m]
@@ -322,31 +382,109 @@ def run(args, sizes: dict, folder: Path, work: Path) -> dict:
                    "fraction_of_peak": round(achieved / peak, 3) if peak else None}
     for m, why in modes.unavailable.items():
         rows[m] = {"mode": MODES[m], "unavailable": why}
-    ratios = {f"{m}/a": round(rows[m]["s_per_image"] / rows["a"]["s_per_image"], 3) for m in modes.names if m != "a"}
-    return {
-        "arch": args.arch, **sizes, "guidance": args.guidance, "dtype": str(runtime.dtype).removeprefix("torch."),
-        "device": name, "torch_threads": torch.get_num_threads(), "compile": args.compile,
-        "attention_processors": processors, "peak_tflops": peak, "load_s": round(load_s, 1),
-        "modes": rows, "ratios": ratios, "peak_memory_gb": round(peak_memory_gb(runtime.device), 2),
-        "loading": measure_loading(folder, str(runtime.dtype).removeprefix("torch."), runtime.device)
-        if args.loading else None,
-    }
+    ratios = {f"{m}/a": round(rows[m]["s_per_image"] / rows["a"]["s_per_image"], 3)
+              for m in modes.names if m != "a" and "a" in rows}
+    return {"scheduler": preset.scheduler, "steps": preset.steps,
+            "capture_timestep": modes.runtime.diffusion.capture_timestep, "modes": rows, "ratios": ratios,
+            "profile": profile_compute(modes, rounds + 1) if profile else None}
+
+
+PARTS = {"unet": "UNet", "text_encoder": "text encoder", "vae_decoder": "VAE decoder", "grounding": "grounding module"}
+
+
+@contextmanager
+def labelled_parts(modules: dict):
+    """While entered, each module's forward runs inside a ``torch.profiler.record_function`` range of its name."""
+    with ExitStack() as hooks:
+        for name, module in modules.items():
+            ranges = []
+
+            def enter(_module, _args, ranges=ranges, name=name):
+                ranges.append(torch.profiler.record_function(f"datagen::{name}").__enter__())
+
+            def leave(_module, _args, _output, ranges=ranges):
+                ranges.pop().__exit__(None, None, None)
+
+            hooks.callback(module.register_forward_pre_hook(enter).remove)
+            hooks.callback(module.register_forward_hook(leave).remove)
+        yield
+
+
+def profile_compute(modes: Modes, index: int, top: int = 8) -> dict:
+    """Mode e (phase C's compute) on one more batch under ``torch.profiler``: seconds per image of the batch and
+    of each part (CPU time; on a GPU, GPU time), the rest outside the UNet (capture, masks, copies), and the
+    operators with the most self time outside the UNet."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runtime, cuda = modes.runtime, modes.device.startswith("cuda")
+    pipe = runtime.pipe
+    parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "vae_decoder": pipe.vae.decoder,
+             "grounding": runtime.grounding}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with labelled_parts(parts), profile(activities=activities) as prof:
+        with torch.profiler.record_function("datagen::batch"):
+            images = modes.run("e", index)
+        synchronize(modes.device)
+    events = prof.events()
+
+    def spent(event) -> float:  # microseconds
+        return event.device_time_total if cuda else event.cpu_time_total
+
+    def own(event) -> float:
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+    def in_unet(event) -> bool:
+        while event is not None:
+            if event.name == "datagen::unet":
+                return True
+            event = event.cpu_parent
+        return False
+
+    totals = {name: 0.0 for name in ("batch", *PARTS)}
+    outside: dict[str, float] = {}
+    for event in events:
+        name = event.name.removeprefix("datagen::")
+        if event.name.startswith("datagen::") and name in totals:
+            totals[name] += spent(event)
+        elif not event.name.startswith("datagen::") and not in_unet(event):
+            outside[event.name] = outside.get(event.name, 0.0) + own(event)
+    per_image = {k: v / 1e6 / images for k, v in totals.items()}
+    rest = per_image["batch"] - sum(per_image[k] for k in PARTS)
+    return {"clock": "gpu" if cuda else "cpu", "images": images, "s_per_image": round(per_image["batch"], 4),
+            "parts_s_per_image": {PARTS[k]: round(per_image[k], 4) for k in PARTS}
+            | {"other (capture, masks, copies)": round(rest, 4)},
+            "outside_unet_s_per_image": round(per_image["batch"] - per_image["unet"], 4),
+            "top_outside_unet": [[name, round(us / 1e6 / images, 5)]
+                                 for name, us in sorted(outside.items(), key=lambda kv: -kv[1])[:top]]}
 
 
 def print_report(r: dict) -> None:
     print(f"{r['device']}, {r['dtype']}, torch threads {r['torch_threads']}, compile {r['compile']}; "
-          f"{r['arch']} architecture, {r['image_size']} px, {r['steps']} DDIM steps, guidance {r['guidance']}, "
-          f"batch {r['batch_size']}; attention processors {', '.join(r['attention_processors'])}")
-    print(f"{'mode':4} {'s/image':>9} {'images':>6} {'warm-up s':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} "
-          f"{'of peak':>8}  what")
-    for m, row in r["modes"].items():
-        if "unavailable" in row:
-            print(f"{m:4} {'-':>9} {'-':>6} {'-':>9} {'-':>10} {'-':>8} {'-':>8}  {row['mode']}: {row['unavailable']}")
-            continue
-        fraction = f"{row['fraction_of_peak']:.1%}" if row["fraction_of_peak"] is not None else "unknown"
-        print(f"{m:4} {row['s_per_image']:9.3f} {row['images']:6d} {row['warmup_s']:9.2f} "
-              f"{row['gflop_per_image']:10.1f} {row['achieved_tflops']:8.3f} {fraction:>8}  {row['mode']}")
-    print("ratios (s/image over a): " + ", ".join(f"{k} {v:.3f}" for k, v in r["ratios"].items()))
+          f"{r['arch']} architecture, {r['image_size']} px, guidance {r['guidance']}, batch {r['batch_size']}; "
+          f"attention processors {', '.join(r['attention_processors'])}")
+    print(f"{'scheduler':16} {'mode':4} {'s/image':>9} {'images':>6} {'warm-up s':>9} {'GFLOP/img':>10} "
+          f"{'TFLOP/s':>8} {'of peak':>8}  what")
+    for s in r["schedulers"]:
+        setting = f"{s['scheduler']} {s['steps']}"
+        for m, row in s["modes"].items():
+            if "unavailable" in row:
+                print(f"{setting:16} {m:4} {'-':>9} {'-':>6} {'-':>9} {'-':>10} {'-':>8} {'-':>8}  "
+                      f"{row['mode']}: {row['unavailable']}")
+                continue
+            fraction = f"{row['fraction_of_peak']:.1%}" if row["fraction_of_peak"] is not None else "unknown"
+            print(f"{setting:16} {m:4} {row['s_per_image']:9.3f} {row['images']:6d} {row['warmup_s']:9.2f} "
+                  f"{row['gflop_per_image']:10.1f} {row['achieved_tflops']:8.3f} {fraction:>8}  {row['mode']}")
+    for s in r["schedulers"]:
+        print(f"ratios (s/image over a), {s['scheduler']} {s['steps']} (capture t = {s['capture_timestep']}): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in s["ratios"].items()))
+    for s in r["schedulers"]:
+        if s["profile"]:
+            p = s["profile"]
+            print(f"profile of phase C compute, {s['scheduler']} {s['steps']} ({p['clock']} time, {p['images']} "
+                  f"images): {p['s_per_image']:.4f} s/image, outside the UNet {p['outside_unet_s_per_image']:.4f}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in p["parts_s_per_image"].items()))
+            print("  top operators outside the UNet (s/image): "
+                  + ", ".join(f"{name} {v:.4f}" for name, v in p["top_outside_unet"]))
     if r["peak_tflops"] is None:
         print("fraction of peak: unknown (no dense fp16/bf16 peak for this device in PEAK_TFLOPS)")
     print(f"models loaded in {r['load_s']} s; peak memory {r['peak_memory_gb']} GB")

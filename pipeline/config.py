@@ -26,7 +26,7 @@ from pydantic.functional_serializers import PlainSerializer
 from pipeline.dataset.location import location
 from stages.attention.settings import AttentionSettings
 from stages.errors import ConfigError
-from stages.generate import FEATURE_LAYOUTS
+from stages.generate import FEATURE_LAYOUTS, SCHEDULERS
 from stages.grounding.model import GroundingArchitecture
 from stages.grounding.train import TrainOptions
 from stages.labelers import LABELERS, Labeler, labeler_class
@@ -90,12 +90,15 @@ class Preset(BaseModel):
                     "random weights) or world (the miniature world); --sd-path overrides it.")
     image_size: int = Field(gt=0, description="Generated image side in pixels; every UNet resolution must divide "
                             "its latent.")
-    steps: int = Field(gt=0, description="DDIM sampling steps (eta 0).")
+    scheduler: Literal[SCHEDULERS] = Field(
+        "ddim", description="The sampler: ddim (eta 0, the paper's), dpmsolver++ (DPM-Solver++ 2M) or unipc (UniPC "
+        "bh2), diffusers' solvers; each calls the UNet once per step (docs/configs.md#schedulers).")
+    steps: int = Field(gt=0, description="Sampling steps of the scheduler (UNet calls per image).")
     guidance: Guidance = Field(Guidance(), description="Classifier-free guidance scale per phase; one number sets "
                                "both.")
-    capture_step: int = Field(gt=0, description="The DDIM step, counted from the end (1 = the last, t = 1), "
-                              "whose latent phase A stores and whose UNet features the grounding module reads; "
-                              "within steps.")
+    capture_step: int = Field(gt=0, description="The sampling step, counted from the end (1 = the last UNet call: "
+                              "t = 1 for ddim, t ~ 1000/steps for dpmsolver++ and unipc), whose latent phase A "
+                              "stores and whose UNet features the grounding module reads; within steps.")
     features: Literal[FEATURE_LAYOUTS] = Field(
         "official", description="The UNet outputs the grounding module reads: official = the 25 blocks of the "
         "official code (12 encoder blocks incl. conv_in and the downsamplers, the middle block, 12 decoder "
@@ -154,8 +157,8 @@ class Preset(BaseModel):
     @model_validator(mode="after")
     def _steps_within_the_run(self) -> Preset:
         if self.capture_step > self.steps:
-            raise ValueError(f"capture_step {self.capture_step} is beyond the {self.steps} steps (it counts DDIM "
-                             "steps from the end: 1 is the last)")
+            raise ValueError(f"capture_step {self.capture_step} is beyond the {self.steps} steps (it counts "
+                             "sampling steps from the end: 1 is the last)")
         if not self.attention.recorded_steps(self.steps):
             raise ValueError(f"attention.steps {list(self.attention.steps)} select none of the {self.steps} "
                              "sampling steps")

@@ -74,7 +74,7 @@ class Runtime:
     def diffusion(self) -> Diffusion:
         p = self.preset
         return Diffusion(self.pipe, steps=p.steps, guidance=p.guidance.label, capture_step=p.capture_step,
-                         features=p.features)
+                         features=p.features, scheduler=p.scheduler)
 
     @property
     def attention_settings(self) -> AttentionSettings:

@@ -1,9 +1,10 @@
-"""Stable Diffusion sampling (DDIM, classifier-free guidance) with the capture step kept.
+"""Stable Diffusion sampling (DDIM or a multistep solver, classifier-free guidance) with the capture step kept.
 
-At the capture step the sampler keeps the latent x_t that goes into the UNet and, when asked, the
-outputs of the UNet's feature layers for that call (``FeatureCapture``, ``feature_layers``). Features are a pure
-function of (x_t, t, prompt embeddings), so ``features_from_latent`` recomputes exactly the same
-features later with one guided UNet pass.
+Every solver here calls the UNet once per step. At the capture step (counted in UNet calls from the end) the
+sampler keeps the latent x_t that goes into the UNet and, when asked, the outputs of the UNet's feature layers
+for that call (``FeatureCapture``, ``feature_layers``). Features are a pure function of (x_t, t, prompt
+embeddings), so ``features_from_latent`` recomputes exactly the same features later with one guided UNet pass,
+whatever solver produced x_t.
 """
 
 from __future__ import annotations
@@ -16,6 +17,29 @@ import torch
 from stages.prompts import PromptSpec
 
 FEATURE_LAYOUTS = ("official", "blocks")
+SCHEDULERS = ("ddim", "dpmsolver++", "unipc")
+
+
+def make_scheduler(name: str, config):
+    """The solver ``name`` from a model's scheduler config (its betas and training timesteps).
+
+    ``ddim``: diffusers' DDIM (eta 0) with the model's own spacing (SD 1.x: "leading" with offset 1, so the
+    last of N steps is at t = 1, the paper's). ``dpmsolver++``: DPM-Solver++ (Lu et al., 2022), 2nd-order
+    multistep; ``unipc``: UniPC (Zhao et al., NeurIPS 2023), 2nd-order predictor-corrector (bh2). Both with
+    diffusers' own defaults for them: "linspace" spacing from t = 999, a first-order final step to t = 0 (so
+    the last of N UNet calls is at t ~ 1000/N: 50 for 20 steps, 40 for 25).
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       timestep_spacing="linspace")
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config, solver_type="bh2", solver_order=2,
+                                                   timestep_spacing="linspace")
+    raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {name!r}")
 
 
 def feature_layers(unet, layout: str) -> list:
@@ -82,11 +106,19 @@ class Generation:
 
 
 class Diffusion:
-    """DDIM sampling with a Stable Diffusion pipeline's components."""
+    """Sampling with a Stable Diffusion pipeline's components and its own solver, ``scheduler``'s
+    (``make_scheduler``, kept in ``solver``), which also becomes the pipeline's scheduler, so the pipeline's own
+    ``__call__`` samples with it too."""
 
-    def __init__(self, pipe, steps: int, guidance: float, capture_step: int, features: str = "official"):
+    def __init__(self, pipe, steps: int, guidance: float, capture_step: int, features: str = "official",
+                 scheduler: str = "ddim"):
         if not 1 <= capture_step <= steps:
             raise ValueError(f"capture_step must be within 1..{steps} (steps from the end)")
+        # from the model's own scheduler config, also where an earlier Diffusion replaced the pipeline's scheduler
+        # (another solver's config drops DDIM's settings: set_alpha_to_one, clip_sample, its spacing)
+        model_config = getattr(pipe.scheduler, "model_config", pipe.scheduler.config)
+        self.solver = pipe.scheduler = make_scheduler(scheduler, model_config)
+        self.solver.model_config = model_config
         self.pipe, self.steps, self.guidance = pipe, steps, guidance
         self.capture_index = steps - capture_step
         self.capture = FeatureCapture(pipe.unet, features)
@@ -97,9 +129,8 @@ class Diffusion:
     @property
     def capture_timestep(self) -> int:
         """The UNet timestep of the capture step (what ``Generation.timestep`` holds)."""
-        scheduler = self.pipe.scheduler
-        scheduler.set_timesteps(self.steps)
-        return int(scheduler.timesteps[self.capture_index])
+        self.solver.set_timesteps(self.steps)
+        return int(self.solver.timesteps[self.capture_index])
 
     @torch.inference_mode()
     def _embed(self, prompts: list[str]) -> torch.Tensor:
@@ -133,7 +164,7 @@ class Diffusion:
     def generate(self, specs: list[PromptSpec], capture_features: bool, guidance: float | None = None) -> Generation:
         """Sample ``specs``; ``guidance`` overrides the default scale (phase A's data uses its own)."""
         guidance = self.guidance if guidance is None else guidance
-        scheduler = self.pipe.scheduler
+        scheduler = self.solver
         scheduler.set_timesteps(self.steps)
         embeddings = self.encode_prompts([s.prompt for s in specs])
         latents = self.initial_noise([s.seed for s in specs]) * scheduler.init_noise_sigma
@@ -149,7 +180,7 @@ class Diffusion:
                 self.capture.armed = False
             if capturing and capture_features:
                 features = self.capture.take()
-            latents = scheduler.step(eps, t, latents, eta=0.0).prev_sample
+            latents = scheduler.step(eps, t, latents).prev_sample  # DDIM's default eta is 0
         finite = torch.isfinite(latents).flatten(1).all(1).cpu().numpy()
         return Generation(images=self.decode(latents), latents=kept.float().cpu(),
                           timestep=int(scheduler.timesteps[self.capture_index]),
@@ -183,5 +214,5 @@ class Diffusion:
         clean = vae.encode(images.to(self.device, vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
         noise = torch.stack([torch.randn(clean.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in seeds]).to(clean.device)
-        t = torch.full((len(seeds),), int(timestep), dtype=torch.long)
-        return self.pipe.scheduler.add_noise(clean, noise, t.to(clean.device))
+        alpha = self.solver.alphas_cumprod[int(timestep)].to(clean.device)  # the same for every solver
+        return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise

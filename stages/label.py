@@ -36,6 +36,28 @@ class SampleLabels:
         return seg
 
 
+def batch_masks(probs: torch.Tensor, counts: list[int], threshold: float | torch.Tensor = 0.5,
+                min_pixels: int = 1) -> list[list[tuple[int, np.ndarray, float]]]:
+    """Per sample of a batch, (class index, bool mask, score) for each class whose pixels pass ``threshold``
+    (one for all, or (B, K)) and beat the sample's other classes, ``min_pixels`` at least.
+
+    ``probs`` is (B, K, H, W) on any device; sample b's classes are its first ``counts[b]`` (the rest is
+    padding, never a winner). Masks and scores are decided where ``probs`` is and reach the host in one copy
+    of bools (a quarter of the float probabilities) and one of per-class sums, whatever the batch.
+    """
+    batch, k = probs.shape[:2]
+    own = torch.arange(k, device=probs.device)[None] < torch.tensor(counts, device=probs.device)[:, None]  # (B, K)
+    probs = torch.where(own[..., None, None], probs.float(), -1.0)
+    threshold = torch.as_tensor(threshold, dtype=torch.float32, device=probs.device).expand(batch, k)
+    classes = torch.arange(k, device=probs.device)[None, :, None, None]
+    masks = (probs.argmax(1, keepdim=True) == classes) & (probs > threshold[..., None, None])
+    pixels = masks.sum((2, 3))
+    sums = (probs * masks).sum((2, 3))
+    masks, pixels, sums = masks.cpu().numpy(), pixels.cpu().numpy(), sums.cpu().numpy()
+    return [[(c, masks[b, c], float(sums[b, c] / pixels[b, c])) for c in range(counts[b])
+             if pixels[b, c] >= min_pixels] for b in range(batch)]
+
+
 def masks_from_probabilities(probs: torch.Tensor, class_ids: list[int], names: list[str],
                              threshold: float | list[float] = 0.5, min_pixels: int = 1) -> list[ClassMask]:
     """Per class: pixels where its probability passes ``threshold`` (one for all, or one per class) and
@@ -45,15 +67,9 @@ def masks_from_probabilities(probs: torch.Tensor, class_ids: list[int], names: l
     class, so the masks are disjoint and form one semantic map. Classes with fewer than
     ``min_pixels`` pixels are dropped.
     """
-    probs = probs.float()
-    winner = probs.argmax(0)
-    result = []
-    thresholds = threshold if isinstance(threshold, list) else [threshold] * len(class_ids)
-    for k, (class_id, name) in enumerate(zip(class_ids, names)):
-        mask = ((winner == k) & (probs[k] > thresholds[k])).cpu().numpy()
-        if mask.sum() >= min_pixels:
-            result.append(ClassMask(class_id, name, mask, float(probs[k].cpu().numpy()[mask].mean())))
-    return result
+    thresholds = torch.tensor([threshold] if isinstance(threshold, list) else threshold, dtype=torch.float32)
+    [found] = batch_masks(probs[None], [len(class_ids)], thresholds, min_pixels)
+    return [ClassMask(class_ids[c], names[c], mask, score) for c, mask, score in found]
 
 
 def semantic_mask(masks: list[ClassMask], shape: tuple[int, int]) -> np.ndarray:

@@ -32,31 +32,33 @@ class AttentionLayer:
     part: str  # down, mid or up
     resolution: int  # side of the latent grid the layer attends over
     cross: bool  # cross-attention (queries: pixels, keys: prompt tokens) or self-attention
+    level: int  # downsamplings between the latent and the layer: it works at 1/2**level of the latent's side
 
 
-def _block_resolutions(unet) -> dict[str, int]:
-    """Latent side at each down block, the mid block and each up block of a ``UNet2DConditionModel``."""
+def _block_resolutions(unet) -> dict[str, tuple[int, int]]:
+    """(side, level) at each down block, the mid block and each up block of a ``UNet2DConditionModel``: the
+    latent grid's side there and how many times the UNet halved the latent before it."""
     size = unet.config.sample_size
     if not isinstance(size, int):
         height, width = size
         if height != width:
             raise AttentionRecordingError(f"the attention labeler needs a square latent, not {height}x{width}")
         size = height
-    sides = {}
+    sides, level = {}, 0
     for i, block in enumerate(unet.down_blocks):
-        sides[f"down_blocks.{i}"] = size
+        sides[f"down_blocks.{i}"] = size, level
         if block.downsamplers:
-            size = (size + 1) // 2  # stride-2 convolution with padding 1
-    sides["mid_block"] = size
+            size, level = (size + 1) // 2, level + 1  # stride-2 convolution with padding 1
+    sides["mid_block"] = size, level
     for i, block in enumerate(unet.up_blocks):
-        sides[f"up_blocks.{i}"] = size
+        sides[f"up_blocks.{i}"] = size, level
         if block.upsamplers:
-            size *= 2
+            size, level = size * 2, level - 1
     return sides
 
 
 def attention_layers(unet) -> list[AttentionLayer]:
-    """Every attention layer of a ``UNet2DConditionModel``, with its part and resolution."""
+    """Every attention layer of a ``UNet2DConditionModel``, with its part, resolution and level."""
     from diffusers.models.attention_processor import Attention  # here: the labeler registry loads without diffusers
 
     sides = _block_resolutions(unet)
@@ -66,9 +68,10 @@ def attention_layers(unet) -> list[AttentionLayer]:
             continue
         parts = name.split(".")
         block = "mid_block" if parts[0] == "mid_block" else ".".join(parts[:2])
+        side, level = sides[block]
         layers.append(AttentionLayer(f"{name}.processor", {"down_blocks": "down", "mid_block": "mid",
                                                            "up_blocks": "up"}[parts[0]],
-                                     sides[block], bool(module.is_cross_attention)))
+                                     side, bool(module.is_cross_attention), level))
     return layers
 
 

@@ -24,6 +24,12 @@ def _resolutions(layers: list[AttentionLayer]) -> list[int]:
     return sorted({layer.resolution for layer in layers}, reverse=True)
 
 
+def _levels(layers: list[AttentionLayer]) -> str:
+    """The levels of ``layers`` with their sides, e.g. ``[1 (8x8), 2 (4x4)]``."""
+    found = sorted({(layer.level, layer.resolution) for layer in layers})
+    return "[" + ", ".join(f"{level} ({side}x{side})" for level, side in found) + "]" if found else "no level"
+
+
 class AttentionLabeler(Labeler):
     """Records attention while ``diffusion`` samples and turns it into class masks; raises
     ``AttentionRecordingError`` at construction when the settings name layers the UNet lacks."""
@@ -40,25 +46,24 @@ it sampled the image (no detector, no training; the settings and their published
         self.diffusion, self.settings = diffusion, settings
         every = [layer for layer in attention_layers(diffusion.pipe.unet) if layer.part in settings.blocks]
         cross = [layer for layer in every if layer.cross]
-        self.cross_layers = [layer for layer in cross
-                             if settings.resolutions is None or layer.resolution in settings.resolutions]
+        self.cross_layers = [layer for layer in cross if settings.levels is None or layer.level in settings.levels]
         if not self.cross_layers:
             raise AttentionRecordingError(
-                f"attention.resolutions {list(settings.resolutions or [])} in blocks {list(settings.blocks)}: this "
-                f"UNet has cross-attention there at {_resolutions(cross) or 'no resolution'}")
+                f"attention.levels {list(settings.levels or [])} in blocks {list(settings.blocks)}: this UNet has "
+                f"cross-attention there at levels {_levels(cross)}")
         self.self_layers = []
         if settings.refine:
             own = [layer for layer in every if not layer.cross]
-            self.self_layers = [layer for layer in own if layer.resolution == settings.refine.resolution]
+            self.self_layers = [layer for layer in own if layer.level == settings.refine.level]
             if not self.self_layers:
                 raise AttentionRecordingError(
-                    f"attention.refine.resolution {settings.refine.resolution}: this UNet has self-attention in "
-                    f"blocks {list(settings.blocks)} at {_resolutions(own) or 'no resolution'}")
+                    f"attention.refine.level {settings.refine.level}: this UNet has self-attention in blocks "
+                    f"{list(settings.blocks)} at levels {_levels(own)}")
         recorded = settings.recorded_steps(diffusion.steps)
         if not recorded:
             raise AttentionRecordingError(f"attention.steps {list(settings.steps)} select none of the "
                                           f"{diffusion.steps} sampling steps")
-        scheduler = diffusion.pipe.scheduler
+        scheduler = diffusion.solver
         scheduler.set_timesteps(diffusion.steps)
         self.timesteps = [int(scheduler.timesteps[i]) for i in recorded]
         self.recorder = self
@@ -74,11 +79,12 @@ it sampled the image (no detector, no training; the settings and their published
     @property
     def resolution(self) -> int:
         """Where the maps are combined: the refinement's resolution, else the finest recorded one."""
-        return self.settings.refine.resolution if self.settings.refine else _resolutions(self.cross_layers)[0]
+        return self.self_layers[0].resolution if self.self_layers else _resolutions(self.cross_layers)[0]
 
     def describe(self) -> dict:
         """The settings and what they select in this UNet and schedule."""
         return {"settings": self.settings.to_dict(), "timesteps": self.timesteps,
+                "cross_attention_resolutions": _resolutions(self.cross_layers),
                 "cross_attention_layers": [layer.name for layer in self.cross_layers],
                 "self_attention_layers": [layer.name for layer in self.self_layers]}
 
@@ -113,8 +119,8 @@ it sampled the image (no detector, no training; the settings and their published
         with torch.inference_mode():
             recorded = recorder.take(self.resolution)
             power = self.settings.refine.power if self.settings.refine else 1
-            return [class_maps(recorded.cross[b], positions[b], size,
-                               None if recorded.affinity is None else recorded.affinity[b], power).cpu()
+            return [class_maps(recorded.cross[b], positions[b], size,  # on the device: masks are decided there
+                               None if recorded.affinity is None else recorded.affinity[b], power)
                     for b in range(len(positions))]
 
     def sample_settings(self) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from stages.grounding.model import ClassTextEncoder, GroundingModule, class_embeddings
-from stages.label import SampleLabels, masks_from_probabilities
+from stages.label import ClassMask, SampleLabels, batch_masks
 from stages.labelers.base import Labeler, LabelerModels, Request, Sampled
 
 
@@ -30,12 +30,12 @@ masks, or annotated images), which also labels the unseen ones."""
         return "the grounding module"
 
     def probabilities(self, sampled: Sampled, requests: list[Request]) -> torch.Tensor:
-        """(B, K, H, W) on the host: each sample's class probabilities, K the batch's most classes."""
+        """(B, K, H, W) where the module runs: each sample's class probabilities, K the batch's most classes."""
         embeddings, _ = class_embeddings(self.text, [r.prompt_names for r in requests], self.template, self.device)
-        with torch.inference_mode():  # features as captured (the module's dtype); one copy of the masks to the host
-            return torch.sigmoid(self.module(sampled.generation.features, embeddings)).float().cpu()
+        with torch.inference_mode():  # features as captured (the module's dtype), the whole batch in one pass
+            return torch.sigmoid(self.module(sampled.generation.features, embeddings))
 
     def label(self, sampled: Sampled, requests: list[Request]) -> list[SampleLabels]:
-        probs = self.probabilities(sampled, requests)
-        return [SampleLabels(masks_from_probabilities(probs[b, :len(r.class_ids)], r.class_ids, r.names))
-                for b, r in enumerate(requests)]
+        found = batch_masks(self.probabilities(sampled, requests), [len(r.class_ids) for r in requests])
+        return [SampleLabels([ClassMask(r.class_ids[c], r.names[c], mask, score) for c, mask, score in masks])
+                for masks, r in zip(found, requests)]

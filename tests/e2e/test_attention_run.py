@@ -41,7 +41,7 @@ def test_manifest_samples_and_card_name_the_labeler_and_its_settings(attention_r
     labels = manifest["labels"]
     assert labels["labeler"] == "attention" and labels["zero_shot"] is True
     settings = manifest["config"]["preset"]["attention"]
-    assert labels["details"]["settings"] == settings and settings["refine"] == {"resolution": 16, "power": 4}
+    assert labels["details"]["settings"] == settings and settings["refine"] == {"level": 0, "power": 4}
     assert manifest["config"]["labeler"] == "attention" and manifest["models"]["oracle"] is None
     samples = list(open_dataset(shard_urls(out)))
     for sample in samples:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from detectron2_fixtures import needs_detectron2
 
+from pipeline.config import load_preset
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,26 +70,41 @@ def test_oracle_backends_benchmark(cache_dir):
         ("torchvision", 32, False), ("detectron2", 32, False), ("torchvision", 32, True), ("detectron2", 32, True)]
     assert all(math.isfinite(r["cpu_s_per_image"]) and r["cpu_s_per_image"] > 0 for r in rows), rows
 
-def test_throughput_benchmark(cache_dir):
-    """`make bench-throughput` on the tiny architecture at 64 px, 2 steps, one image per mode: every mode
-    has seconds, FLOPs and its ratio to bare diffusers (the attention labeler too);
-    loading is measured with and without low_cpu_mem_usage."""
-    report = run_script("throughput", "--arch", "tiny", "--image-size", "64", "--steps", "2", "--batch-size", "1",
-                        "--rounds", "1", "--loading", cache_dir=cache_dir)
-    assert (report["image_size"], report["steps"], report["batch_size"]) == (64, 2, 1), report
+def test_throughput_benchmark_through_the_gpu_script(cache_dir, tmp_path):
+    """`make bench-throughput`'s path as benchmarks/gpu_run.sh runs it (its CPU smoke: the tiny architecture at
+    64 px, 2 steps of DDIM and of DPM-Solver++, one image per mode; COMPILE=0 leaves out the compiled run): every
+    mode of each scheduler has seconds, FLOPs and its ratio to bare diffusers, the attention labeler with the
+    sd15 preset's own settings (they once named 512 px's map sizes and failed at any other size); the profile
+    splits phase C's time into the UNet and the rest; loading is measured with and without low_cpu_mem_usage."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DATAGEN_CACHE": str(cache_dir), "PYTHON": sys.executable,
+           "COMPILE": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(["bash", "benchmarks/gpu_run.sh", "smoke", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "stopped" not in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "ratios (s/image over a), dpmsolver++ 2" in done.stdout and "profile of phase C compute" in done.stdout
+    report = json.loads((tmp_path / "eager.json").read_text())
+    assert (report["image_size"], report["batch_size"]) == (64, 1), report
     assert report["dtype"] == "float32" and report["peak_tflops"] is None  # a CPU: no peak to compare with
     assert report["attention_processors"] == ["AttnProcessor2_0"], report  # PyTorch's fused attention
-    for mode in ("a", "b", "c"):
-        row = report["modes"][mode]
-        assert row["images"] == 1 and row["s_per_image"] > 0 and row["gflop_per_image"] > 0, row
-        assert row["warmup_s"] > 0 and row["fraction_of_peak"] is None, row
-    assert set(report["ratios"]) >= {"b/a", "c/a"} and all(math.isfinite(v) for v in report["ratios"].values())
-    assert "d/a" in report["ratios"], report  # the attention labeler, measured like the others
-    # phase C's compute alone: the same FLOPs as b, without the encoding and the write
-    assert "e/a" in report["ratios"]
-    assert report["modes"]["e"]["gflop_per_image"] == report["modes"]["b"]["gflop_per_image"], report["modes"]
-    # the oracle (a Mask R-CNN) adds FLOPs to the same generation
-    assert report["modes"]["c"]["gflop_per_image"] > 2 * report["modes"]["a"]["gflop_per_image"], report["modes"]
+    assert report["attention_settings"] == load_preset("sd15").attention.to_dict(), report
+    assert [(s["scheduler"], s["steps"], s["capture_timestep"]) for s in report["schedulers"]] == [
+        ("ddim", 2, 1), ("dpmsolver++", 2, 500)]  # the last UNet call: t = 1 (DDIM "leading"), 999 / 2 (linspace)
+    for result in report["schedulers"]:
+        modes, ratios = result["modes"], result["ratios"]
+        for mode in "abcde":
+            row = modes[mode]
+            assert row["images"] == 1 and row["s_per_image"] > 0 and row["gflop_per_image"] > 0, row
+            assert row["warmup_s"] > 0 and row["fraction_of_peak"] is None, row
+        assert set(ratios) == {"b/a", "c/a", "d/a", "e/a"} and all(math.isfinite(v) for v in ratios.values())
+        # phase C's compute alone: the same FLOPs as b, without the encoding and the write
+        assert modes["e"]["gflop_per_image"] == modes["b"]["gflop_per_image"], modes
+        # the oracle (a Mask R-CNN) adds FLOPs to the same generation
+        assert modes["c"]["gflop_per_image"] > 2 * modes["a"]["gflop_per_image"], modes
+        profile = result["profile"]
+        parts = profile["parts_s_per_image"]
+        assert profile["clock"] == "cpu" and parts["grounding module"] > 0 and parts["VAE decoder"] > 0, profile
+        assert 0 < parts["UNet"] < profile["s_per_image"], profile  # the parts nest in the batch, none counted twice
+        assert parts["other (capture, masks, copies)"] >= 0 and profile["top_outside_unet"], profile
     for key in ("low_cpu_mem_usage=False", "low_cpu_mem_usage=True"):
         loaded = report["loading"][key]
         assert loaded["ready_s"] >= loaded["from_pretrained_s"] > 0 and loaded["peak_rss_gb"] > 0, loaded

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,34 @@ def test_bench_world_runs_datagen_on_the_world(world, tmp_path):
         assert 0 <= scores["absent_pixels"] <= 1 and set(scores) >= {"miou_seen", "one_class", "multi_class"}
     assert set(report["times"]) == {"world build", "run (A+B+C)", "eval grounding", "eval labels",
                                     "eval zs3 real-seen", "eval zs3 real-seen+synthetic"}
+
+
+def test_bench_schedulers_runs_each_setting_on_the_world(world, tmp_path):
+    """`make bench-schedulers` at its smallest size on the reduced world: the reference (DDIM) at two seeds and
+    DPM-Solver++, every phase with its setting: phase A's samples carry the solver's own capture timestep (which
+    phase B recomputes features at), and the table holds each setting's scores, seconds and verdict."""
+    preset, _, _ = world
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "benchmarks/schedulers.py", "--out", str(tmp_path), "--models",
+                             str(preset), "--setting", "ddim:2", "--setting", "dpmsolver++:2", "--noise-seed", "1",
+                             "--n", "2", "--eval-n", "2", "--real-val", "2"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = report["rows"]
+    assert [(r["scheduler"], r["steps"], r["seed"], r["capture_timestep"]) for r in rows] == [
+        ("ddim", 2, 0, 1), ("dpmsolver++", 2, 0, 500), ("ddim", 2, 1, 1)]
+    for r in rows:
+        assert r["s_per_image"] > 0 and all(0 <= r[m] <= 1 for m in ("protocol1_seen", "labels_seen")), r
+        with tarfile.open(next((tmp_path / f"{r['scheduler']}-2-seed{r['seed']}" / "oracle").glob("*.tar"))) as tar:
+            sample = next(m for m in tar.getmembers() if m.name.endswith(".json"))
+            assert json.loads(tar.extractfile(sample).read())["provenance"]["capture_timestep"] == r["capture_timestep"]
+    noise, verdict = report["verdict"]["noise"], report["verdict"]["settings"]["dpmsolver++ 2"]
+    assert set(noise) == {"protocol1_seen", "protocol1_unseen", "labels_seen", "labels_unseen"}
+    assert all(v >= 0 for v in noise.values()) and isinstance(verdict["within_noise"], bool), report["verdict"]
+    assert verdict["speedup"] == round(rows[0]["s_per_image"] / rows[1]["s_per_image"], 2)
 
 
 def test_world_preset_without_its_section_is_a_config_error(tmp_path):

@@ -20,7 +20,7 @@ PAIR = PromptSpec(0, "a photograph of a potted plant and a dog", ("pottedplant",
 ONE = PromptSpec(1, "a photograph of a cat", ("cat",), 12)
 OTHER = PromptSpec(2, "a photograph of a sheep and a bus", ("sheep", "bus"), 13)
 NAMES = {0: ["potted plant", "dog"], 1: ["cat"], 2: ["sheep", "bus"]}
-REFINED = AttentionSettings(resolutions=(8, 16), refine=SelfAttentionRefinement(resolution=16), threshold=0.6,
+REFINED = AttentionSettings(levels=(0, 1), refine=SelfAttentionRefinement(level=0), threshold=0.6,
                             uncertain=0.5)
 
 
@@ -47,7 +47,7 @@ def test_recording_keeps_fused_attention_on_other_layers_and_images_unchanged(di
     unet = diffusion.pipe.unet
     before = dict(unet.attn_processors)
     assert all(isinstance(p, AttnProcessor2_0) for p in before.values())
-    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(8,), steps=(0.5, 1.0)))
+    labeler = AttentionLabeler(diffusion, AttentionSettings(levels=(1,), steps=(0.5, 1.0)))
     recorded = {layer.name for layer in labeler.cross_layers}
     assert recorded and all(".attn2." in name for name in recorded)  # the 8x8 cross-attention layers only
     with AttentionRecorder(unet, labeler.cross_layers, set(labeler.timesteps)) as recorder:
@@ -66,7 +66,7 @@ def test_recording_keeps_fused_attention_on_other_layers_and_images_unchanged(di
 
 def test_maps_come_from_the_conditional_half_of_the_guided_batch(diffusion):
     unet = diffusion.pipe.unet
-    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(16,)))
+    labeler = AttentionLabeler(diffusion, AttentionSettings(levels=(0,)))
     latent = diffusion.initial_noise([5])
     t = labeler.timesteps[0]
 
@@ -99,7 +99,7 @@ def test_maps_and_masks_have_the_image_shape_and_masks_are_disjoint(diffusion):
 def test_a_samples_maps_do_not_depend_on_its_batch(diffusion):
     # Unrefined: the tiny UNet's random self-attention, raised to the 4th power, leaves maps constant to float32
     # rounding, and min-max normalisation would compare that rounding, which differs with the CPU's kernels.
-    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(8, 16), threshold=0.6, uncertain=0.5))
+    labeler = AttentionLabeler(diffusion, AttentionSettings(levels=(0, 1), threshold=0.6, uncertain=0.5))
     _, alone = labeler.generate([PAIR], names([PAIR]))
     _, first = labeler.generate([PAIR, OTHER], names([PAIR, OTHER]))
     _, second = labeler.generate([ONE, PAIR], names([ONE, PAIR]))
@@ -125,12 +125,30 @@ def test_otsu_splits_two_modes():
 
 
 def test_settings_that_do_not_fit_fail_with_one_line(diffusion):
-    with pytest.raises(AttentionRecordingError, match=r"at \[16, 8, 4\]"):
-        AttentionLabeler(diffusion, AttentionSettings(resolutions=(32,)))
-    with pytest.raises(AttentionRecordingError, match=r"refine.resolution 4: .* at \[16, 8\]"):  # mid block's 4x4
-        AttentionLabeler(diffusion, AttentionSettings(blocks=("down",), refine=SelfAttentionRefinement(resolution=4)))
+    with pytest.raises(AttentionRecordingError, match=r"at levels \[0 \(16x16\), 1 \(8x8\), 2 \(4x4\)\]"):
+        AttentionLabeler(diffusion, AttentionSettings(levels=(3,)))
+    with pytest.raises(AttentionRecordingError, match=r"refine.level 2: .* at levels \[0 \(16x16\), 1 \(8x8\)\]"):
+        AttentionLabeler(diffusion, AttentionSettings(blocks=("down",), refine=SelfAttentionRefinement(level=2)))
+    with pytest.raises(ConfigError, match="resolutions .* was replaced by levels"):  # a preset written before levels
+        load_preset("tiny", {"attention": {"resolutions": [16]}})
     with pytest.raises(ConfigError, match="attention.steps"):
         load_preset("tiny", {"attention": {"steps": [0.91, 0.95]}})  # none of the 10 steps
     for bad in ({"uncertain": 0.7, "threshold": 0.6}, {"threshold": "otsu", "uncertain": 0.3}, {"steps": [0.5, 0.2]}):
         with pytest.raises(ConfigError, match="attention"):
             load_preset("tiny", {"attention": bad})
+
+
+@pytest.mark.parametrize("latent", [16, 8])  # 64 and 32 px: the tiny UNet at two image sizes
+def test_the_sd15_settings_hold_at_another_image_size(tiny_dir, latent):
+    """The sd15 preset's attention section names UNet levels, so it fits the same UNet at any size: its
+    cross-attention at level 2 and refinement at level 1 are 1/4 and 1/2 of the latent's side."""
+    from stages.models import load_stable_diffusion
+
+    pipe = load_stable_diffusion(str(tiny_dir))
+    pipe.unet.register_to_config(sample_size=latent)
+    labeler = AttentionLabeler(Diffusion(pipe, steps=2, guidance=7.5, capture_step=1), load_preset("sd15").attention)
+    assert {layer.resolution for layer in labeler.cross_layers} == {latent // 4}
+    assert {layer.resolution for layer in labeler.self_layers} == {latent // 2}
+    gen, maps = labeler.generate([ONE], names([ONE]))
+    side = latent * pipe.vae_scale_factor
+    assert gen.images.shape == (1, side, side, 3) and maps[0].shape == (1, side, side)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.generate import Diffusion
+from stages.generate import SCHEDULERS, Diffusion
 from stages.models import load_stable_diffusion
 from stages.prompts import PromptSpec
 from stages.weights import WeightsMissingError
@@ -66,6 +66,35 @@ def test_features_recomputed_from_the_stored_latent_equal_the_in_flight_ones(tin
     again = diffusion.features_from_latent(gen.latents, gen.timestep, [s.prompt for s in SPECS])
     for res in gen.features:
         torch.testing.assert_close(again[res], gen.features[res])
+
+
+@pytest.fixture
+def restored_scheduler(tiny_pipe):
+    """The session's pipeline keeps its DDIM scheduler after a test that samples with another solver."""
+    saved = tiny_pipe.scheduler
+    yield
+    tiny_pipe.scheduler = saved
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_each_scheduler_samples_deterministically_and_its_capture_recomputes(tiny_pipe, restored_scheduler,
+                                                                            scheduler):
+    """Per solver: the same seeds give the same images, whatever the batch; the capture step (1: the last UNet
+    call) keeps that call's timestep and input, from which phase B's one UNet pass recomputes its features."""
+    diffusion = Diffusion(tiny_pipe, steps=4, guidance=7.5, capture_step=1, scheduler=scheduler)
+    gen = diffusion.generate(SPECS, capture_features=True)
+    np.testing.assert_array_equal(diffusion.generate(SPECS, capture_features=False).images, gen.images)
+    alone = diffusion.generate(SPECS[1:], capture_features=False)
+    assert np.abs(alone.images[0].astype(int) - gen.images[1]).max() <= 1  # float rounding only
+    last = {"ddim": 1, "dpmsolver++": 250, "unipc": 250}[scheduler]  # DDIM "leading" + offset 1; linspace: 999/4
+    assert gen.timestep == diffusion.capture_timestep == last
+    again = diffusion.features_from_latent(gen.latents, gen.timestep, [s.prompt for s in SPECS])
+    for res in gen.features:
+        torch.testing.assert_close(again[res], gen.features[res])
+    if scheduler != "ddim":  # a different solver: different images from the same noise
+        ddim = Diffusion(tiny_pipe, steps=4, guidance=7.5, capture_step=1)
+        assert ddim.capture_timestep == 1 and ddim.solver.config.set_alpha_to_one is False  # the model's own DDIM
+        assert np.abs(ddim.generate(SPECS, capture_features=False).images.astype(int) - gen.images).mean() > 1
 
 
 def test_capture_step_is_validated(tiny_pipe):

@@ -27,7 +27,7 @@ NAMES = [["dog"], ["cat", "dog"]]
 def test_inversion_records_the_features_and_maps_sampling_records_at_the_capture_step(tiny_pipe):
     diffusion = Diffusion(tiny_pipe, steps=3, guidance=7.5, capture_step=1)
     # the last of 3 steps only: the step the features are captured at, so both paths record one UNet call
-    labeler = AttentionLabeler(diffusion, AttentionSettings(resolutions=(8, 16), steps=(2 / 3, 1.0)))
+    labeler = AttentionLabeler(diffusion, AttentionSettings(levels=(0, 1), steps=(2 / 3, 1.0)))
     gen, maps = labeler.generate(SPECS, NAMES, capture_features=True)
     assert gen.timestep == diffusion.capture_timestep == labeler.timesteps[0]
     prompts = [s.prompt for s in SPECS]
