@@ -5,7 +5,7 @@
 #                                          # and such a machine's image lacks, for CPython 3.12, into .whl/
 #   bash benchmarks/gpu_run.sh run [OUT]   # there, with .whl/ carried: install them into /tmp/site, run
 #                                          # benchmarks/throughput.py --full: eager with every scheduler and the
-#                                          # profile, one round, then --compile with DPM-Solver++ 20, modes a and e;
+#                                          # profile, one round, then --compile with DPM-Solver++ 25, modes a and e;
 #                                          # the reports (JSON) and logs go to OUT (default $OUT, else runs/gpu);
 #                                          # the whole script stops by BUDGET_S (default 470 s: under 8 minutes)
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_run.sh smoke [OUT]   # here, on a CPU: the same runs at the
@@ -59,7 +59,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
     "$PY" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers',
 diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-    COMPILED_SCHEDULERS=(dpmsolver++:20)
+    COMPILED_SCHEDULERS=(dpmsolver++:25)  # sd15's default
     measure --full
     ;;
   smoke)

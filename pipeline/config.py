@@ -90,7 +90,7 @@ class Preset(BaseModel):
                     "random weights) or world (the miniature world); --sd-path overrides it.")
     image_size: int = Field(gt=0, description="Generated image side in pixels; every UNet resolution must divide "
                             "its latent.")
-    scheduler: Literal[SCHEDULERS] = Field(
+    scheduler: Literal[tuple(SCHEDULERS)] = Field(
         "ddim", description="The sampler: ddim (eta 0, the paper's), dpmsolver++ (DPM-Solver++ 2M) or unipc (UniPC "
         "bh2), diffusers' solvers; each calls the UNet once per step (docs/configs.md#schedulers).")
     steps: int = Field(gt=0, description="Sampling steps of the scheduler (UNet calls per image).")

@@ -67,8 +67,12 @@ class Runtime:
 
     @cached_property
     def pipe(self):
-        return fast_path(load_stable_diffusion(self.sd_source(), self.device, self.dtype), self.device,
-                         self.config.compile)
+        """The SD pipeline, sampling at the preset's ``image_size``: a loaded UNet's ``sample_size`` is the size
+        it was trained at (SD 1.5: 64 latents, 512 px), which the noise, the attention levels and phase B's
+        feature shapes read."""
+        pipe = load_stable_diffusion(self.sd_source(), self.device, self.dtype)
+        pipe.unet.register_to_config(sample_size=self.preset.image_size // pipe.vae_scale_factor)
+        return fast_path(pipe, self.device, self.config.compile)
 
     @cached_property
     def diffusion(self) -> Diffusion:

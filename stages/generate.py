@@ -17,29 +17,42 @@ import torch
 from stages.prompts import PromptSpec
 
 FEATURE_LAYOUTS = ("official", "blocks")
-SCHEDULERS = ("ddim", "dpmsolver++", "unipc")
+
+
+def _ddim(config):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config)
+
+
+def _dpm_solver_pp(config):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                   timestep_spacing="linspace")
+
+
+def _unipc(config):
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler.from_config(config, solver_type="bh2", solver_order=2,
+                                               timestep_spacing="linspace")
+
+
+# The solvers a preset may name: each builds itself from a model's scheduler config (its betas and training
+# timesteps). ``ddim``: diffusers' DDIM (eta 0) with the model's own spacing (SD 1.x: "leading" with offset 1,
+# so the last of N steps is at t = 1, the paper's). ``dpmsolver++``: DPM-Solver++ (Lu et al., 2022), 2nd-order
+# multistep; ``unipc``: UniPC (Zhao et al., NeurIPS 2023), 2nd-order predictor-corrector (bh2). Both with
+# diffusers' own defaults for them: "linspace" spacing from t = 999, a first-order final step to t = 0 (so
+# the last of N UNet calls is at t ~ 1000/N: 50 for 20 steps, 40 for 25).
+SCHEDULERS = {"ddim": _ddim, "dpmsolver++": _dpm_solver_pp, "unipc": _unipc}
 
 
 def make_scheduler(name: str, config):
-    """The solver ``name`` from a model's scheduler config (its betas and training timesteps).
-
-    ``ddim``: diffusers' DDIM (eta 0) with the model's own spacing (SD 1.x: "leading" with offset 1, so the
-    last of N steps is at t = 1, the paper's). ``dpmsolver++``: DPM-Solver++ (Lu et al., 2022), 2nd-order
-    multistep; ``unipc``: UniPC (Zhao et al., NeurIPS 2023), 2nd-order predictor-corrector (bh2). Both with
-    diffusers' own defaults for them: "linspace" spacing from t = 999, a first-order final step to t = 0 (so
-    the last of N UNet calls is at t ~ 1000/N: 50 for 20 steps, 40 for 25).
-    """
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
-                                                       timestep_spacing="linspace")
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config(config, solver_type="bh2", solver_order=2,
-                                                   timestep_spacing="linspace")
-    raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {name!r}")
+    """The solver ``name`` (a key of ``SCHEDULERS``) from a model's scheduler config."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, not {name!r}")
+    return SCHEDULERS[name](config)
 
 
 def feature_layers(unet, layout: str) -> list:

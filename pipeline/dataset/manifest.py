@@ -207,6 +207,7 @@ def prepare_output(config: OutputOwner, manifest: dict, vocabulary: Vocabulary, 
     for sub in folders:
         remove_stale_temporaries(make_folder(out / sub))
     write_json_atomic(out / CLASSES, classes_file(vocabulary))
+    record_shards(out)  # the rewritten manifest keeps the digests of the shards already on disk
 
 
 def model_records(sd_source: str, oracle_source: str | None, oracle_backend: str, oracle_config: str | None) -> dict:

@@ -23,8 +23,7 @@ from typing import IO
 from pipeline.dataset.atomic import replace_folder
 from pipeline.dataset.layout import Phase
 from pipeline.dataset.location import is_remote, location, names
-from pipeline.dataset.members import check_mask, decode_json, decode_mask, open_image, sample_classes
-from pipeline.dataset.reader import IMAGE_MEMBERS
+from pipeline.dataset.members import IMAGE_MEMBERS, check_mask, decode_json, decode_mask, open_image, sample_classes
 from pipeline.export.categories import category_ids
 from pipeline.export.instances import objects, oracle_objects
 from pipeline.inspect.folder import BadSample, DatasetFolder

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from detectron2_fixtures import needs_detectron2
 from pycocotools import mask as mask_utils
 
 from pipeline.dataset.members import decode_mask
@@ -77,8 +78,8 @@ def test_every_sample_is_its_image_file_and_its_class_pixels_as_objects(exported
         assert (painted == np.where(seg == 255, 0, seg)).all()  # every class pixel, in one object of its class
 
 
+@needs_detectron2
 def test_detectron2_registers_and_reads_it(exported):
-    pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 

@@ -152,3 +152,17 @@ def test_the_sd15_settings_hold_at_another_image_size(tiny_dir, latent):
     gen, maps = labeler.generate([ONE], names([ONE]))
     side = latent * pipe.vae_scale_factor
     assert gen.images.shape == (1, side, side, 3) and maps[0].shape == (1, side, side)
+
+
+def test_a_loaded_unet_samples_at_the_preset_image_size(tmp_path, tiny_dir, cache_dir):
+    """A model folder built (or trained) at 64 px, run by a preset at 32 px: the run samples 32 px images, and
+    the attention levels are read off that size, not the folder's."""
+    from pipeline.config import RunConfig
+    from pipeline.runtime import Runtime
+
+    preset = load_preset("tiny", {"image_size": 32, "sd": str(tiny_dir), "steps": 2})
+    runtime = Runtime(RunConfig(vocab="voc", out=tmp_path / "out", preset_name="tiny", preset=preset, n=1,
+                                device="cpu", cache_dir=cache_dir))
+    labeler = AttentionLabeler(runtime.diffusion, preset.attention)
+    gen, maps = labeler.generate([ONE], names([ONE]))
+    assert gen.images.shape == (1, 32, 32, 3) and maps[0].shape == (1, 32, 32)
