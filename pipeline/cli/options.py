@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 Vocab = Annotated[str, typer.Option(help="Vocabulary: voc, voc-split1, coco, or a YAML file.")]
 N = Annotated[int, typer.Option(help="Samples in the labelled dataset (phase C).")]
+MadeN = Annotated[int | None, typer.Option(help="Samples in the labelled dataset (phase C); more than --out's "
+                                                "dataset has extends it [default: as many as --out's dataset was "
+                                                "made with, else 110000].", show_default=False)]
 Out = Annotated[str, typer.Option(help="Output folder, or an object-store URL (s3://bucket/prefix, gs://..., "
                                        "az://...); created; a rerun resumes it.")]
 Models = Annotated[str, typer.Option(help="Model preset: sd15 (real weights), tiny (offline), world (the miniature "
@@ -94,7 +97,7 @@ def made_settings(folder: str, vocab: str | None, models: str | None, defaults: 
         where = location(folder)
     except LocationError as err:  # as the config's validation words it
         raise ConfigError(f"{flag}: {err}") from None
-    made = made_with(where) or {"vocab": None, "models": None, "vocabulary": None}
+    made = made_with(where) or {"vocab": None, "models": None, "n": None, "vocabulary": None}
     if None not in (vocab, made["vocab"]) and vocab != made["vocab"] and (
             made["vocabulary"] is None or resolve_vocabulary(vocab).to_dict() != made["vocabulary"]):
         raise ConfigError(f"--vocab {vocab}, but {flag} {folder} was made with --vocab {made['vocab']}; drop "
@@ -103,6 +106,15 @@ def made_settings(folder: str, vocab: str | None, models: str | None, defaults: 
         raise ConfigError(f"--models {models}, but {flag} {folder} was made with --models {made['models']}; drop "
                           f"--models, or choose another {flag}")
     return made["vocab"] or vocab or defaults[0], made["models"] or models or defaults[1]
+
+
+def made_n(folder: str, n: int | None, default: int) -> int:
+    """--n of a phase command on ``folder``: ``n`` where given, else the dataset's own n (so a phase run on a
+    made dataset never silently plans to extend it to ``default``), else ``default``."""
+    from pipeline.dataset.location import location
+    from pipeline.dataset.manifest import made_with
+
+    return n if n is not None else (made_with(location(folder)) or {}).get("n") or default
 
 
 def run_config(*, vocab: str, out: str, models: str, seed: int, device: str, n: int = 1,

@@ -122,7 +122,7 @@ def _duration(seconds: float | None) -> str:
 
 def _phase_command(phases: frozenset[Phase], help_text: str):
     def command(
-        vocab: RunVocab = None, n: opt.N = 110000, out: opt.Out = "runs/datagen", models: RunModels = None,
+        vocab: RunVocab = None, n: opt.MadeN = None, out: opt.Out = "runs/datagen", models: RunModels = None,
         seed: opt.Seed = 0, sd_path: opt.SdPath = None, oracle_weights: opt.OracleWeights = None,
         device: opt.Device = "auto", bootstrap_n: opt.BootstrapN = None, train_steps: opt.TrainSteps = None,
         shard_size: opt.ShardSize = None, shard_mb: opt.ShardMb = None, batch_size: opt.BatchSize = None,
@@ -138,7 +138,8 @@ def _phase_command(phases: frozenset[Phase], help_text: str):
                                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                                          encode_cpus=encode_cpus)
         vocab, models = opt.made_settings(out, vocab, models, ("coco", "sd15"))
-        config = opt.run_config(vocab=vocab, n=n, out=out, models=models, seed=seed, sd_path=sd_path,
+        config = opt.run_config(vocab=vocab, n=opt.made_n(out, n, 110000), out=out, models=models, seed=seed,
+                                sd_path=sd_path,
                                 oracle_weights=oracle_weights, device=device, bootstrap_n=bootstrap_n,
                                 train_steps=train_steps, shard_size=shard_size, shard_mb=shard_mb,
                                 batch_size=batch_size, labeler=labeler, dtype=dtype, compile=compile,

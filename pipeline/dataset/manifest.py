@@ -269,9 +269,9 @@ def record_shards(out) -> dict[str, str]:
 
 
 def made_with(out) -> dict | None:
-    """What ``out``'s dataset was made with, for commands that take their defaults from it: ``vocab`` and
-    ``models`` (the --vocab and --models it was made with, None where not recorded) and ``vocabulary`` (its
-    classes, or None), from its manifest, else from the record of a grounding checkpoint `datagen
+    """What ``out``'s dataset was made with, for commands that take their defaults from it: ``vocab``,
+    ``models`` and ``n`` (the --vocab, --models and --n it was made with, None where not recorded) and
+    ``vocabulary`` (its classes, or None), from its manifest, else from the record of a grounding checkpoint `datagen
     train-annotated` wrote there. None for a folder with neither; a damaged manifest is one line."""
     check_reachable(out)
     path = out / MANIFEST
@@ -290,6 +290,7 @@ def made_with(out) -> dict | None:
 
 
 def _made(entry: dict) -> dict:
-    """A manifest's config or a training record: the --vocab and --models it names (None: not recorded)."""
+    """A manifest's config or a training record: the --vocab, --models and --n it names (None: not recorded)."""
     return {"vocab": entry.get("vocab") if isinstance(entry.get("vocab"), str) else None,
-            "models": entry.get("preset_name") if isinstance(entry.get("preset_name"), str) else None}
+            "models": entry.get("preset_name") if isinstance(entry.get("preset_name"), str) else None,
+            "n": entry.get("n") if type(entry.get("n")) is int else None}

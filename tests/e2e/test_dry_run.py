@@ -53,3 +53,13 @@ def test_a_tiny_plan_has_a_time_from_measured_figures(datagen, no_models, tmp_pa
     assert list(plan["phases"]) == ["label"]  # the attention labeler needs no phase A or B
     assert plan["seconds"] == pytest.approx(64 * SECONDS[("tiny", "cpu")]["label"], abs=0.1)
     assert plan["seconds"] > 0 and plan["not_measured"] == []
+
+
+def test_a_phase_command_on_a_dataset_plans_its_n_not_the_default(datagen, tiny_dataset):
+    """`datagen label --out DATASET` with no --n keeps the dataset's 16 samples, not 110,000."""
+    made_with = ("--bootstrap-n", "4", "--train-steps", "3", "--shard-size", "4", "--batch-size", "2", "--seed", "3")
+    result = datagen("label", "--dry-run", "--out", tiny_dataset, "--device", "cpu", *made_with)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["phases"]["label"]["samples"] == 16
+    grown = datagen("label", "--dry-run", "--out", tiny_dataset, "--device", "cpu", "--n", "20", *made_with)
+    assert json.loads(grown.stdout)["phases"]["label"]["samples"] == 20
