@@ -2,7 +2,7 @@
 
 Every user-facing error derives from ``stages.errors.DatagenError``; ``main`` prints it as one line
 and exits with its code (2), so no command has to catch errors of its own. The command modules import
-torch, diffusers and the rest in their command bodies, so `--help` is quick (tests/unit/test_cli_surface.py).
+torch, diffusers and the rest in their command bodies, so `--help` is quick (tests/e2e/test_cli_help.py).
 """
 
 from __future__ import annotations

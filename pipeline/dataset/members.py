@@ -103,23 +103,33 @@ def _pixels(image: Image.Image, member: str, mode: str | None = None) -> np.ndar
 
 def decode_image(source: bytes | Path, member: str) -> np.ndarray:
     """An image member's pixels as stored (any mode; `datagen validate` checks they are RGB), every byte
-    checked: Pillow decodes a JPEG whose compressed data is damaged (zeroed bytes, a lost segment) into
-    garbage without an error, so a JPEG's data is decoded again by libjpeg-turbo in strict mode, which
-    refuses it."""
+    checked (``_strict_jpeg``)."""
     image = open_image(source, member)
     jpeg = image.format == "JPEG"
     pixels = _pixels(image, member)
     if jpeg:
-        try:
-            simplejpeg.decode_jpeg(source if isinstance(source, bytes) else source.read_bytes(), strict=True)
-        except ValueError as err:
-            raise DataError(f"{member} does not decode as an image ({err})") from err
+        _strict_jpeg(source, member)
     return pixels
 
 
 def decode_rgb(source: bytes | Path, member: str) -> np.ndarray:
-    """An image member as uint8 (H, W, 3)."""
-    return _pixels(open_image(source, member), member, "RGB")
+    """An image member as uint8 (H, W, 3), every byte checked as ``decode_image`` checks it, so the readers
+    refuse what `datagen validate` rejects."""
+    image = open_image(source, member)
+    jpeg = image.format == "JPEG"
+    pixels = _pixels(image, member, "RGB")
+    if jpeg:
+        _strict_jpeg(source, member)
+    return pixels
+
+
+def _strict_jpeg(source: bytes | Path, member: str) -> None:
+    """Pillow decodes a JPEG whose compressed data is damaged (zeroed bytes, a lost segment) into garbage
+    without an error, so a JPEG's data is decoded again by libjpeg-turbo in strict mode, which refuses it."""
+    try:
+        simplejpeg.decode_jpeg(source if isinstance(source, bytes) else source.read_bytes(), strict=True)
+    except ValueError as err:
+        raise DataError(f"{member} does not decode as an image ({err})") from err
 
 
 def decode_mask(source: bytes | Path, member: str = "seg.png") -> np.ndarray:

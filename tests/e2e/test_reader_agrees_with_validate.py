@@ -32,3 +32,19 @@ def test_a_stray_member_named_as_a_path_is_refused_by_reader_and_validate(datage
     result = datagen("validate", str(copy))
     assert result.returncode == 1 and "data/shard-000001.tar" in result.stdout, result.stdout
     assert "are paths (../ or absolute)" in result.stdout, result.stdout
+
+
+def test_a_damaged_jpeg_is_refused_by_reader_and_validate(datagen, copy):
+    """400 zeroed bytes inside a JPEG: Pillow decodes it into garbage without an error; both refuse it."""
+    shard = copy / "data" / "shard-000001.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for info, data in members:
+            if info.name == f"{KEY}.jpg":
+                data = data[:len(data) // 2] + bytes(400) + data[len(data) // 2 + 400:]
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match="does not decode as an image"):
+        list(training_dataset(copy))
+    result = datagen("validate", str(copy))
+    assert result.returncode == 1 and f"key {KEY}: image does not decode as an image" in result.stdout, result.stdout
