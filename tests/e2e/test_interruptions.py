@@ -57,10 +57,12 @@ def invoke(command: str, *arguments, faults: dict | None = None):
 
 
 def start(command: str, *arguments, faults: dict) -> subprocess.Popen:
-    """``datagen COMMAND ARGS`` as its own process (a session of its own, as a terminal's job)."""
+    """``datagen COMMAND ARGS`` as its own process (a session of its own, as a terminal's job), with Ctrl-C's
+    default handling: a shell's background job starts with SIGINT ignored, which Python would keep."""
     env = {**os.environ, **ONE_THREAD, FAULTS_ENV: json.dumps(faults)}
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", command, *map(str, arguments)], env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,7 @@ def test_a_shard_that_keeps_failing_exits_1_after_the_other_shards_are_written(p
 
 def test_a_failed_oracle_shard_stops_the_run_before_training(preset, phase_a, tmp_path):
     out = shutil.copytree(phase_a, tmp_path / "out")
-    for path in out.glob("oracle/shard-000001.*"):
+    for path in out.glob("oracle/*shard-000001.*"):  # the shard and its (hidden) stats
         path.unlink()
     failed = invoke("run", *args(preset, out), faults={"fail_shards": [1]})
     assert failed.exit_code == 1, failed.output
