@@ -96,23 +96,30 @@ def read_json_object(path: Path) -> dict:
     return data
 
 
-class _Hashing:
-    """A write-only stream that hashes what passes through it (the tar writer only writes)."""
+class HashingStream:
+    """A stream that feeds ``digest`` every byte written to or read from it and counts them: a shard is
+    hashed as it is written, and as `datagen validate` reads it, with no second pass over the file."""
 
-    def __init__(self, stream) -> None:
-        self.stream, self.digest, self.bytes = stream, hashlib.sha256(), 0
+    def __init__(self, stream, digest=None) -> None:
+        self.stream, self.digest, self.bytes = stream, digest if digest is not None else hashlib.sha256(), 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.bytes += len(data)
         return self.stream.write(data)
 
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        self.bytes += len(data)
+        return data
+
 
 def write_shard(folder: Path, shard_id: int, samples: Iterable[dict[str, bytes | str]], stats: dict) -> dict:
     """Write samples (``__key__`` plus encoded members) as one shard, then its stats with the shard's
     ``sha256`` and ``bytes``, atomically; the stats written."""
     with replacing(shard_path(folder, shard_id)) as tmp, open(tmp, "wb") as stream:
-        hashing = _Hashing(stream)
+        hashing = HashingStream(stream)
         with wds.TarWriter(hashing, encoder=False, mtime=SHARD_MTIME) as writer:
             for sample in samples:
                 writer.write(sample)

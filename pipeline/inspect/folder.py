@@ -18,7 +18,15 @@ from pipeline.dataset.layout import FORMAT_VERSION, Phase
 from pipeline.dataset.location import check_reachable, location
 from pipeline.dataset.manifest import whole_class_list, whole_manifest
 from pipeline.dataset.members import RepeatedMember, group_members
-from pipeline.dataset.shards import finished_shards, read_json_object, read_stats, shard_id, stats_path, whole_stats
+from pipeline.dataset.shards import (
+    HashingStream,
+    finished_shards,
+    read_json_object,
+    read_stats,
+    shard_id,
+    stats_path,
+    whole_stats,
+)
 from stages.errors import DataError
 
 
@@ -149,7 +157,7 @@ def read_shard(shard: Path, digest=None) -> Iterator[dict]:
 
     try:
         with shard.open("rb") as stream:
-            source = _Hashed(stream, digest) if digest is not None else stream
+            source = HashingStream(stream, digest) if digest is not None else stream
             yield from group_members(members(source))
             while digest is not None and source.read(1 << 20):  # the end-of-archive blocks tarfile skips
                 pass
@@ -157,15 +165,3 @@ def read_shard(shard: Path, digest=None) -> Iterator[dict]:
         raise CorruptShard(shard, err.key, str(err)) from err
     except (tarfile.TarError, EOFError, OSError, io.UnsupportedOperation) as err:
         raise CorruptShard(shard, key, str(err).split(" @ ")[0]) from err
-
-
-class _Hashed:
-    """A read-only stream that hashes what is read from it."""
-
-    def __init__(self, stream, digest) -> None:
-        self.stream, self.digest = stream, digest
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.digest.update(data)
-        return data

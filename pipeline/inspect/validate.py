@@ -22,7 +22,7 @@ from pipeline.dataset.location import location
 from pipeline.dataset.manifest import SHARDS
 from pipeline.dataset.members import check_members, decode_image, decode_json, decode_mask
 from pipeline.dataset.plan import plan_shards
-from pipeline.dataset.shards import finished_shards, whole_stats
+from pipeline.dataset.shards import finished_shards, shard_id, whole_stats
 from pipeline.dataset.tally import MASK_COUNTS, Tally
 from pipeline.inspect.folder import CorruptShard, DatasetFolder, open_output, read_shard
 from stages.errors import DataError
@@ -59,7 +59,7 @@ def _check_manifest(ds: DatasetFolder) -> list[Problem]:
 
 def _check_folder(ds: DatasetFolder, problems: list[Problem], progress: Progress | None) -> dict:
     """Check every planned shard of one folder; returns counts of what was read."""
-    found = {int(p.stem.removeprefix("shard-")): p for p in ds.shards}
+    found = {shard_id(p): p for p in ds.shards}
     stats_of = {sid: ds.stats(shard) for sid, shard in found.items()}  # one read of each
     total = sum(stats["written"] for stats in stats_of.values() if whole_stats(stats))
     bar = progress.add_task(f"validate {ds.folder.name}/", total=total or None) if progress else None
